@@ -1,0 +1,59 @@
+"""``platform-ops``: set up a Dagster home and run the demo the README promises.
+
+``platform-ops home [--postgres]`` writes ``$DAGSTER_HOME/dagster.yaml`` from the repo's instance
+files; ``platform-ops demo`` starts the local sandbox (and whatever else the demo needs on
+loopback), runs the main jobs with ``dagster job execute`` and prints what happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def dagster_home(path: Path | None = None) -> Path:
+    return Path(path or os.environ.get("DAGSTER_HOME") or REPO / ".dagster_home").resolve()
+
+
+def write_home(home: Path, *, postgres: bool) -> Path:
+    """Install the SQLite (default) or PostgreSQL instance settings into ``home``."""
+    home.mkdir(parents=True, exist_ok=True)
+    source = REPO / ("dagster.postgres.yaml" if postgres else "dagster.yaml")
+    if postgres and not os.environ.get("DAGSTER_PG_URL"):
+        raise SystemExit(
+            "DAGSTER_PG_URL is not set: export it (e.g. postgresql://user:pass@host:5432/dagster) "
+            "before using PostgreSQL storage."
+        )
+    shutil.copyfile(source, home / "dagster.yaml")
+    return home
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="platform-ops", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    home = sub.add_parser("home", help="write $DAGSTER_HOME/dagster.yaml")
+    home.add_argument("--postgres", action="store_true", help="PostgreSQL storage (DAGSTER_PG_URL)")
+    home.add_argument(
+        "--dir", type=Path, default=None, help="default: $DAGSTER_HOME or .dagster_home"
+    )
+    demo = sub.add_parser("demo", help="run the release (and maintenance) jobs on local parts")
+    demo.add_argument("--orgs", type=int, default=25, help="active orgs seeded in the sandbox")
+    demo.add_argument("--fresh", action="store_true", help="forget the previous demo's state")
+    args = parser.parse_args(argv)
+
+    if args.command == "home":
+        path = write_home(dagster_home(args.dir), postgres=args.postgres)
+        print(f"DAGSTER_HOME={path}  ({'PostgreSQL' if args.postgres else 'SQLite'} storage)")
+        return 0
+    from orchestration.demo import run_demo
+
+    return run_demo(orgs=args.orgs, fresh=args.fresh)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

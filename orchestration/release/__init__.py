@@ -1,0 +1,1 @@
+"""The release workflow: migrate → bootstrap → org_sync_all."""

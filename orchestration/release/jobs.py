@@ -1,0 +1,68 @@
+"""The release jobs. ``release`` chains the three steps with Nothing dependencies so a failure
+stops the sequence exactly there; the three parts are also jobs of their own."""
+
+import dagster as dg
+
+from orchestration.release.ops import (
+    apply_migrations,
+    plan_org_batches,
+    release_preflight,
+    run_bootstrap,
+    summarize_org_sync,
+    sync_org_batch,
+)
+from orchestration.tags import KIND_TAG
+
+# HTTP-bound work: the in-process executor saves seconds of process start-up per step, and the
+# org fan-out gets its concurrency from threads inside each batch step.
+EXECUTOR = dg.in_process_executor
+
+
+def _org_sync(after: object) -> None:
+    batches = plan_org_batches(after)
+    summarize_org_sync(batches.map(sync_org_batch).collect())
+
+
+@dg.job(
+    name="release",
+    description="Release sequence for one environment: migrate → bootstrap → org_sync_all. "
+    "Choose the environment in resources.environment (prod needs confirm_prod: true).",
+    tags={KIND_TAG: "release"},
+    executor_def=EXECUTOR,
+)
+def release_job() -> None:
+    migrated = apply_migrations(release_preflight())
+    _org_sync(run_bootstrap(migrated))
+
+
+@dg.job(
+    name="migrate",
+    description="Applies pending SQL migrations through the Supabase Management API.",
+    tags={KIND_TAG: "migrate"},
+    executor_def=EXECUTOR,
+)
+def migrate_job() -> None:
+    apply_migrations(release_preflight())
+
+
+@dg.job(
+    name="bootstrap",
+    description="POST /admin/bootstrap (smart): fresh install or schema sync, never destructive.",
+    tags={KIND_TAG: "bootstrap"},
+    executor_def=EXECUTOR,
+)
+def bootstrap_job() -> None:
+    run_bootstrap(release_preflight())
+
+
+@dg.job(
+    name="org_sync_all",
+    description="Syncs every active org, batched fan-out with bounded concurrency per batch.",
+    tags={KIND_TAG: "org_sync"},
+    executor_def=EXECUTOR,
+)
+def org_sync_all_job() -> None:
+    _org_sync(release_preflight())
+
+
+defs = dg.Definitions(jobs=[release_job, migrate_job, bootstrap_job, org_sync_all_job])

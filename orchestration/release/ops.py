@@ -1,0 +1,210 @@
+"""Release ops: thin wiring from Dagster to the plain functions beside this module."""
+
+from collections.abc import Iterator
+
+import dagster as dg
+from pydantic import Field
+
+from orchestration.release import bootstrap as bootstrap_lib
+from orchestration.release import migrations as migrations_lib
+from orchestration.release import org_sync as org_sync_lib
+from orchestration.release.guard import ensure_single_release
+from orchestration.tags import ENVIRONMENT_TAG
+from resources.environment import PlatformEnvironment
+from resources.platform_api import PlatformApiResource
+from resources.supabase import SupabaseManagementResource
+
+
+def root_run_id(context: dg.OpExecutionContext) -> str:
+    """The first run of a re-execution chain: idempotency keys stay stable across re-executions."""
+    return context.run.root_run_id or context.run_id
+
+
+@dg.op(description="Checks the target environment and that no other release of it is running.")
+def release_preflight(context: dg.OpExecutionContext, environment: PlatformEnvironment) -> None:
+    env = environment.environment
+    if context.run.tags.get(ENVIRONMENT_TAG) != env.name:
+        context.instance.add_run_tags(context.run_id, {ENVIRONMENT_TAG: env.name})
+    ensure_single_release(context.instance, context.run_id, context.job_name, env.name)
+    context.log.info(f"Release targets environment '{env.name}' at {env.api_url()}")
+    context.add_output_metadata({"environment": env.name, "api_url": env.api_url()})
+
+
+class MigrateConfig(dg.Config):
+    migrations_dir: str = Field(
+        default=str(migrations_lib.DEFAULT_MIGRATIONS_DIR),
+        description="Directory of NNNN_name.sql files, applied in version order.",
+    )
+
+
+@dg.op(
+    ins={"after": dg.In(dg.Nothing)},
+    description="Applies pending SQL migrations through the Supabase Management API.",
+)
+def apply_migrations(
+    context: dg.OpExecutionContext, config: MigrateConfig, supabase: SupabaseManagementResource
+) -> None:
+    from pathlib import Path
+
+    migrations = migrations_lib.discover(Path(config.migrations_dir))
+    with supabase.client(on_retry=context.log.warning) as client:
+        result = migrations_lib.migrate(
+            client, migrations, log=context.log.info, key_prefix=f"migrate:{context.run_id}"
+        )
+    context.log.info(
+        f"Applied {len(result.applied)} migration(s); {len(result.already_applied)} already applied"
+    )
+    context.add_output_metadata(
+        {
+            "applied": dg.MetadataValue.json(result.applied),
+            "applied_count": len(result.applied),
+            "already_applied_count": len(result.already_applied),
+            "unknown_applied": dg.MetadataValue.json(result.unknown_applied),
+        }
+    )
+
+
+@dg.op(
+    ins={"after": dg.In(dg.Nothing)},
+    description="POST /admin/bootstrap (smart): fresh install or schema sync, never destructive.",
+)
+def run_bootstrap(context: dg.OpExecutionContext, platform_api: PlatformApiResource) -> None:
+    with platform_api.client(on_retry=context.log.warning) as client:
+        result = bootstrap_lib.run_bootstrap(client, idempotency_key=f"bootstrap:{context.run_id}")
+    context.log.info(f"Bootstrap {result.summary()}")
+    context.add_output_metadata(
+        {
+            "mode": result.mode,
+            "tables_created_count": len(result.tables_created),
+            "tables_created": dg.MetadataValue.json(result.tables_created),
+            "columns_added_count": result.columns_added_count,
+            "columns_added": dg.MetadataValue.json(result.columns_added),
+            "tables_existing": result.tables_existing,
+        }
+    )
+
+
+class PlanOrgSyncConfig(dg.Config):
+    batch_size: int = Field(default=250, ge=1, description="Orgs per mapped sync step.")
+    page_size: int = Field(default=1000, ge=1, le=1000, description="Orgs per list call.")
+
+
+@dg.op(
+    ins={"after": dg.In(dg.Nothing)},
+    out=dg.DynamicOut(org_sync_lib.OrgBatch),
+    description="Lists every active org (all pages) and fans them out in batches.",
+)
+def plan_org_batches(
+    context: dg.OpExecutionContext, config: PlanOrgSyncConfig, platform_api: PlatformApiResource
+) -> Iterator[dg.DynamicOutput[org_sync_lib.OrgBatch]]:
+    with platform_api.client(on_retry=context.log.warning) as client:
+        orgs = list(client.iter_orgs(status="active", page_size=config.page_size))
+    batches = org_sync_lib.make_batches(orgs, config.batch_size)
+    context.log.info(f"{len(orgs)} active org(s) in {len(batches)} batch(es)")
+    for batch in batches:
+        yield dg.DynamicOutput(batch, mapping_key=batch.mapping_key)
+
+
+class SyncBatchConfig(dg.Config):
+    concurrency: int = Field(default=16, ge=1, le=128, description="Sync calls in flight at once.")
+
+
+def _failed_in_parent(context: dg.OpExecutionContext) -> list[str] | None:
+    """On re-execution, the orgs this step's previous attempt reported failed (None: sync all)."""
+    parent = context.run.parent_run_id
+    if not parent:
+        return None
+    step_key = context.get_step_execution_context().step.key
+    records = context.instance.get_records_for_run(
+        parent, of_type=dg.DagsterEventType.STEP_FAILURE
+    ).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        if event is None or event.step_key != step_key:
+            continue
+        data = event.step_failure_data
+        user = data.user_failure_data if data else None
+        value = user.metadata.get("failed_orgs") if user else None
+        if value is not None:
+            return list(value.value)
+    return None
+
+
+@dg.op(
+    description="Syncs one batch of orgs concurrently; fails at the end naming every failed org."
+)
+def sync_org_batch(
+    context: dg.OpExecutionContext,
+    config: SyncBatchConfig,
+    platform_api: PlatformApiResource,
+    batch: org_sync_lib.OrgBatch,
+) -> org_sync_lib.BatchOutcome:
+    orgs = list(batch.orgs)
+    previous_failures = _failed_in_parent(context)
+    if previous_failures is not None:
+        skipped = [o for o in orgs if o not in set(previous_failures)]
+        orgs = [o for o in orgs if o in set(previous_failures)]
+        context.log.info(
+            f"Re-execution: syncing the {len(orgs)} org(s) that failed before; "
+            f"{len(skipped)} already synced"
+        )
+    progress = org_sync_lib.Progress(
+        len(orgs),
+        context.log.info,
+        f"org sync batch {batch.index} ({batch.offset + 1}-"
+        f"{batch.offset + len(batch.orgs)} of {batch.total})",
+    )
+    root = root_run_id(context)
+    with platform_api.client(on_retry=context.log.warning) as client:
+        outcome = org_sync_lib.sync_batch(
+            client,
+            orgs,
+            concurrency=config.concurrency,
+            key_for=lambda slug: f"org-sync:{root}:{slug}",
+            progress=progress,
+        )
+    if previous_failures is not None:
+        outcome.skipped = [
+            o for o in batch.orgs if o not in outcome.synced and o not in outcome.failed
+        ]
+    table = "\n".join(
+        [
+            "| org | result |",
+            "|---|---|",
+            *(f"| {o} | synced {n} dataset(s) |" for o, n in sorted(outcome.synced.items())),
+            *(f"| {o} | FAILED: {e} |" for o, e in sorted(outcome.failed.items())),
+            *(f"| {o} | skipped (synced earlier) |" for o in outcome.skipped),
+        ]
+    )
+    metadata = {
+        "orgs": dg.MetadataValue.md(table),
+        "synced_count": len(outcome.synced),
+        "failed_count": len(outcome.failed),
+        "failed_orgs": dg.MetadataValue.json(sorted(outcome.failed)),
+        "seconds": round(outcome.seconds, 3),
+    }
+    if outcome.failed:
+        names = ", ".join(sorted(outcome.failed))
+        raise dg.Failure(
+            description=(
+                f"{len(outcome.failed)} of {len(orgs)} org(s) failed to sync: {names}. "
+                "Re-execute from failure to retry only these.\n"
+                + "\n".join(f"- {o}: {e}" for o, e in sorted(outcome.failed.items()))
+            ),
+            metadata=metadata,
+        )
+    context.add_output_metadata(metadata)
+    return outcome
+
+
+@dg.op(description="Totals of the org sync, after every batch succeeded.")
+def summarize_org_sync(
+    context: dg.OpExecutionContext, outcomes: list[org_sync_lib.BatchOutcome]
+) -> None:
+    synced = sum(len(o.synced) for o in outcomes)
+    skipped = sum(len(o.skipped) for o in outcomes)
+    datasets = sum(sum(o.synced.values()) for o in outcomes)
+    context.log.info(f"Org sync complete: {synced} org(s) synced, {skipped} skipped")
+    context.add_output_metadata(
+        {"orgs_synced": synced, "orgs_skipped": skipped, "datasets_synced": datasets}
+    )

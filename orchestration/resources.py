@@ -1,0 +1,23 @@
+"""Every resource the code location binds, chosen in one place.
+
+The environment is a run-level choice (launchpad: ``resources.environment.config.name``); the
+resources that talk to the platform depend on that one resource, so one field decides URLs,
+secret names and the prod confirmation for a whole run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from resources.environment import PlatformEnvironment
+from resources.platform_api import PlatformApiResource
+from resources.supabase import SupabaseManagementResource
+
+
+def build_resources() -> dict[str, Any]:
+    environment = PlatformEnvironment()
+    return {
+        "environment": environment,
+        "platform_api": PlatformApiResource(environment=environment),
+        "supabase": SupabaseManagementResource(environment=environment),
+    }

@@ -1,0 +1,1 @@
+"""Dagster resources: the project's only doors to external systems."""

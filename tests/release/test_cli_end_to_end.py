@@ -1,0 +1,75 @@
+"""`dagster job execute -j release` as an operator runs it: subprocess, the repo's dagster.yaml."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_dagster_job_execute_release(sandbox, tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "CA_API_URL": sandbox.base_url,
+        "CA_ROOT_API_KEY": TEST_API_KEY,
+        "SUPABASE_ACCESS_TOKEN": TEST_SUPABASE_TOKEN,
+    }
+    cmd = [
+        sys.executable, "-m", "dagster", "job", "execute", "-m", "orchestration.definitions",
+        "-j", "release", "-c", str(REPO / "config" / "release-test.yaml"),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert TEST_API_KEY not in proc.stdout + proc.stderr
+
+    state = sandbox.state()
+    assert all(o["syncs"] == 1 for o in state["orgs"].values())
+    assert state["bootstrap"]["last_mode"] == "fresh"
+
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        with dg.DagsterInstance.get() as instance:
+            (run,) = instance.get_runs(dg.RunsFilter(job_name="release"))
+            assert run.status == dg.DagsterRunStatus.SUCCESS
+            assert run.tags["platform/environment"] == "test"
+            assert run.tags["platform/kind"] == "release"
+    finally:
+        del os.environ["DAGSTER_HOME"]
+
+
+def test_platform_ops_home_writes_instance_settings(tmp_path, monkeypatch):
+    from orchestration.cli import main
+
+    assert main(["home", "--dir", str(tmp_path / "h")]) == 0
+    assert (tmp_path / "h" / "dagster.yaml").read_text() == (REPO / "dagster.yaml").read_text()
+    monkeypatch.delenv("DAGSTER_PG_URL", raising=False)
+    with pytest.raises(SystemExit, match="DAGSTER_PG_URL"):
+        main(["home", "--postgres", "--dir", str(tmp_path / "p")])
+
+
+@pytest.mark.postgres
+def test_repo_postgres_yaml_loads_against_local_server(pg_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_PG_URL", pg_url)
+    shutil.copyfile(REPO / "dagster.postgres.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with dg.DagsterInstance.get() as instance:
+        assert "Postgres" in type(instance.run_storage).__name__
+        config = instance.run_coordinator.get_run_queue_config()
+        limits = config.tag_concurrency_limits
+        assert {
+            "key": "platform/release-environment",
+            "value": {"applyLimitPerUniqueValue": True},
+            "limit": 1,
+        } in limits
