@@ -1,17 +1,23 @@
 """The one code location: every area's definitions merged, resources bound once.
 
 ``dagster job execute -m orchestration.definitions -j <job>`` and ``dagster dev`` (workspace.yaml)
-both load ``defs`` from here.
+both load ``defs`` from here. Each area exposes ``defs`` from its own ``definitions`` module.
 """
-
-from __future__ import annotations
 
 import dagster as dg
 
-from orchestration.release import jobs as release_jobs
+from orchestration.commands import definitions as commands
+from orchestration.gateways import definitions as gateways
+from orchestration.maintenance import definitions as maintenance
+from orchestration.release import jobs as release
 from orchestration.resources import build_resources
+from orchestration.triggers import definitions as triggers
 
 defs = dg.Definitions.merge(
-    release_jobs.defs,
+    release.defs,
+    maintenance.defs,
+    triggers.defs,
+    commands.defs,
+    gateways.defs,
     dg.Definitions(resources=build_resources()),
 )

@@ -11,6 +11,7 @@ from typing import Any
 
 from resources.environment import PlatformEnvironment
 from resources.platform_api import PlatformApiResource
+from resources.record_store import RecordStoreResource
 from resources.supabase import SupabaseManagementResource
 
 
@@ -20,4 +21,5 @@ def build_resources() -> dict[str, Any]:
         "environment": environment,
         "platform_api": PlatformApiResource(environment=environment),
         "supabase": SupabaseManagementResource(environment=environment),
+        "record_store": RecordStoreResource(),
     }

@@ -101,3 +101,29 @@ def run_config(environment: str = "test", **extra: object) -> dict:
     }
     config.update(extra)
     return config
+
+
+@pytest.fixture
+def sqlite_store_url(tmp_path) -> str:
+    """A record store on a fresh SQLite file, migrated to every area's head."""
+    from resources.record_store import upgrade
+
+    url = f"sqlite:///{tmp_path / 'record_store.sqlite'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def pg_store_url(pg_schema_url: str) -> str:
+    """A record store in a fresh PostgreSQL schema, migrated to every area's head."""
+    from resources.record_store import upgrade
+
+    upgrade(pg_schema_url)
+    return pg_schema_url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request) -> str:
+    """Run a test on both record-store backends."""
+    name = "sqlite_store_url" if request.param == "sqlite" else "pg_store_url"
+    return request.getfixturevalue(name)

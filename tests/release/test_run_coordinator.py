@@ -6,13 +6,7 @@ from dagster._core.remote_origin import (
     RemoteJobOrigin,
     RemoteRepositoryOrigin,
 )
-from dagster._core.remote_origin import (
-    InProcessCodeLocationOrigin,
-    RemoteJobOrigin,
-    RemoteRepositoryOrigin,
-)
 from dagster._core.run_coordinator import SubmitRunContext
-from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from orchestration.definitions import defs

@@ -1,0 +1,1 @@
+"""The commands area (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""The gateways area (see DESIGN.md)."""

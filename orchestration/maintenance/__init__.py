@@ -1,0 +1,1 @@
+"""The maintenance area (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""The triggers area (see DESIGN.md)."""

@@ -1,0 +1,91 @@
+"""The record store: the project's own tables (triggers, commands, gateways, outbox, history).
+
+SQLAlchemy 2 on a SQLite file by default or PostgreSQL by URL; schema owned by Alembic
+(``migrations/record_store``). Each area keeps its tables on its own Alembic branch (a
+``branch_labels`` base revision), so areas evolve independently and ``upgrade heads`` applies all.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import dagster as dg
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from pydantic import Field
+from sqlalchemy.orm import DeclarativeBase
+
+REPO = Path(__file__).resolve().parents[1]
+MIGRATIONS_DIR = REPO / "migrations" / "record_store"
+DEFAULT_URL = f"sqlite:///{REPO / '.dagster_home' / 'record_store.sqlite'}"
+
+
+class Base(DeclarativeBase):
+    """Declarative base shared by every area's models (one MetaData for Alembic)."""
+
+
+def normalize_url(url: str) -> str:
+    """``postgresql://`` → psycopg2 explicitly, whatever SQLAlchemy's default driver is."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
+def make_engine(url: str) -> sa.Engine:
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # WAL: readers never block the one writer
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def alembic_config(url: str) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str) -> None:
+    """Bring the record store at ``url`` to the newest schema of every area (idempotent)."""
+    command.upgrade(alembic_config(url), "heads")
+
+
+@lru_cache(maxsize=16)
+def _engine_for(url: str) -> sa.Engine:
+    return make_engine(url)
+
+
+class RecordStoreResource(dg.ConfigurableResource):
+    """Where the record store lives; ``engine()`` is shared per URL within a process."""
+
+    url: str = Field(
+        default_factory=lambda: os.environ.get("RECORD_STORE_URL", DEFAULT_URL),
+        description="SQLAlchemy URL (SQLite file by default; postgresql://… in production). "
+        "Defaults to $RECORD_STORE_URL.",
+    )
+    auto_upgrade: bool = Field(
+        default=True, description="Apply pending Alembic migrations when a run first uses it."
+    )
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.auto_upgrade:
+            upgrade(self.url)
+
+    def engine(self) -> sa.Engine:
+        return _engine_for(normalize_url(self.url))
