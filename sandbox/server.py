@@ -565,6 +565,9 @@ class _Handler(BaseHTTPRequestHandler):
     """HTTP/1.1 plumbing only; all behaviour lives in SandboxServer.handle."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, the body waits for the client's
+    # delayed ACK (~40 ms) on every keep-alive response.
+    disable_nagle_algorithm = True
     server_version = "PlatformSandbox/1.0"
     timeout = 60  # idle keep-alive connections are closed after this
     server: _HttpServer

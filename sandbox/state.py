@@ -175,6 +175,8 @@ class SandboxState:
             self.path, isolation_level=None, check_same_thread=False, timeout=30
         )
         self._conn.execute("PRAGMA journal_mode=WAL")
+        # A sandbox needs WAL durability, not an fsync per request: NORMAL keeps it fast.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
         # executescript commits any open transaction, so the idempotent DDL runs before ours.
         self._conn.executescript(_DDL)
         with self.transaction():
