@@ -1,5 +1,13 @@
-"""This area's jobs, schedules and sensors, merged into the code location by definitions.py."""
+"""This area's jobs, schedules and resources, merged into the code location by definitions.py."""
 
 import dagster as dg
 
-defs = dg.Definitions()
+from orchestration.maintenance.jobs import JOBS
+from orchestration.maintenance.schedules import SCHEDULES
+from resources.bigquery import PlatformBigQueryResource
+
+defs = dg.Definitions(
+    jobs=JOBS,
+    schedules=SCHEDULES,
+    resources={"maintenance_bigquery": PlatformBigQueryResource()},
+)
