@@ -40,8 +40,10 @@ class ApiError(dg.Failure):
         status: int | None = None,
         detail: str | None = None,
         attempts: int = 1,
+        allow_retries: bool = True,
     ) -> None:
         super().__init__(
+            allow_retries=allow_retries,
             description=message,
             metadata={
                 "service": service,
@@ -64,6 +66,11 @@ class ApiError(dg.Failure):
 
 class ApiAuthError(ApiError):
     """401/403: the key was refused. Never retried: another attempt cannot fix a wrong key."""
+
+
+def is_transient(status: int | None) -> bool:
+    """Whether a failure with this status (None: no response) may go away on its own."""
+    return status is None or status in RETRYABLE_STATUS or status >= 500
 
 
 class _Retryable(Exception):
@@ -227,7 +234,7 @@ class ApiClient:
                 return response
             detail = self._scrub(_detail_of(response))
             status = response.status_code
-            if status in RETRYABLE_STATUS or status >= 500:
+            if is_transient(status):
                 raise _Retryable(
                     f"HTTP {status}: {detail}",
                     status,
@@ -281,6 +288,7 @@ class ApiClient:
                 status=status,
                 detail=detail,
                 attempts=attempts,
+                allow_retries=False,
             )
         raise ApiError(
             f"{self.service}: {method} {path} failed with HTTP {status}: {detail} (not retried: a "
@@ -291,6 +299,7 @@ class ApiClient:
             status=status,
             detail=detail,
             attempts=attempts,
+            allow_retries=False,  # a step retry (Dagster RetryPolicy) cannot fix a 4xx either
         )
 
     def post_json(self, path: str, body: Any, *, idempotency_key: str | None = None) -> Any:

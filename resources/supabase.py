@@ -52,6 +52,7 @@ class SupabaseSqlClient:
                     path=exc.path,
                     status=exc.status,
                     detail=exc.detail,
+                    allow_retries=False,
                 ) from None
             raise
         rows = response.json()

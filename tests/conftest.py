@@ -13,6 +13,9 @@ import sqlalchemy as sa
 
 from sandbox.server import SandboxServer
 
+# Step retries keep their policy (attempts, backoff) but not their 5 s sleeps under test.
+os.environ.setdefault("PLATFORM_OPS_RETRY_DELAY_SECONDS", "0.05")
+
 TEST_API_KEY = "test-root-key-5f0c2b7a9d"
 TEST_SUPABASE_TOKEN = "test-supabase-token-8e1d4c3b"
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"

@@ -3,6 +3,7 @@ stops the sequence exactly there; the three parts are also jobs of their own."""
 
 import dagster as dg
 
+from orchestration.policies.recipes import recipe
 from orchestration.release.ops import (
     apply_migrations,
     plan_org_batches,
@@ -27,8 +28,8 @@ def _org_sync(after: object) -> None:
     name="release",
     description="Release sequence for one environment: migrate → bootstrap → org_sync_all. "
     "Choose the environment in resources.environment (prod needs confirm_prod: true).",
-    tags={KIND_TAG: "release"},
     executor_def=EXECUTOR,
+    **recipe("release").job_kwargs(**{KIND_TAG: "release"}),
 )
 def release_job() -> None:
     migrated = apply_migrations(release_preflight())
@@ -38,8 +39,8 @@ def release_job() -> None:
 @dg.job(
     name="migrate",
     description="Applies pending SQL migrations through the Supabase Management API.",
-    tags={KIND_TAG: "migrate"},
     executor_def=EXECUTOR,
+    **recipe("api_call").job_kwargs(**{KIND_TAG: "migrate"}),
 )
 def migrate_job() -> None:
     apply_migrations(release_preflight())
@@ -48,8 +49,8 @@ def migrate_job() -> None:
 @dg.job(
     name="bootstrap",
     description="POST /admin/bootstrap (smart): fresh install or schema sync, never destructive.",
-    tags={KIND_TAG: "bootstrap"},
     executor_def=EXECUTOR,
+    **recipe("api_call").job_kwargs(**{KIND_TAG: "bootstrap"}),
 )
 def bootstrap_job() -> None:
     run_bootstrap(release_preflight())
@@ -58,8 +59,8 @@ def bootstrap_job() -> None:
 @dg.job(
     name="org_sync_all",
     description="Syncs every active org, batched fan-out with bounded concurrency per batch.",
-    tags={KIND_TAG: "org_sync"},
     executor_def=EXECUTOR,
+    **recipe("bulk_fanout").job_kwargs(**{KIND_TAG: "org_sync"}),
 )
 def org_sync_all_job() -> None:
     _org_sync(release_preflight())

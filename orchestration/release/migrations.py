@@ -34,7 +34,7 @@ class MigrationError(dg.Failure):
     """A migration could not be planned or applied; the message names the file."""
 
     def __init__(self, message: str, **metadata: object) -> None:
-        super().__init__(description=message, metadata=metadata or None)
+        super().__init__(description=message, metadata=metadata or None, allow_retries=False)
         self.message = message
 
     def __str__(self) -> str:

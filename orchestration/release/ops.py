@@ -192,6 +192,9 @@ def sync_org_batch(
                 + "\n".join(f"- {o}: {e}" for o, e in sorted(outcome.failed.items()))
             ),
             metadata=metadata,
+            # Retrying the step helps only if some org failed transiently; replays are no-ops
+            # on the server (same idempotency keys), so synced orgs are not synced twice.
+            allow_retries=bool(outcome.transient),
         )
     context.add_output_metadata(metadata)
     return outcome

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
-from resources.http_api import ApiError
+from resources.http_api import ApiError, is_transient
 from resources.platform_api import PlatformApiClient
 
 
@@ -36,6 +36,8 @@ class OrgBatch:
 class BatchOutcome:
     synced: dict[str, int] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    # Failed orgs whose error may pass on its own (5xx, timeouts): worth a step retry.
+    transient: set[str] = field(default_factory=set)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -102,8 +104,11 @@ def sync_batch(
                 outcome.synced[slug] = int(body.get("datasets_synced") or 0)
             except ApiError as exc:
                 outcome.failed[slug] = exc.message
+                if is_transient(exc.status):
+                    outcome.transient.add(slug)
             except Exception as exc:  # one org's surprise must not sink the batch
                 outcome.failed[slug] = f"{type(exc).__name__}: {exc}"
+                outcome.transient.add(slug)
             if progress:
                 progress.tick()
     outcome.seconds = time.monotonic() - started

@@ -1,0 +1,1 @@
+"""Job policies shared by every area: retries, recipes, progress, notifications, archival."""
