@@ -2,4 +2,20 @@
 
 import dagster as dg
 
-defs = dg.Definitions()
+from orchestration.gateways.ops import poll_devices_tick
+from orchestration.gateways.sensors import POLL_JOB, poll_devices_sensor
+from orchestration.tags import KIND_TAG
+
+
+@dg.job(
+    name=POLL_JOB,
+    description="One gateway-coordination tick: poll tasks for due targets routed by partition "
+    "and domain, failover of tasks whose gateway lease expired, device status recorded.",
+    tags={KIND_TAG: "gateways"},
+    executor_def=dg.in_process_executor,
+)
+def poll_devices_job() -> None:
+    poll_devices_tick()
+
+
+defs = dg.Definitions(jobs=[poll_devices_job], sensors=[poll_devices_sensor])

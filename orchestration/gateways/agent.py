@@ -1,0 +1,170 @@
+"""The gateway agent: ``python -m orchestration.gateways.agent --id G --partition P ...``.
+
+A long-running process next to the devices. It registers, renews its lease on a thread of its own
+(so a slow check never lets the lease lapse), claims the tasks the coordinator assigned to it,
+runs them on a small thread pool and reports each result under its assignment token.
+
+SIGTERM/SIGINT: stop claiming, let in-flight checks finish (bounded), deregister, exit 0 — the
+next tick reassigns anything still assigned. SIGKILL needs nothing: the lease simply expires.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import sqlalchemy as sa
+
+from orchestration.gateways import registry
+from orchestration.gateways.checks import run_check
+from orchestration.gateways.db import make_engine
+from orchestration.gateways.worker import ClaimedTask, claim_tasks, report_result
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+class Agent:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        gateway_id: str,
+        partition: str,
+        domains: list[str],
+        heartbeat_seconds: float = 2.0,
+        lease_seconds: float = 10.0,
+        poll_seconds: float = 0.5,
+        concurrency: int = 8,
+    ) -> None:
+        if lease_seconds <= heartbeat_seconds:
+            raise ValueError("--lease must be longer than --heartbeat")
+        self.engine = engine
+        self.id = gateway_id
+        self.partition = partition
+        self.domains = domains
+        self.heartbeat_seconds = heartbeat_seconds
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.concurrency = concurrency
+        self.stopping = threading.Event()
+        self._inflight = 0
+        self._lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _register(self) -> None:
+        registry.register(
+            self.engine,
+            self.id,
+            self.partition,
+            self.domains,
+            self.lease_seconds,
+            host=f"{socket.gethostname()}:{os.getpid()}",
+        )
+        log(f"gateway {self.id} registered partition={self.partition} domains={self.domains}")
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stopping.wait(self.heartbeat_seconds):
+            try:
+                if not registry.heartbeat(self.engine, self.id, self.lease_seconds, self._inflight):
+                    self._register()
+            except Exception as exc:  # store unreachable: keep trying, the lease decides
+                log(f"heartbeat failed: {type(exc).__name__}: {exc}")
+
+    def run(self) -> int:
+        self._register()
+        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        beat.start()
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="check")
+        try:
+            while not self.stopping.is_set():
+                free = self.concurrency - self._inflight
+                try:
+                    claimed = claim_tasks(self.engine, self.id, free, self.lease_seconds)
+                except Exception as exc:
+                    log(f"claim failed: {type(exc).__name__}: {exc}")
+                    claimed = []
+                for task in claimed:
+                    with self._lock:
+                        self._inflight += 1
+                    pool.submit(self._execute, task)
+                self.stopping.wait(self.poll_seconds)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            self.stopping.set()
+            registry.deregister(self.engine, self.id)
+            log(f"gateway {self.id} deregistered")
+        return 0
+
+    # -- one task --------------------------------------------------------------------------
+    def _execute(self, task: ClaimedTask) -> None:
+        try:
+            status, result = run_check(task.check_kind, task.address, task.timeout_seconds)
+            result["gateway"] = self.id
+            accepted = report_result(self.engine, self.id, task.id, task.token, status, result)
+            if accepted:
+                log(f"task {task.id} target {task.target_id} {task.address}: {status}")
+            else:
+                log(
+                    f"task {task.id} result rejected: assignment token {task.token} is stale "
+                    "(the task was reassigned)"
+                )
+        except Exception as exc:
+            log(f"task {task.id} failed: {type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self._inflight -= 1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m orchestration.gateways.agent")
+    parser.add_argument("--id", required=True, help="Gateway id (stable across restarts).")
+    parser.add_argument("--partition", required=True)
+    parser.add_argument(
+        "--domain", action="append", default=[], help="Endpoint domain served (repeatable)."
+    )
+    parser.add_argument(
+        "--store-url",
+        default=os.environ.get("RECORD_STORE_URL"),
+        help="Record store URL (default $RECORD_STORE_URL).",
+    )
+    parser.add_argument("--heartbeat", type=float, default=2.0, help="Seconds between renewals.")
+    parser.add_argument("--lease", type=float, default=10.0, help="Lease length in seconds.")
+    parser.add_argument("--poll", type=float, default=0.5, help="Seconds between claim attempts.")
+    parser.add_argument("--concurrency", type=int, default=8, help="Checks in flight at once.")
+    args = parser.parse_args(argv)
+    if not args.store_url:
+        parser.error("--store-url or $RECORD_STORE_URL is required")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    agent = Agent(
+        make_engine(args.store_url),
+        args.id,
+        args.partition,
+        args.domain,
+        heartbeat_seconds=args.heartbeat,
+        lease_seconds=args.lease,
+        poll_seconds=args.poll,
+        concurrency=args.concurrency,
+    )
+
+    def _stop(signum, _frame):
+        log(f"signal {signal.Signals(signum).name}: finishing in-flight checks, deregistering")
+        agent.stopping.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    return agent.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
