@@ -1,0 +1,1 @@
+"""Software-defined assets (trace summaries and any derived tables)."""
