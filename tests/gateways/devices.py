@@ -18,8 +18,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         server: DeviceServer = self.server.owner  # type: ignore[attr-defined]
         server.hits.append(self.path)
-        if self.path.startswith("/slow/"):
-            time.sleep(float(self.path.rsplit("/", 1)[1]))
+        path = self.path.split("?", 1)[0]
+        if path.startswith("/slow/"):
+            time.sleep(float(path.rsplit("/", 1)[1]))
         code = 503 if self.path.startswith("/down") else 200
         body = b"ok" if code == 200 else b"down"
         self.send_response(code)
