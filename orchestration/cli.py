@@ -44,7 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the release (and maintenance) jobs on local parts")
     demo.add_argument("--orgs", type=int, default=25, help="active orgs seeded in the sandbox")
     demo.add_argument("--fresh", action="store_true", help="forget the previous demo's state")
+    arch = sub.add_parser("archive", help="read archived runs back")
+    arch_sub = arch.add_subparsers(dest="archive_command", required=True)
+    show = arch_sub.add_parser("show", help="print an archived run and its event log")
+    show.add_argument("run_id")
+    show.add_argument("--dir", type=Path, default=None, help="default: $PLATFORM_OPS_ARCHIVE_DIR")
+    show.add_argument("--json", action="store_true", help="one JSON object per event")
     args = parser.parse_args(argv)
+
+    if args.command == "archive":
+        return _archive_show(args.run_id, args.dir, as_json=args.json)
 
     if args.command == "home":
         path = write_home(dagster_home(args.dir), postgres=args.postgres)
@@ -53,6 +62,36 @@ def main(argv: list[str] | None = None) -> int:
     from orchestration.demo import run_demo
 
     return run_demo(orgs=args.orgs, fresh=args.fresh)
+
+
+def _archive_show(run_id: str, directory: Path | None, *, as_json: bool) -> int:
+    import json
+
+    from orchestration.policies.archive import ArchiveError, find_archive, read_archive
+    from orchestration.policies.archive_job import default_archive_dir
+
+    root = Path(directory or default_archive_dir())
+    path = find_archive(root, run_id)
+    if path is None:
+        print(f"No archive for run {run_id} under {root}", file=sys.stderr)
+        return 1
+    try:
+        archived = read_archive(path)
+    except ArchiveError as exc:
+        print(f"Archive {path} is damaged: {exc}", file=sys.stderr)
+        return 2
+    run = archived.run
+    print(f"run {run.run_id}  job {run.job_name}  status {run.status.value}  ({path})")
+    print(f"tags: {json.dumps(dict(run.tags), sort_keys=True)}")
+    for entry in archived.events:
+        kind = entry.dagster_event.event_type_value if entry.dagster_event else "LOG"
+        if as_json:
+            print(json.dumps({"ts": entry.timestamp, "type": kind, "step": entry.step_key,
+                              "message": entry.user_message}))  # fmt: skip
+        else:
+            step = f" [{entry.step_key}]" if entry.step_key else ""
+            print(f"{entry.timestamp:.3f} {kind}{step} {entry.user_message}")
+    return 0
 
 
 if __name__ == "__main__":

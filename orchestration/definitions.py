@@ -9,6 +9,7 @@ import dagster as dg
 from orchestration.commands import definitions as commands
 from orchestration.gateways import definitions as gateways
 from orchestration.maintenance import definitions as maintenance
+from orchestration.policies import definitions as policies
 from orchestration.release import jobs as release
 from orchestration.resources import build_resources
 from orchestration.triggers import definitions as triggers
@@ -19,5 +20,6 @@ defs = dg.Definitions.merge(
     triggers.defs,
     commands.defs,
     gateways.defs,
+    policies.defs,
     dg.Definitions(resources=build_resources()),
 )

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
+from orchestration.policies.progress import Progress
 from resources.http_api import ApiError, is_transient
 from resources.platform_api import PlatformApiClient
 
@@ -50,36 +51,6 @@ def make_batches(orgs: Sequence[str], batch_size: int) -> list[OrgBatch]:
         OrgBatch(i // batch_size + 1, tuple(orgs[i : i + batch_size]), i, total)
         for i in range(0, total, batch_size)
     ]
-
-
-class Progress:
-    """Done/total, rate and ETA lines, at most one per ``every_seconds`` (and always the last)."""
-
-    def __init__(
-        self, total: int, log: Callable[[str], None], label: str, every_seconds: float = 2.0
-    ):
-        self.total = total
-        self.done = 0
-        self.log = log
-        self.label = label
-        self.every = every_seconds
-        self.started = time.monotonic()
-        self._last = 0.0
-
-    def tick(self, n: int = 1) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.done < self.total and now - self._last < self.every:
-            return
-        self._last = now
-        elapsed = max(now - self.started, 1e-6)
-        rate = self.done / elapsed
-        remaining = (self.total - self.done) / rate if rate > 0 else float("inf")
-        pct = 100.0 * self.done / self.total if self.total else 100.0
-        self.log(
-            f"{self.label}: {self.done}/{self.total} ({pct:.0f}%), {rate:.1f}/s, "
-            f"ETA {remaining:.1f}s"
-        )
 
 
 def sync_batch(

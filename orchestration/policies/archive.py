@@ -1,0 +1,158 @@
+"""Run-history archive: export old runs (record + event log) to compressed JSONL, verify, delete.
+
+Open-source Dagster has no run retention, so the instance grows forever. Each run becomes one
+``<dir>/runs/YYYY/MM/<run_id>.jsonl.gz`` (serialized with Dagster's own serdes, so it reads back
+as the same objects), written to a temporary name, fsynced and renamed; it is read back and
+checked before the run is deleted. A crash anywhere leaves the run either untouched or exported
+and still present, and the next pass exports it again (idempotent overwrite) and deletes it:
+nothing is lost, nothing is deleted unverified.
+"""
+
+import gzip
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+from dagster._serdes import deserialize_value, serialize_value
+
+FINISHED = [
+    dg.DagsterRunStatus.SUCCESS,
+    dg.DagsterRunStatus.FAILURE,
+    dg.DagsterRunStatus.CANCELED,
+]
+FORMAT = "platform-ops-run-archive/1"
+
+
+class ArchiveError(Exception):
+    """An export that did not verify; the run stays in the instance."""
+
+
+@dataclass
+class ArchivedRun:
+    run: dg.DagsterRun
+    events: list[dg.EventLogEntry]
+    storage_ids: list[int]
+
+
+@dataclass
+class ArchiveReport:
+    archived: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    bytes_written: int = 0
+
+
+def archive_path(root: Path, run_id: str, created: datetime) -> Path:
+    return root / "runs" / f"{created:%Y}" / f"{created:%m}" / f"{run_id}.jsonl.gz"
+
+
+def _lines(run: dg.DagsterRun, records: list) -> Iterator[str]:
+    yield json.dumps({"kind": "header", "format": FORMAT, "run_id": run.run_id})
+    yield json.dumps({"kind": "run", "run": serialize_value(run)})
+    for record in records:
+        yield json.dumps(
+            {
+                "kind": "event",
+                "storage_id": record.storage_id,
+                "entry": serialize_value(record.event_log_entry),
+            }
+        )
+
+
+def export_run(instance: dg.DagsterInstance, run_id: str, root: Path) -> tuple[Path, int]:
+    """Write one run's archive atomically; returns its path and event count."""
+    record = instance.get_run_record_by_id(run_id)
+    if record is None:
+        raise ArchiveError(f"run {run_id} not found")
+    records = list(instance.get_records_for_run(run_id, ascending=True).records)
+    created = record.create_timestamp.astimezone(UTC)
+    path = archive_path(root, run_id, created)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    digest = hashlib.sha256()
+    with open(tmp, "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb") as gz:
+            for line in _lines(record.dagster_run, records):
+                data = (line + "\n").encode()
+                digest.update(data)
+                gz.write(data)
+            trailer = {"kind": "end", "events": len(records), "sha256": digest.hexdigest()}
+            gz.write((json.dumps(trailer) + "\n").encode())
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.replace(tmp, path)
+    return path, len(records)
+
+
+def read_archive(path: Path) -> ArchivedRun:
+    """Read an archive back, checking its trailer (count and checksum)."""
+    run: dg.DagsterRun | None = None
+    events: list[dg.EventLogEntry] = []
+    storage_ids: list[int] = []
+    digest = hashlib.sha256()
+    trailer = None
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            item = json.loads(line)
+            if item["kind"] == "end":
+                trailer = item
+                continue
+            digest.update(line.encode())
+            if item["kind"] == "header" and item.get("format") != FORMAT:
+                raise ArchiveError(f"{path}: unknown format {item.get('format')!r}")
+            if item["kind"] == "run":
+                run = deserialize_value(item["run"], dg.DagsterRun)
+            elif item["kind"] == "event":
+                events.append(deserialize_value(item["entry"], dg.EventLogEntry))
+                storage_ids.append(item["storage_id"])
+    if trailer is None or run is None:
+        raise ArchiveError(f"{path}: truncated archive (no run or no trailer)")
+    if trailer["events"] != len(events) or trailer["sha256"] != digest.hexdigest():
+        raise ArchiveError(f"{path}: checksum or event count mismatch")
+    return ArchivedRun(run, events, storage_ids)
+
+
+def find_archive(root: Path, run_id: str) -> Path | None:
+    matches = sorted((root / "runs").glob(f"*/*/{run_id}.jsonl.gz"))
+    return matches[0] if matches else None
+
+
+def archivable_runs(instance: dg.DagsterInstance, cutoff: datetime, limit: int) -> list[str]:
+    """Finished runs last updated before ``cutoff``, oldest first."""
+    records = instance.get_run_records(
+        dg.RunsFilter(statuses=FINISHED, updated_before=cutoff), limit=limit, ascending=True
+    )
+    return [r.dagster_run.run_id for r in records]
+
+
+def archive_runs(
+    instance: dg.DagsterInstance,
+    root: Path,
+    cutoff: datetime,
+    *,
+    limit: int = 1000,
+    on_progress: Callable[[int], None] | None = None,
+    after_export: Callable[[str], None] | None = None,
+) -> ArchiveReport:
+    """Export, verify and delete up to ``limit`` runs older than ``cutoff``."""
+    report = ArchiveReport()
+    for run_id in archivable_runs(instance, cutoff, limit):
+        try:
+            path, count = export_run(instance, run_id, root)
+            back = read_archive(path)
+            if back.run.run_id != run_id or len(back.events) != count:
+                raise ArchiveError(f"{path}: read back {len(back.events)} events, wrote {count}")
+            if after_export:
+                after_export(run_id)  # test hook: a crash between export and delete
+            instance.delete_run(run_id)
+            report.archived.append(run_id)
+            report.bytes_written += path.stat().st_size
+        except ArchiveError as exc:
+            report.failed[run_id] = str(exc)
+        if on_progress:
+            on_progress(1)
+    return report

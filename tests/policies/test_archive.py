@@ -1,0 +1,122 @@
+"""Run-history archive round trip on a real instance: export → delete → read back identical."""
+
+import gzip
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+from dagster._serdes import serialize_value
+
+from orchestration.definitions import defs
+from orchestration.policies import archive
+from tests.conftest import run_config
+
+CLI = [sys.executable, "-m", "orchestration.cli"]
+
+
+def _run_jobs(instance, n):
+    job = defs.get_job_def("bootstrap")
+    return [
+        job.execute_in_process(instance=instance, run_config=run_config()).run_id for _ in range(n)
+    ]
+
+
+def _snapshot(instance, run_id):
+    run = instance.get_run_by_id(run_id)
+    events = [
+        serialize_value(r.event_log_entry) for r in instance.get_records_for_run(run_id).records
+    ]
+    return serialize_value(run), events
+
+
+def test_round_trip_and_nothing_newer_touched(instance, platform_env, tmp_path):
+    old = _run_jobs(instance, 2)
+    before = {run_id: _snapshot(instance, run_id) for run_id in old}
+    time.sleep(0.05)
+    cutoff = datetime.now(UTC)
+    time.sleep(0.05)
+    (newer,) = _run_jobs(instance, 1)
+
+    report = archive.archive_runs(instance, tmp_path, cutoff)
+    assert sorted(report.archived) == sorted(old) and report.failed == {}
+    for run_id in old:
+        assert instance.get_run_by_id(run_id) is None
+        back = archive.read_archive(archive.find_archive(tmp_path, run_id))
+        assert serialize_value(back.run) == before[run_id][0]
+        assert [serialize_value(e) for e in back.events] == before[run_id][1]
+    assert instance.get_run_by_id(newer) is not None
+    assert archive.find_archive(tmp_path, newer) is None
+
+
+def test_crash_between_export_and_delete_loses_nothing(instance, platform_env, tmp_path):
+    (run_id,) = _run_jobs(instance, 1)
+    snapshot = _snapshot(instance, run_id)
+    cutoff = datetime.now(UTC) + timedelta(seconds=1)
+
+    def crash(_run_id):
+        raise KeyboardInterrupt("killed after export")
+
+    with pytest.raises(KeyboardInterrupt):
+        archive.archive_runs(instance, tmp_path, cutoff, after_export=crash)
+    assert instance.get_run_by_id(run_id) is not None  # exported, not deleted
+    assert archive.find_archive(tmp_path, run_id) is not None
+
+    report = archive.archive_runs(instance, tmp_path, cutoff)  # the next pass finishes the job
+    assert report.archived == [run_id]
+    assert instance.get_run_by_id(run_id) is None
+    back = archive.read_archive(archive.find_archive(tmp_path, run_id))
+    assert [serialize_value(e) for e in back.events] == snapshot[1]
+    assert len(list(tmp_path.rglob("*.jsonl.gz"))) == 1
+    assert list(tmp_path.rglob("*.tmp")) == []
+
+
+def test_damaged_archive_is_detected(instance, platform_env, tmp_path):
+    (run_id,) = _run_jobs(instance, 1)
+    path, _count = archive.export_run(instance, run_id, tmp_path)
+    with gzip.open(path, "rt") as fh:
+        lines = fh.read().splitlines()
+    with gzip.open(path, "wt") as fh:
+        fh.write("\n".join(lines[:-2] + lines[-1:]) + "\n")  # drop one event
+    with pytest.raises(archive.ArchiveError, match="mismatch"):
+        archive.read_archive(path)
+
+
+def test_archive_job_and_cli_read_back(instance, platform_env, tmp_path):
+    old = _run_jobs(instance, 2)
+    cutoff = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    config = {
+        "ops": {"archive_old_runs": {"config": {"archive_dir": str(tmp_path), "cutoff": cutoff}}}
+    }
+    job = defs.get_job_def("archive_run_history")
+    result = job.execute_in_process(instance=instance, run_config=config)
+    outputs = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    meta = {k: v.value for k, v in outputs[0].event_specific_data.metadata.items()}
+    assert meta["archived"] == 2 and meta["done"] == 2
+    assert all(instance.get_run_by_id(r) is None for r in old)
+    second = job.execute_in_process(instance=instance, run_config=config)
+    outputs = [e for e in second.all_events if e.event_type_value == "STEP_OUTPUT"]
+    meta = {k: v.value for k, v in outputs[0].event_specific_data.metadata.items()}
+    assert meta["archived"] == 1  # only the first archive run itself; the old ones are gone
+    assert len(list(tmp_path.rglob("*.jsonl.gz"))) == 3
+
+    proc = subprocess.run(
+        [*CLI, "archive", "show", old[0], "--dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"run {old[0]}  job bootstrap  status SUCCESS" in proc.stdout
+    assert "STEP_SUCCESS [run_bootstrap]" in proc.stdout
+    missing = subprocess.run(
+        [*CLI, "archive", "show", "nope", "--dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "No archive for run nope" in missing.stderr
+
+
+def test_schedule_is_on_by_default():
+    schedule = defs.get_schedule_def("archive_run_history_schedule")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert schedule.execution_timezone == "UTC"
