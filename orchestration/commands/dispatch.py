@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -119,7 +120,8 @@ def claim_batches(
 ) -> dict[str, list[int]]:
     """Claim due pending runs (oldest first, at most ``max_runs``) in batches of ``batch_size``."""
     t = m.command_runs
-    stamp = now.strftime("%Y%m%dT%H%M%S")
+    # Unique per evaluation: two dispatchers (or a re-evaluated tick) never share a run_key.
+    stamp = f"{now.strftime('%Y%m%dT%H%M%S')}:{uuid.uuid4().hex[:8]}"
     batches: dict[str, list[int]] = {}
     with engine.begin() as conn:
         ids = (

@@ -1,0 +1,45 @@
+"""Seeding helpers for the command-scheduler tests."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from orchestration.commands import catalog
+from orchestration.commands import models as m
+from resources.record_store import make_engine
+
+T0 = datetime(2026, 1, 1, 12, 34, 0, tzinfo=UTC)
+
+
+def engine_for(url: str) -> sa.Engine:
+    return make_engine(url)
+
+
+def seed(engine: sa.Engine, data: dict) -> catalog.SyncResult:
+    return catalog.apply(engine, catalog.parse_catalog(data), prune=True)
+
+
+def backdate_schedules(engine: sa.Engine, when: datetime = datetime(2020, 1, 1, tzinfo=UTC)):
+    """Schedules created "long ago", so slots at the fixed test times count."""
+    with engine.begin() as conn:
+        conn.execute(m.schedules.update().values(created_at=when))
+
+
+def count_runs(engine: sa.Engine, **where) -> int:
+    q = sa.select(sa.func.count()).select_from(m.command_runs)
+    for k, v in where.items():
+        q = q.where(getattr(m.command_runs.c, k) == v)
+    with engine.connect() as conn:
+        return conn.execute(q).scalar_one()
+
+
+def simple_catalog(cron: str = "34 12 * * *", command: str = "echo hi") -> dict:
+    return {
+        "environments": [{"name": "staging", "variables": {"X": "1"}}],
+        "commands": [{"name": "hello", "command": command, "timeout_seconds": 30}],
+        "schedules": [
+            {"name": "s1", "command": "hello", "environments": ["staging"], "cron": cron}
+        ],
+    }

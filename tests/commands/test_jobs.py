@@ -1,0 +1,172 @@
+"""Sensor evaluation on a real instance → the batch job it requests → command runs and events."""
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from orchestration.commands import actions, store
+from orchestration.commands import models as m
+from orchestration.commands.jobs import retry_command_run_job, run_command_now_job, run_commands_job
+from orchestration.commands.resources import CommandRunnerResource
+from orchestration.commands.sensors import command_dispatch_sensor
+from resources.record_store import RecordStoreResource
+from tests.commands.helpers import count_runs, engine_for, seed
+
+
+def _resources(url: str) -> dict:
+    return {
+        "record_store": RecordStoreResource(url=url, auto_upgrade=False),
+        "commands_runner": CommandRunnerResource(kill_grace_seconds=0.2),
+    }
+
+
+def _catalog() -> dict:
+    return {
+        "environments": [
+            {"name": "staging",
+             "variables": {"WHO": "; reboot", "TOKEN": {"value": "tok-98765", "secret": True}}},
+            {"name": "off", "enabled": False},
+        ],
+        "commands": [
+            {"name": "greet", "command": 'echo "hi $WHO token=$TOKEN"'},
+            {"name": "boom", "command": 'echo "bad $TOKEN" >&2; exit 7'},
+            {"name": "slow", "command": "sleep 30", "timeout_seconds": 1},
+        ],
+        "schedules": [
+            {"name": "greet-every-minute", "command": "greet",
+             "environments": ["staging", "off"], "cron": "* * * * *"},
+            {"name": "boom-every-minute", "command": "boom", "environments": ["staging"],
+             "cron": ["* * * * *", "*/2 * * * *"]},
+        ],
+    }  # fmt: skip
+
+
+def _evaluate(instance, url, cursor=None):
+    ctx = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"record_store": RecordStoreResource(url=url)}
+    )
+    return command_dispatch_sensor.evaluate_tick(ctx)
+
+
+def _events(engine, run_id):
+    return [e["kind"] for e in store.events_for(engine, run_id)]
+
+
+def test_sensor_tick_launches_one_batch_and_each_command_is_its_own_step(
+    store_url, instance, caplog
+):
+    engine = engine_for(store_url)
+    seed(engine, _catalog())
+    tick = _evaluate(instance, store_url)
+    assert len(tick.run_requests) == 1
+    request = tick.run_requests[0]
+    ids = request.run_config["ops"]["plan_command_runs"]["config"]["command_run_ids"]
+    assert len(ids) == 2  # greet@staging, boom@staging (the disabled env is skipped)
+    assert count_runs(engine) == 2
+    # a re-evaluated tick (cursor not yet saved) creates nothing and requests the same batch
+    again = _evaluate(instance, store_url)
+    assert [r.run_key for r in again.run_requests] == [request.run_key]
+    assert count_runs(engine) == 2
+
+    result = run_commands_job.execute_in_process(
+        run_config=request.run_config, instance=instance, resources=_resources(store_url),
+        raise_on_error=False,
+    )  # fmt: skip
+    by_name = {store.get_run(engine, i)["command_name"]: i for i in ids}
+    greet, boom = by_name["greet"], by_name["boom"]
+    steps = {e.step_key: e.event_type_value for e in result.all_events if e.is_step_event}
+    assert steps[f"execute_command_run[run_{greet}]"] == "STEP_SUCCESS"
+    assert steps[f"execute_command_run[run_{boom}]"] == "STEP_FAILURE"
+    failure = next(
+        e for e in result.all_events
+        if e.is_step_failure and e.step_key == f"execute_command_run[run_{boom}]"
+    )  # fmt: skip
+    message = failure.step_failure_data.error.message
+    assert "exited with code 7" in message and "bad ****" in message
+    assert "tok-98765" not in message
+
+    greet_row = store.get_run(engine, greet)
+    assert (greet_row["status"], greet_row["exit_code"]) == (m.SUCCEEDED, 0)
+    assert greet_row["dagster_run_id"] == result.run_id
+    assert _events(engine, greet) == ["started", "succeeded"]
+    final = store.events_for(engine, greet)[-1]
+    assert final["stdout_tail"] == "hi ; reboot token=****\n"
+    assert store.get_run(engine, boom)["status"] == m.FAILED
+
+    logs = [r.user_message for r in instance.all_logs(result.run_id)]
+    assert any("[stdout] hi ; reboot token=****" in line for line in logs)
+    assert not any("tok-98765" in line for line in logs)
+
+    # the same batch run again (idempotent): nothing re-runs, each step reports the record
+    rerun = run_commands_job.execute_in_process(
+        run_config=request.run_config, instance=instance, resources=_resources(store_url),
+        raise_on_error=False,
+    )  # fmt: skip
+    assert _events(engine, greet) == ["started", "succeeded"]
+    assert _events(engine, boom) == ["started", "failed"]
+    assert rerun.output_for_node("execute_command_run")[f"run_{greet}"] == greet
+
+
+def test_run_now_retry_and_timeout(sqlite_store_url, instance):
+    engine = engine_for(sqlite_store_url)
+    seed(engine, _catalog())
+    config = {
+        "ops": {"request_command_run": {"config": {"command": "slow", "environment": "staging"}}}
+    }
+    result = run_command_now_job.execute_in_process(
+        run_config=config, instance=instance, resources=_resources(sqlite_store_url),
+        raise_on_error=False,
+    )  # fmt: skip
+    run_id = result.output_for_node("request_command_run", "command_run_id")
+    row = store.get_run(engine, run_id)
+    assert row["status"] == m.TIMED_OUT and row["requested_by"] == "dagster:run_command_now"
+    assert _events(engine, run_id) == ["started", "timed_out"]
+
+    retry_config = {"ops": {"request_retry": {"config": {"command_run_id": run_id}}}}
+    retried = retry_command_run_job.execute_in_process(
+        run_config=retry_config, instance=instance, resources=_resources(sqlite_store_url),
+        raise_on_error=False,
+    )  # fmt: skip
+    retry_id = retried.output_for_node("request_retry", "command_run_id")
+    retry = store.get_run(engine, retry_id)
+    assert (retry["retry_of"], retry["attempt"], retry["status"]) == (run_id, 2, m.TIMED_OUT)
+    # retrying the same run again: the same retry, not run a second time
+    twice = retry_command_run_job.execute_in_process(
+        run_config=retry_config, instance=instance, resources=_resources(sqlite_store_url),
+        raise_on_error=False,
+    )  # fmt: skip
+    assert twice.output_for_node("request_retry", "command_run_id") == retry_id
+    assert _events(engine, retry_id) == ["started", "timed_out"]
+    with pytest.raises(actions.ActionError, match="only failed, timed_out, cancelled"):
+        actions.retry_run(engine, _succeeded_run(engine, instance, sqlite_store_url))
+
+
+def _succeeded_run(engine, instance, url) -> int:
+    config = {
+        "ops": {"request_command_run": {"config": {"command": "greet", "environment": "staging"}}}
+    }
+    result = run_command_now_job.execute_in_process(
+        run_config=config, instance=instance, resources=_resources(url)
+    )
+    return result.output_for_node("request_command_run", "command_run_id")
+
+
+def test_run_in_seconds_is_left_to_the_dispatcher(sqlite_store_url, instance):
+    engine = engine_for(sqlite_store_url)
+    seed(engine, _catalog())
+    with engine.begin() as conn:
+        conn.execute(m.schedules.update().values(enabled=False))
+    config = {"ops": {"request_command_run": {"config": {
+        "command": "greet", "environment": "staging", "in_seconds": 3600}}}}  # fmt: skip
+    result = run_command_now_job.execute_in_process(
+        run_config=config, instance=instance, resources=_resources(sqlite_store_url)
+    )
+    run_id = result.output_for_node("request_command_run", "command_run_id")
+    assert store.get_run(engine, run_id)["status"] == m.PENDING
+    assert _evaluate(instance, sqlite_store_url).run_requests == []
+    with engine.begin() as conn:  # an hour passes
+        conn.execute(
+            m.command_runs.update().values(not_before=sa.func.datetime("now", "-1 second"))
+        )
+    (request,) = _evaluate(instance, sqlite_store_url).run_requests
+    assert request.run_config["ops"]["plan_command_runs"]["config"]["command_run_ids"] == [run_id]
