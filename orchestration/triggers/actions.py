@@ -45,9 +45,7 @@ def token_hash(token: str) -> str:
 
 def check_download(conn: sa.Connection, package_id: int, token: str) -> bool:
     """Whether ``token`` may download the package now: active, unexpired, token matches."""
-    row = conn.execute(
-        sa.select(edge_packages).where(edge_packages.c.id == package_id)
-    ).first()
+    row = conn.execute(sa.select(edge_packages).where(edge_packages.c.id == package_id)).first()
     if row is None or row.state != "active" or row.download_token_hash is None:
         return False
     if as_utc(row.expires_at) <= utcnow():

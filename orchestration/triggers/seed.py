@@ -44,7 +44,8 @@ def seed_packages(engine: sa.Engine, expired: int, active: int = 0) -> dict[int,
                     tenant_id=f"tenant-{i % 3}",
                     name=f"edge-package-{i}",
                     state="active",
-                    expires_at=now + (timedelta(hours=1) if i >= expired else -timedelta(minutes=5)),
+                    expires_at=now
+                    + (timedelta(hours=1) if i >= expired else -timedelta(minutes=5)),
                     download_token_hash=token_hash(token),
                 )
                 .returning(edge_packages.c.id)

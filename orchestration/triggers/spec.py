@@ -3,8 +3,9 @@
 ``TriggerSpec`` names the table, a ``where`` (column → value or condition), the action applied to
 one record, how often to scan, batch sizes, attempts and error handling. Everything else (sensor or
 schedule, worker job, history) is derived from it by the modules beside this one. A declaration
-that cannot work (unknown column, non-positive size, invalid cron) raises ``TriggerDeclarationError``
-at import time, naming the trigger and the problem, so a bad trigger never reaches the daemon.
+that cannot work (unknown column, non-positive size, invalid cron) raises
+``TriggerDeclarationError`` at import time, naming the trigger and the problem, so a bad
+trigger never reaches the daemon.
 """
 
 from __future__ import annotations

@@ -125,15 +125,19 @@ def _process_chunk(
     if conn.dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
     rows = {r.id: r._mapping for r in conn.execute(q)}
-    prior = {
-        r.record_id: (r.attempts, r.status)
-        for r in conn.execute(
-            sa.select(trigger_attempts).where(
-                trigger_attempts.c.trigger == spec.name,
-                trigger_attempts.c.record_id.in_(list(rows)),
+    prior = (
+        {
+            r.record_id: (r.attempts, r.status)
+            for r in conn.execute(
+                sa.select(trigger_attempts).where(
+                    trigger_attempts.c.trigger == spec.name,
+                    trigger_attempts.c.record_id.in_(list(rows)),
+                )
             )
-        )
-    } if rows else {}
+        }
+        if rows
+        else {}
+    )
     outcomes: list[Outcome] = []
     history: list[dict] = []
     attempts_rows: list[dict] = []
@@ -164,7 +168,9 @@ def _process_chunk(
                 try:
                     with conn.begin_nested():
                         pending = []
-                        _apply_error(spec, conn, record, spec.on_error(record, ctx, error), now, pending)
+                        _apply_error(
+                            spec, conn, record, spec.on_error(record, ctx, error), now, pending
+                        )
                     notifications += pending
                 except Exception as on_error_exc:
                     error += f" | on_error failed: {type(on_error_exc).__name__}: {on_error_exc}"
@@ -207,7 +213,9 @@ def _process_chunk(
         conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=["trigger", "record_id"],
-                set_={k: stmt.excluded[k] for k in ("attempts", "status", "last_error", "updated_at")},
+                set_={
+                    k: stmt.excluded[k] for k in ("attempts", "status", "last_error", "updated_at")
+                },
             )
         )
     return outcomes, [n["dedupe_key"] for n in notifications]

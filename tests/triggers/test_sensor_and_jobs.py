@@ -14,7 +14,7 @@ from orchestration.triggers.scan import scan
 from orchestration.triggers.seed import seed_alerts, seed_traces
 from orchestration.triggers.spec import TriggerSpec, older_than
 from resources.record_store import RecordStoreResource
-from tests.triggers.helpers import WebhookReceiver, alert_states, outbox
+from tests.triggers.helpers import WebhookReceiver, alert_states
 
 REPO_DEF = defs.get_repository_def()
 
@@ -138,7 +138,7 @@ def test_escalate_job_runs_from_launchpad_config_and_is_idempotent(instance, sto
         keys = hook.key_counts()
     assert all(r.success for r in runs)
     out1 = runs[0].events_for_node("escalate_alerts_worker")
-    meta = [e for e in out1 if e.event_type_value == "STEP_OUTPUT"][0].event_specific_data.metadata
+    meta = next(e for e in out1 if e.event_type_value == "STEP_OUTPUT").event_specific_data.metadata
     assert meta["succeeded"].value == 3 and meta["skipped"].value == 1
     assert keys == {f"escalate_alerts:{i}": 1 for i in (1, 2, 3)}  # twice = once
     assert [alert_states(eng)[i] for i in (1, 2, 3, 4)] == ["escalated"] * 3 + ["pending"]
