@@ -1,0 +1,54 @@
+"""``dagster job execute`` of every maintenance job as an operator (and the README demo) runs it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.instance.ref import InstanceRef
+
+from orchestration.maintenance.demo import SEED_AGES_DAYS, demo
+from tests.conftest import TEST_API_KEY
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_day_of_maintenance_through_the_cli(sandbox, tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(Path.home()),
+        "DAGSTER_HOME": str(home),
+        "CA_API_URL": sandbox.base_url,
+        "CA_ROOT_API_KEY": TEST_API_KEY,
+    }
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    month = today[:7]
+
+    lines = demo(env, tmp_path / "demo")
+    text = "\n".join(lines)
+    for job in ("quota_reset", "quota_cleanup", "stale_cleanup", "alerts", "quota_monthly"):
+        assert any(line.strip().startswith(f"{job} ") and " SUCCESS " in line for line in lines), (
+            text
+        )
+    old = sum(1 for age in SEED_AGES_DAYS if age > 90)
+    assert f"rows_deleted={old}" in text
+    assert f"{len(SEED_AGES_DAYS)} before, {len(SEED_AGES_DAYS) - old} after" in text
+    assert TEST_API_KEY not in text
+
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 5 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        assert {r.tags["platform/slot"] for r in runs} == {today, month}
+
+    effects = sandbox.state()["effects"]
+    assert effects["reset-daily"] == {today: 1}
+    assert effects["process-all"] == {today: 1}
+    assert effects["reset-monthly"] == {month: 1}
+    assert sum(effects["cleanup-stale"].values()) == 1
