@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import httpx
+
+_client: httpx.Client | None = None
+_client_lock = threading.Lock()
+
+
+def _shared_client() -> httpx.Client:
+    """One pooled client per process: a new client per check would build a TLS context and a
+    connection every time, which dominates a fast device's check."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = httpx.Client(follow_redirects=False, limits=httpx.Limits(max_connections=64))
+        return _client
 
 
 def http_check(address: str, timeout: float) -> tuple[str, dict]:
@@ -13,7 +27,7 @@ def http_check(address: str, timeout: float) -> tuple[str, dict]:
     answers at all with a non-error status is reachable, which is what polling measures."""
     started = time.perf_counter()
     try:
-        response = httpx.get(address, timeout=timeout)
+        response = _shared_client().get(address, timeout=timeout)
     except httpx.HTTPError as exc:
         return "down", {"error": f"{type(exc).__name__}: {exc}"[:300], **_elapsed(started)}
     status = "up" if response.status_code < 400 else "down"
