@@ -71,14 +71,27 @@ class OutboxDelivery:
             ids = self._pending_ids(conn, keys, limit)
         if not ids:
             return report
-        if self.webhook_url:
+        if not self.webhook_url:
+            self._log_only(engine, ids, report)
+        else:
             with httpx.Client(timeout=self.timeout_seconds) as client:
                 for row_id in ids:
                     self._deliver_one(engine, row_id, client, report)
-        else:
-            for row_id in ids:
-                self._deliver_one(engine, row_id, None, report)
         return report
+
+    def _log_only(self, engine: sa.Engine, ids: list, report: DeliveryReport) -> None:
+        """No webhook: one statement marks the rows delivered (still exactly once: the WHERE)."""
+        with engine.begin() as conn:
+            rows = conn.execute(
+                outbox.update()
+                .where(outbox.c.id.in_(ids), outbox.c.delivered_at.is_(None))
+                .values(delivered_at=datetime.now(UTC), attempts=outbox.c.attempts + 1)
+                .returning(outbox.c.dedupe_key, outbox.c.payload)
+            ).all()
+        for key, payload in rows:
+            report.delivered.append(key)
+            if self.log:
+                self.log(f"notification {key} delivered (log only, no webhook URL): {payload}")
 
     def _deliver_one(
         self, engine: sa.Engine, row_id: int, client: httpx.Client | None, report: DeliveryReport

@@ -26,7 +26,7 @@ alerts = sa.Table(
     sa.Column("state", sa.String(20), nullable=False),  # pending | escalated | resolved
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("escalated_at", Timestamp, nullable=True),
-    sa.Index("alerts_state_id_idx", "state", "id"),
+    sa.Index("alerts_state_id_idx", "state", "id", "created_at"),
 )
 
 edge_packages = sa.Table(

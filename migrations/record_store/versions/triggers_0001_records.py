@@ -27,7 +27,8 @@ def upgrade() -> None:
         sa.Column("created_at", Ts, nullable=False),
         sa.Column("escalated_at", Ts, nullable=True),
     )
-    op.create_index("alerts_state_id_idx", "alerts", ["state", "id"])
+    # created_at last: the due check is answered from the index (index-only scan).
+    op.create_index("alerts_state_id_idx", "alerts", ["state", "id", "created_at"])
     op.create_table(
         "edge_packages",
         sa.Column("id", BigId, primary_key=True, autoincrement=True),
