@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,17 @@ class DemoJob:
 
 
 DEMO_JOBS: list[DemoJob] = [DemoJob("release", REPO / "config" / "release-test.yaml")]
+
+
+def _area_demos() -> list[tuple[str, Callable[[dict[str, str], Path], list[str]]]]:
+    """Each area's demo: ``demo(env, workdir) -> lines``, run after the release."""
+    from orchestration.maintenance.demo import demo as maintenance_demo
+    from orchestration.triggers.demo import demo as triggers_demo
+
+    return [
+        ("A day of maintenance (sandbox + BigQuery emulator)", maintenance_demo),
+        ("Record-state triggers (seeded alerts, packages, traces)", triggers_demo),
+    ]
 
 # Metadata too large or too raw for the console summary.
 _SKIP_KEYS = {"orgs", "tables_created", "applied", "columns_added", "unknown_applied"}
@@ -84,8 +96,14 @@ def run_demo(orgs: int = 25, fresh: bool = False) -> int:
     home = write_home(dagster_home(DEMO_DIR / "dagster_home"), postgres=False)
     os.environ["DAGSTER_HOME"] = str(home)
     failures = 0
+    record_store = f"sqlite:///{DEMO_DIR / 'record_store.sqlite'}"
     with sandbox_process(DEMO_DIR / "sandbox", seed_orgs=orgs) as url:
-        env = {**os.environ, **sandbox_env(url), "DAGSTER_HOME": str(home)}
+        env = {
+            **os.environ,
+            **sandbox_env(url),
+            "DAGSTER_HOME": str(home),
+            "RECORD_STORE_URL": record_store,
+        }
         print(f"Local platform sandbox at {url} ({orgs} active orgs); DAGSTER_HOME={home}")
         for job in DEMO_JOBS:
             code, seconds = _execute(job, env)
@@ -96,11 +114,20 @@ def run_demo(orgs: int = 25, fresh: bool = False) -> int:
             for line in _summarize(job.job):
                 print(line)
             failures += code != 0
+        for title, area_demo in _area_demos():
+            print(f"\n== {title}")
+            try:
+                for line in area_demo(env, DEMO_DIR / title.split()[0].lower()):
+                    print(line)
+                    failures += "FAILED" in line
+            except Exception as exc:  # one area's demo failing must not hide the others
+                print(f"  FAILED: {type(exc).__name__}: {exc}")
+                failures += 1
         state = httpx.get(f"{url}/_sandbox/state", timeout=10).json()
         synced = sum(1 for o in state.get("orgs", {}).values() if o.get("syncs"))
         print(f"\nSandbox now: {synced}/{len(state.get('orgs', {}))} orgs synced at least once")
     print(
-        f"\nSee it in the UI: DAGSTER_HOME={home} dagster dev -w workspace.yaml "
-        "(then open http://127.0.0.1:3000/runs)"
+        f"\nSee it in the UI: DAGSTER_HOME={home} RECORD_STORE_URL={record_store} "
+        ".venv/bin/dagster dev -w workspace.yaml   (then open http://127.0.0.1:3000/runs)"
     )
     return 1 if failures else 0
