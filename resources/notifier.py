@@ -21,17 +21,18 @@ from pydantic import Field
 
 WEBHOOK_URL_ENV = "TRIGGERS_WEBHOOK_URL"
 
+# The core area's outbox (migration core_0001); the one definition every writer and reader imports.
 outbox = sa.Table(
     "notification_outbox",
     sa.MetaData(),
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("dedupe_key", sa.String(300)),
-    sa.Column("channel", sa.String(50)),
-    sa.Column("payload", sa.JSON),
-    sa.Column("created_at", sa.DateTime(timezone=True)),
-    sa.Column("delivered_at", sa.DateTime(timezone=True)),
-    sa.Column("attempts", sa.Integer),
-    sa.Column("last_error", sa.Text),
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dedupe_key", sa.String(300), nullable=False, unique=True),
+    sa.Column("channel", sa.String(50), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text, nullable=True),
 )
 
 Log = Callable[[str], None]

@@ -9,6 +9,7 @@ rows, whatever the size of the table.
 
 import sqlalchemy as sa
 
+from resources.notifier import outbox
 from resources.record_store import Base
 
 # BIGINT on PostgreSQL, INTEGER on SQLite (only INTEGER PRIMARY KEY is SQLite's rowid alias).
@@ -97,16 +98,6 @@ trigger_history = sa.Table(
     sa.Index("trigger_history_record_idx", "trigger", "record_id"),
 )
 
-# The core area's outbox (core_0001), reflected here so inserts are typed.
-notification_outbox = sa.Table(
-    "notification_outbox",
-    sa.MetaData(),
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("dedupe_key", sa.String(300), nullable=False, unique=True),
-    sa.Column("channel", sa.String(50), nullable=False),
-    sa.Column("payload", sa.JSON, nullable=False),
-    sa.Column("created_at", Timestamp, nullable=False),
-    sa.Column("delivered_at", Timestamp, nullable=True),
-    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("last_error", sa.Text, nullable=True),
-)
+# The core area's outbox (core_0001) is defined once, in resources.notifier; re-exported here
+# under the name this area's modules use.
+notification_outbox = outbox
