@@ -24,7 +24,7 @@ class BigQueryTarget(dg.Failure):
     """Raised for a BigQuery configuration that cannot be used (shown plainly in the UI)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(description=message)
+        super().__init__(description=message, allow_retries=False)
         self.message = message
 
     def __str__(self) -> str:

@@ -9,6 +9,7 @@ from orchestration.maintenance.ops import (
     reset_daily_quota,
     reset_monthly_quota,
 )
+from orchestration.policies.recipes import recipe
 from orchestration.tags import KIND_TAG
 
 EXECUTOR = dg.in_process_executor
@@ -17,7 +18,7 @@ EXECUTOR = dg.in_process_executor
 @dg.job(
     name="quota_reset",
     description="Daily quota reset for a UTC date (POST /admin/quota/reset-daily).",
-    tags={KIND_TAG: "quota_reset"},
+    **recipe("maintenance").job_kwargs(**{KIND_TAG: "quota_reset"}),
     executor_def=EXECUTOR,
 )
 def quota_reset_job() -> None:
@@ -27,7 +28,7 @@ def quota_reset_job() -> None:
 @dg.job(
     name="quota_cleanup",
     description="Deletes BigQuery quota records older than the retention window (default 90d).",
-    tags={KIND_TAG: "quota_cleanup"},
+    **recipe("maintenance").job_kwargs(**{KIND_TAG: "quota_cleanup"}),
     executor_def=EXECUTOR,
 )
 def quota_cleanup_job() -> None:
@@ -37,7 +38,7 @@ def quota_cleanup_job() -> None:
 @dg.job(
     name="stale_cleanup",
     description="Fixes stuck concurrent-usage counters (POST /admin/quota/cleanup-stale).",
-    tags={KIND_TAG: "stale_cleanup"},
+    **recipe("maintenance").job_kwargs(**{KIND_TAG: "stale_cleanup"}),
     executor_def=EXECUTOR,
 )
 def stale_cleanup_job() -> None:
@@ -47,7 +48,7 @@ def stale_cleanup_job() -> None:
 @dg.job(
     name="alerts",
     description="Cost alerts of every org for a UTC date (POST /admin/alerts/process-all).",
-    tags={KIND_TAG: "alerts"},
+    **recipe("maintenance").job_kwargs(**{KIND_TAG: "alerts"}),
     executor_def=EXECUTOR,
 )
 def alerts_job() -> None:
@@ -57,7 +58,7 @@ def alerts_job() -> None:
 @dg.job(
     name="quota_monthly",
     description="Monthly quota reset for a UTC month (POST /admin/quota/reset-monthly).",
-    tags={KIND_TAG: "quota_monthly"},
+    **recipe("maintenance").job_kwargs(**{KIND_TAG: "quota_monthly"}),
     executor_def=EXECUTOR,
 )
 def quota_monthly_job() -> None:

@@ -68,6 +68,7 @@ def run_call(client: PlatformApiClient, call: PlatformCall, slot: str) -> dict[s
         raise dg.Failure(
             description=f"{call.job} for {slot}: {exc.message}",
             metadata={**exc.metadata, "job": call.job, "slot": slot},
+            allow_retries=exc.allow_retries,  # a 4xx stays final for the step retry policy
         ) from exc
     if not isinstance(body, dict) or body.get("status") != "ok":
         raise dg.Failure(

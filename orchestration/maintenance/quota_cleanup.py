@@ -31,7 +31,7 @@ class QuotaCleanupError(dg.Failure):
     """A refused or failed cleanup (shown plainly in the UI)."""
 
     def __init__(self, message: str, **metadata: object) -> None:
-        super().__init__(description=message, metadata=dict(metadata))
+        super().__init__(description=message, metadata=dict(metadata), allow_retries=False)
         self.message = message
 
     def __str__(self) -> str:

@@ -22,7 +22,7 @@ class SlotError(dg.Failure):
     """A slot that is not a valid date/month (shown plainly in the UI)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(description=message)
+        super().__init__(description=message, allow_retries=False)
         self.message = message
 
     def __str__(self) -> str:

@@ -156,7 +156,11 @@ def test_503_forever_fails_after_the_configured_attempts(platform_env, instance)
         run_config=config, instance=instance, raise_on_error=False
     )
     assert not result.success
-    assert len(posts(sandbox, "/admin/quota/reset-monthly")) == 3
+    # 3 calls per step attempt (client), 3 step attempts (the maintenance recipe's RetryPolicy).
+    retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retries) == 2
+    assert len(posts(sandbox, "/admin/quota/reset-monthly")) == 9
+    assert len({p["idempotency_key"] for p in posts(sandbox, "/admin/quota/reset-monthly")}) == 1
     (failure,) = result.get_step_failure_events()
-    message = failure.step_failure_data.error.message
+    message = failure.step_failure_data.error.to_string()  # the last attempt's error is its cause
     assert "failed after 3 attempts; last error: HTTP 503" in message
