@@ -28,7 +28,7 @@ class EnvironmentConfigError(dg.Failure):
     """
 
     def __init__(self, message: str) -> None:
-        super().__init__(description=message)
+        super().__init__(description=message, allow_retries=False)
         self.message = message
 
     def __str__(self) -> str:
