@@ -18,6 +18,8 @@ from alembic.config import Config as AlembicConfig
 from pydantic import Field
 from sqlalchemy.orm import DeclarativeBase
 
+from resources.db import make_engine, normalize_url
+
 REPO = Path(__file__).resolve().parents[1]
 MIGRATIONS_DIR = REPO / "migrations" / "record_store"
 DEFAULT_URL = f"sqlite:///{REPO / '.dagster_home' / 'record_store.sqlite'}"
@@ -25,33 +27,6 @@ DEFAULT_URL = f"sqlite:///{REPO / '.dagster_home' / 'record_store.sqlite'}"
 
 class Base(DeclarativeBase):
     """Declarative base shared by every area's models (one MetaData for Alembic)."""
-
-
-def normalize_url(url: str) -> str:
-    """``postgresql://`` → psycopg2 explicitly, whatever SQLAlchemy's default driver is."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        return "postgresql+psycopg2://" + url.split("://", 1)[1]
-    return url
-
-
-def make_engine(url: str) -> sa.Engine:
-    url = normalize_url(url)
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
-
-        @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # WAL: readers never block the one writer
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 
 def alembic_config(url: str) -> AlembicConfig:
