@@ -35,12 +35,16 @@ DEMO_JOBS: list[DemoJob] = [DemoJob("release", REPO / "config" / "release-test.y
 
 def _area_demos() -> list[tuple[str, Callable[[dict[str, str], Path], list[str]]]]:
     """Each area's demo: ``demo(env, workdir) -> lines``, run after the release."""
+    from orchestration.commands.demo import demo as commands_demo
+    from orchestration.gateways.demo import demo as gateways_demo
     from orchestration.maintenance.demo import demo as maintenance_demo
     from orchestration.triggers.demo import demo as triggers_demo
 
     return [
-        ("A day of maintenance (sandbox + BigQuery emulator)", maintenance_demo),
-        ("Record-state triggers (seeded alerts, packages, traces)", triggers_demo),
+        ("Maintenance: a day of schedules (sandbox + BigQuery emulator)", maintenance_demo),
+        ("Triggers: seeded alerts, packages, traces", triggers_demo),
+        ("Commands: operator commands, run now and dispatched", commands_demo),
+        ("Gateways: polling by partition, failover after SIGKILL", gateways_demo),
     ]
 
 # Metadata too large or too raw for the console summary.
@@ -117,7 +121,7 @@ def run_demo(orgs: int = 25, fresh: bool = False) -> int:
         for title, area_demo in _area_demos():
             print(f"\n== {title}")
             try:
-                for line in area_demo(env, DEMO_DIR / title.split()[0].lower()):
+                for line in area_demo(env, DEMO_DIR / title.split(":")[0].lower()):
                     print(line)
                     failures += "FAILED" in line
             except Exception as exc:  # one area's demo failing must not hide the others
