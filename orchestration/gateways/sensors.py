@@ -21,6 +21,8 @@ ACTIVE = [
 @dg.sensor(
     job_name=POLL_JOB,
     minimum_interval_seconds=10,
+    # On like every other sensor here: with no targets or agents it only skips, cheaply.
+    default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests a poll_devices tick when targets are due, a gateway lease expired, "
     "tasks wait for a gateway or results wait to be recorded.",
 )
