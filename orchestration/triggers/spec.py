@@ -158,6 +158,11 @@ class TriggerSpec:
     # Columns whose read value must be unchanged at update time, beyond ``where`` itself.
     cas_columns: tuple[str, ...] = ()
     commit_every: int = 100
+    # The action only computes a Transition from the record (no ``ctx.conn``, no side effects),
+    # so the worker may run a chunk set-based: all actions first, then one compare-and-set
+    # ``UPDATE … WHERE id IN (…) AND <where> RETURNING id``. A pure action that touches
+    # ``ctx.conn`` anyway sends its chunk down the per-record path.
+    pure_action: bool = False
     conditions: dict[str, Condition] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,7 +29,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from orchestration.triggers.models import notification_outbox, trigger_attempts, trigger_history
 from orchestration.triggers.scan import chunks
-from orchestration.triggers.spec import ActionContext, Transition, TriggerSpec, utcnow
+from orchestration.triggers.spec import (
+    ActionContext,
+    Notification,
+    Transition,
+    TriggerSpec,
+    utcnow,
+)
 
 Log = Callable[[str], None]
 Deliver = Callable[[sa.Engine, list[str]], Any]
@@ -62,8 +69,36 @@ class _LostRace(Exception):
     """The compare-and-set matched no row: someone else changed the record first."""
 
 
+class _ConnectionUsed(BaseException):
+    """A ``pure_action`` touched ``ctx.conn``; the chunk goes the per-record way instead.
+
+    A ``BaseException`` so that an action's own ``except Exception`` cannot swallow it.
+    """
+
+
+class _NoConnection:
+    """``ctx.conn`` for the set-based path: a pure action must not use it."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise _ConnectionUsed(name)
+
+
+class _FallBack(Exception):
+    """The set-based path cannot be used for this chunk; redo it per record."""
+
+
 def _insert(conn: sa.Connection, table: sa.Table):
     return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
+
+
+def _outbox_row(spec: TriggerSpec, record_id: int, note: Notification, now, suffix: str = ""):
+    return {
+        "dedupe_key": note.dedupe_key or f"{spec.name}:{record_id}{suffix}",
+        "channel": note.channel,
+        "payload": note.payload,
+        "created_at": now,
+        "attempts": 0,
+    }
 
 
 def _apply(
@@ -81,17 +116,8 @@ def _apply(
         done = conn.execute(t.update().where(*guard).values(**transition.values)).rowcount
         if done != 1:
             raise _LostRace()
-    note = transition.notification
-    if note is not None:
-        notifications.append(
-            {
-                "dedupe_key": note.dedupe_key or f"{spec.name}:{record['id']}",
-                "channel": note.channel,
-                "payload": note.payload,
-                "created_at": now,
-                "attempts": 0,
-            }
-        )
+    if transition.notification is not None:
+        notifications.append(_outbox_row(spec, record["id"], transition.notification, now))
 
 
 def _apply_error(
@@ -104,121 +130,258 @@ def _apply_error(
     if transition.values:
         conn.execute(t.update().where(t.c.id == record["id"]).values(**transition.values))
     if transition.notification is not None:
-        note = transition.notification
         notifications.append(
-            {
-                "dedupe_key": note.dedupe_key or f"{spec.name}:{record['id']}:error",
-                "channel": note.channel,
-                "payload": note.payload,
-                "created_at": now,
-                "attempts": 0,
-            }
+            _outbox_row(spec, record["id"], transition.notification, now, ":error")
         )
 
 
-def _process_chunk(
-    spec: TriggerSpec, conn: sa.Connection, ids: list[int], run_id, actor
-) -> tuple[list[Outcome], list[str]]:
-    now = utcnow()
+@dataclass
+class _Chunk:
+    """What one chunk's transaction writes besides the records: collected, then bulk-inserted."""
+
+    spec: TriggerSpec
+    run_id: str | None
+    actor: str | None
+    now: Any
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+    history: dict[int, dict] = field(default_factory=dict)
+    attempts_rows: list[dict] = field(default_factory=list)
+    notifications: list[dict] = field(default_factory=list)
+
+    def record(self, rid, result, attempt, previous, started, error=None) -> None:
+        self.outcomes[rid] = Outcome(rid, result, attempt, error)
+        self.history[rid] = {
+            "trigger": self.spec.name,
+            "record_id": rid,
+            "attempt": attempt,
+            "status": result,
+            "error": error,
+            "run_id": self.run_id,
+            "actor": self.actor,
+            "started_at": started,
+            "finished_at": utcnow(),
+        }
+        if previous or result != "succeeded":
+            self.attempts_rows.append(
+                {
+                    "trigger": self.spec.name,
+                    "record_id": rid,
+                    "attempts": attempt,
+                    "status": "retrying" if result == "failed" else result,
+                    "last_error": error,
+                    "updated_at": self.now,
+                }
+            )
+
+    def fail(self, conn, record, ctx: ActionContext, previous, started, exc) -> None:
+        """An action raised: count the attempt; after the last one run ``on_error`` (savepoint)."""
+        rid, attempt = record["id"], ctx.attempt
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        result = "exhausted" if attempt >= self.spec.max_attempts else "failed"
+        if result == "exhausted" and self.spec.on_error is not None:
+            try:
+                with conn.begin_nested():
+                    pending: list[dict] = []
+                    transition = self.spec.on_error(record, ctx, error)
+                    _apply_error(self.spec, conn, record, transition, self.now, pending)
+                self.notifications += pending
+            except Exception as on_error_exc:
+                error += f" | on_error failed: {type(on_error_exc).__name__}: {on_error_exc}"
+        self.record(rid, result, attempt, previous, started, error)
+
+
+def _read(spec: TriggerSpec, conn: sa.Connection, ids: list[int], now):
+    """The chunk's records that still match (locked on PostgreSQL) and their prior attempts."""
     t = spec.table
     q = sa.select(t).where(t.c.id.in_(ids), spec.where_clause(now)).order_by(t.c.id)
     if conn.dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
     rows = {r.id: r._mapping for r in conn.execute(q)}
-    prior = (
-        {
-            r.record_id: (r.attempts, r.status)
-            for r in conn.execute(
-                sa.select(trigger_attempts).where(
-                    trigger_attempts.c.trigger == spec.name,
-                    trigger_attempts.c.record_id.in_(list(rows)),
-                )
+    if not rows:
+        return rows, {}
+    prior = {
+        r.record_id: (r.attempts, r.status)
+        for r in conn.execute(
+            sa.select(
+                trigger_attempts.c.record_id, trigger_attempts.c.attempts, trigger_attempts.c.status
+            ).where(
+                trigger_attempts.c.trigger == spec.name,
+                trigger_attempts.c.record_id.in_(list(rows)),
             )
-        }
-        if rows
-        else {}
-    )
-    outcomes: list[Outcome] = []
-    history: list[dict] = []
-    attempts_rows: list[dict] = []
-    notifications: list[dict] = []
+        )
+    }
+    return rows, prior
+
+
+def _per_record(spec, conn, ids, rows, prior, chunk: _Chunk) -> None:
+    """Each record's action and compare-and-set update in its own savepoint."""
     for rid in ids:
         record = rows.get(rid)
         previous, status = prior.get(rid, (0, None))
         if record is None or status == "exhausted":
-            outcomes.append(Outcome(rid, "skipped"))
+            chunk.outcomes[rid] = Outcome(rid, "skipped")
             continue
         attempt = previous + 1
         started = utcnow()
-        ctx = ActionContext(conn, now, spec.name, actor, run_id, attempt)
-        error: str | None = None
+        ctx = ActionContext(conn, chunk.now, spec.name, chunk.actor, chunk.run_id, attempt)
         try:
             with conn.begin_nested():
                 pending: list[dict] = []
-                _apply(spec, conn, record, spec.action(record, ctx), now, pending)
-            notifications += pending
-            result = "succeeded"
+                _apply(spec, conn, record, spec.action(record, ctx), chunk.now, pending)
+            chunk.notifications += pending
         except _LostRace:
-            outcomes.append(Outcome(rid, "skipped", attempt))
+            chunk.outcomes[rid] = Outcome(rid, "skipped", attempt)
             continue
         except Exception as exc:  # one record's failure never fails its batch
-            error = f"{type(exc).__name__}: {exc}"[:2000]
-            result = "exhausted" if attempt >= spec.max_attempts else "failed"
-            if result == "exhausted" and spec.on_error is not None:
-                try:
-                    with conn.begin_nested():
-                        pending = []
-                        _apply_error(
-                            spec, conn, record, spec.on_error(record, ctx, error), now, pending
-                        )
-                    notifications += pending
-                except Exception as on_error_exc:
-                    error += f" | on_error failed: {type(on_error_exc).__name__}: {on_error_exc}"
-        outcomes.append(Outcome(rid, result, attempt, error))
-        history.append(
-            {
-                "trigger": spec.name,
-                "record_id": rid,
-                "attempt": attempt,
-                "status": result,
-                "error": error,
-                "run_id": run_id,
-                "actor": actor,
-                "started_at": started,
-                "finished_at": utcnow(),
-            }
+            chunk.fail(conn, record, ctx, previous, started, exc)
+            continue
+        chunk.record(rid, "succeeded", attempt, previous, started)
+
+
+def _values_key(values: Mapping[str, Any]):
+    return tuple(sorted(values.items()))
+
+
+def _group_update(spec: TriggerSpec, key, records: list[Mapping[str, Any]], now):
+    """``UPDATE … SET <values> WHERE (id[, cas columns]) IN (…) AND <where> RETURNING id``."""
+    t = spec.table
+    if spec.cas_columns:
+        cols = [t.c.id, *(t.c[c] for c in spec.cas_columns)]
+        target = sa.tuple_(*cols).in_(
+            [(r["id"], *(r[c] for c in spec.cas_columns)) for r in records]
         )
-        if previous or result != "succeeded":
-            attempts_rows.append(
-                {
-                    "trigger": spec.name,
-                    "record_id": rid,
-                    "attempts": attempt,
-                    "status": "retrying" if result == "failed" else result,
-                    "last_error": error,
-                    "updated_at": now,
-                }
-            )
-    if notifications:
-        conn.execute(
-            _insert(conn, notification_outbox).on_conflict_do_nothing(
-                index_elements=["dedupe_key"]
-            ),
-            notifications,
+    else:
+        target = t.c.id.in_([r["id"] for r in records])
+    return t.update().where(target, spec.where_clause(now)).values(**dict(key)).returning(t.c.id)
+
+
+def _set_based(spec, conn, ids, rows, prior, chunk: _Chunk) -> None:
+    """A ``pure_action`` chunk: actions computed in Python, then one compare-and-set ``UPDATE …
+    WHERE id IN (…) AND <where> RETURNING id`` per distinct set of values (usually one).
+
+    Records whose action raised take the per-record failure path; a record the ``UPDATE`` did
+    not return changed under us and is skipped, as a lost race is in the per-record path.
+    Raises ``_FallBack`` (before writing anything) when the chunk cannot be done this way.
+    """
+    planned: list[tuple[Mapping[str, Any], int, Any, Transition]] = []
+    failures = []
+    no_conn = _NoConnection()
+    for rid in ids:
+        record = rows.get(rid)
+        previous, status = prior.get(rid, (0, None))
+        if record is None or status == "exhausted":
+            chunk.outcomes[rid] = Outcome(rid, "skipped")
+            continue
+        attempt = previous + 1
+        started = utcnow()
+        ctx = ActionContext(no_conn, chunk.now, spec.name, chunk.actor, chunk.run_id, attempt)
+        try:
+            transition = spec.action(record, ctx)
+        except _ConnectionUsed as exc:
+            raise _FallBack(f"action used ctx.conn.{exc}") from None
+        except Exception as exc:
+            failures.append((record, attempt, previous, started, exc))
+            continue
+        planned.append((record, previous, started, transition))
+    groups: dict[Any, list[Mapping[str, Any]]] = {}
+    for record, _previous, _started, transition in planned:
+        if transition.values:
+            try:
+                groups.setdefault(_values_key(transition.values), []).append(record)
+            except TypeError:  # unhashable value (e.g. a dict for a JSON column)
+                raise _FallBack("unhashable transition values") from None
+    updated: set[int] = set()
+    try:
+        with conn.begin_nested():  # all groups or none, so a fallback starts from clean rows
+            for key, records in groups.items():
+                updated.update(conn.execute(_group_update(spec, key, records, chunk.now)).scalars())
+    except sa.exc.OperationalError:
+        raise  # lock timeout, busy SQLite: the whole chunk is retried
+    except sa.exc.DBAPIError as exc:  # e.g. a constraint: find the culprit record by record
+        raise _FallBack(f"set-based UPDATE failed: {exc.orig!r}") from None
+    for record, previous, started, transition in planned:
+        rid = record["id"]
+        attempt = previous + 1
+        if transition.values and rid not in updated:
+            chunk.outcomes[rid] = Outcome(rid, "skipped", attempt)
+            continue
+        if transition.notification is not None:
+            chunk.notifications.append(_outbox_row(spec, rid, transition.notification, chunk.now))
+        chunk.record(rid, "succeeded", attempt, previous, started)
+    for record, attempt, previous, started, exc in failures:
+        ctx = ActionContext(conn, chunk.now, spec.name, chunk.actor, chunk.run_id, attempt)
+        chunk.fail(conn, record, ctx, previous, started, exc)
+
+
+def _json_default(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot encode {type(value).__name__} for a bulk insert")
+
+
+def _bulk_insert(conn: sa.Connection, table: sa.Table, rows: list[dict], conflict=None) -> None:
+    """Insert ``rows`` in one statement; ``conflict`` = unique columns whose clash is skipped.
+
+    On PostgreSQL the rows travel as one JSON parameter expanded by ``json_populate_recordset``:
+    psycopg2 adapts datetimes slowly, and a 500-row chunk's history and outbox rows cost several
+    times the compare-and-set ``UPDATE`` when bound one value at a time.
+    """
+    if conn.dialect.name == "postgresql":
+        cols = list(rows[0])
+        name = conn.dialect.identifier_preparer.format_table(table)
+        col_list = ", ".join(conn.dialect.identifier_preparer.quote(c) for c in cols)
+        sql = (
+            f"INSERT INTO {name} ({col_list}) SELECT {col_list} "
+            f"FROM json_populate_recordset(NULL::{name}, :rows)"
         )
+        if conflict:
+            sql += f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
+        conn.execute(sa.text(sql), {"rows": json.dumps(rows, default=_json_default)})
+        return
+    stmt = _insert(conn, table)
+    if conflict:
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
+    conn.execute(stmt, rows)
+
+
+def _write_bookkeeping(conn: sa.Connection, chunk: _Chunk, ids: list[int]) -> None:
+    """Outbox, history and attempt rows of the chunk: one multi-row statement each."""
+    if chunk.notifications:
+        _bulk_insert(conn, notification_outbox, chunk.notifications, conflict=("dedupe_key",))
+    history = [chunk.history[i] for i in ids if i in chunk.history]
     if history:
-        conn.execute(trigger_history.insert(), history)
-    for row in attempts_rows:
-        stmt = _insert(conn, trigger_attempts).values(**row)
+        _bulk_insert(conn, trigger_history, history)
+    if chunk.attempts_rows:
+        stmt = _insert(conn, trigger_attempts)
         conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=["trigger", "record_id"],
                 set_={
                     k: stmt.excluded[k] for k in ("attempts", "status", "last_error", "updated_at")
                 },
-            )
+            ),
+            chunk.attempts_rows,
         )
-    return outcomes, [n["dedupe_key"] for n in notifications]
+
+
+def _process_chunk(
+    spec: TriggerSpec, conn: sa.Connection, ids: list[int], run_id, actor, log: Log | None = None
+) -> tuple[list[Outcome], list[str]]:
+    now = utcnow()
+    rows, prior = _read(spec, conn, ids, now)
+    chunk = _Chunk(spec, run_id, actor, now)
+    if spec.pure_action:
+        try:
+            _set_based(spec, conn, ids, rows, prior, chunk)
+        except _FallBack as why:
+            if log:
+                log(f"chunk {ids[0]}..{ids[-1]}: per record ({why})")
+            chunk = _Chunk(spec, run_id, actor, now)
+            _per_record(spec, conn, ids, rows, prior, chunk)
+    else:
+        _per_record(spec, conn, ids, rows, prior, chunk)
+    _write_bookkeeping(conn, chunk, ids)
+    return [chunk.outcomes[i] for i in ids], [n["dedupe_key"] for n in chunk.notifications]
 
 
 def process_batch(
@@ -240,7 +403,7 @@ def process_batch(
         for attempt in range(5):
             try:
                 with engine.begin() as conn:
-                    outcomes, keys = _process_chunk(spec, conn, part, run_id, actor)
+                    outcomes, keys = _process_chunk(spec, conn, part, run_id, actor, log)
                 break
             except sa.exc.OperationalError as exc:  # lock timeout, deadlock, busy SQLite
                 if attempt == 4:
