@@ -47,6 +47,7 @@ def _area_demos() -> list[tuple[str, Callable[[dict[str, str], Path], list[str]]
         ("Gateways: polling by partition, failover after SIGKILL", gateways_demo),
     ]
 
+
 # Metadata too large or too raw for the console summary.
 _SKIP_KEYS = {"orgs", "tables_created", "applied", "columns_added", "unknown_applied"}
 
