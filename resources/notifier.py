@@ -68,24 +68,34 @@ class OutboxDelivery:
         report = DeliveryReport()
         if keys is not None and not keys:
             return report
+        if not self.webhook_url:
+            self._log_only(engine, keys, limit, report)
+            return report
         with engine.connect() as conn:
             ids = self._pending_ids(conn, keys, limit)
         if not ids:
             return report
-        if not self.webhook_url:
-            self._log_only(engine, ids, report)
-        else:
-            with httpx.Client(timeout=self.timeout_seconds) as client:
-                for row_id in ids:
-                    self._deliver_one(engine, row_id, client, report)
+        with httpx.Client(timeout=self.timeout_seconds) as client:
+            for row_id in ids:
+                self._deliver_one(engine, row_id, client, report)
         return report
 
-    def _log_only(self, engine: sa.Engine, ids: list, report: DeliveryReport) -> None:
+    def _log_only(
+        self, engine: sa.Engine, keys: Sequence[str] | None, limit: int, report: DeliveryReport
+    ) -> None:
         """No webhook: one statement marks the rows delivered (still exactly once: the WHERE)."""
+        pending = (
+            sa.select(outbox.c.id)
+            .where(outbox.c.delivered_at.is_(None), outbox.c.channel == self.channel)
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
+        if keys is not None:
+            pending = pending.where(outbox.c.dedupe_key.in_(list(keys)))
         with engine.begin() as conn:
             rows = conn.execute(
                 outbox.update()
-                .where(outbox.c.id.in_(ids), outbox.c.delivered_at.is_(None))
+                .where(outbox.c.id.in_(pending.scalar_subquery()), outbox.c.delivered_at.is_(None))
                 .values(delivered_at=datetime.now(UTC), attempts=outbox.c.attempts + 1)
                 .returning(outbox.c.dedupe_key, outbox.c.payload)
             ).all()

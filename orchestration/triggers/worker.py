@@ -37,6 +37,8 @@ from orchestration.triggers.spec import (
     utcnow,
 )
 
+_BIGINT_ARRAY = postgresql.ARRAY(sa.BigInteger)
+
 Log = Callable[[str], None]
 Deliver = Callable[[sa.Engine, list[str]], Any]
 
@@ -190,10 +192,17 @@ class _Chunk:
         self.record(rid, result, attempt, previous, started, error)
 
 
+def _id_in(conn: sa.Connection, column: sa.ColumnElement, ids: list[int]):
+    """``column IN (…)``; on PostgreSQL ``column = ANY(:array)``: one parameter, not 500."""
+    if conn.dialect.name == "postgresql":
+        return column == sa.any_(sa.bindparam(None, list(ids), type_=_BIGINT_ARRAY))
+    return column.in_(list(ids))
+
+
 def _read(spec: TriggerSpec, conn: sa.Connection, ids: list[int], now):
     """The chunk's records that still match (locked on PostgreSQL) and their prior attempts."""
     t = spec.table
-    q = sa.select(t).where(t.c.id.in_(ids), spec.where_clause(now)).order_by(t.c.id)
+    q = sa.select(t).where(_id_in(conn, t.c.id, ids), spec.where_clause(now)).order_by(t.c.id)
     if conn.dialect.name == "postgresql":
         q = q.with_for_update(skip_locked=True)
     rows = {r.id: r._mapping for r in conn.execute(q)}
@@ -206,7 +215,7 @@ def _read(spec: TriggerSpec, conn: sa.Connection, ids: list[int], now):
                 trigger_attempts.c.record_id, trigger_attempts.c.attempts, trigger_attempts.c.status
             ).where(
                 trigger_attempts.c.trigger == spec.name,
-                trigger_attempts.c.record_id.in_(list(rows)),
+                _id_in(conn, trigger_attempts.c.record_id, list(rows)),
             )
         )
     }
@@ -242,7 +251,7 @@ def _values_key(values: Mapping[str, Any]):
     return tuple(sorted(values.items()))
 
 
-def _group_update(spec: TriggerSpec, key, records: list[Mapping[str, Any]], now):
+def _group_update(conn, spec: TriggerSpec, key, records: list[Mapping[str, Any]], now):
     """``UPDATE … SET <values> WHERE (id[, cas columns]) IN (…) AND <where> RETURNING id``."""
     t = spec.table
     if spec.cas_columns:
@@ -251,7 +260,7 @@ def _group_update(spec: TriggerSpec, key, records: list[Mapping[str, Any]], now)
             [(r["id"], *(r[c] for c in spec.cas_columns)) for r in records]
         )
     else:
-        target = t.c.id.in_([r["id"] for r in records])
+        target = _id_in(conn, t.c.id, [r["id"] for r in records])
     return t.update().where(target, spec.where_clause(now)).values(**dict(key)).returning(t.c.id)
 
 
@@ -294,7 +303,8 @@ def _set_based(spec, conn, ids, rows, prior, chunk: _Chunk) -> None:
     try:
         with conn.begin_nested():  # all groups or none, so a fallback starts from clean rows
             for key, records in groups.items():
-                updated.update(conn.execute(_group_update(spec, key, records, chunk.now)).scalars())
+                stmt = _group_update(conn, spec, key, records, chunk.now)
+                updated.update(conn.execute(stmt).scalars())
     except sa.exc.OperationalError:
         raise  # lock timeout, busy SQLite: the whole chunk is retried
     except sa.exc.DBAPIError as exc:  # e.g. a constraint: find the culprit record by record
