@@ -14,7 +14,7 @@ from orchestration.commands import models as m
 from orchestration.commands.store import UnknownCommandRun, get_run
 from orchestration.commands.timeutil import utcnow
 
-RETRYABLE = (m.FAILED, m.TIMED_OUT, m.CANCELLED)
+RETRYABLE = (m.FAILED, m.TIMED_OUT, m.CANCELLED, m.LOST)
 
 
 class ActionError(ValueError):

@@ -13,10 +13,14 @@ from resources.record_store import Base
 metadata = Base.metadata
 
 # Command-run states. ``pending`` waits for its not_before; ``queued`` is claimed by one batch
-# (one Dagster run); ``running`` is claimed by one runner; the rest are terminal.
+# (one Dagster run); ``running`` is claimed by one runner; the rest are terminal. ``lost`` is the
+# reaper's verdict on a ``running`` run whose worker died before reporting (outcome unknown: the
+# command may or may not have done its work), as opposed to ``cancelled`` (never started, or
+# stopped by us) and ``failed`` (the command itself reported a non-zero exit).
 PENDING, QUEUED, RUNNING = "pending", "queued", "running"
 SUCCEEDED, FAILED, TIMED_OUT, CANCELLED = "succeeded", "failed", "timed_out", "cancelled"
-TERMINAL = (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED)
+LOST = "lost"
+TERMINAL = (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, LOST)
 
 commands = sa.Table(
     "commands",
@@ -116,6 +120,11 @@ command_runs = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("exit_code", sa.Integer, nullable=True),
     sa.Column("duration_seconds", sa.Float, nullable=True),
+    # Worker liveness (commands_0002): the runner's heartbeat, and where the command's process
+    # group lives, so the reaper can tell a dead worker and kill what it left behind.
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("worker_host", sa.String(255), nullable=True),
+    sa.Column("pgid", sa.Integer, nullable=True),
     sa.UniqueConstraint("schedule_id", "environment_id", "slot", name="command_runs_slot_uq"),
 )
 sa.Index("command_runs_status_idx", command_runs.c.status, command_runs.c.not_before)

@@ -7,10 +7,17 @@ must not hold back the others. So the planning step hands every command run to t
 starts them at once on a bounded thread pool (``max_parallel``); each command's own mapped step then
 waits for *its* command, streams its output into the run log and reports its outcome. A step
 re-executed on its own (or in another run) starts its command through the same ``ensure`` call.
+
+While commands run, one heartbeat thread stamps ``heartbeat_at`` on all of them every
+``heartbeat_seconds`` (one UPDATE), and each command's process group is recorded as soon as it
+starts: if this process is SIGKILLed, the dispatch sensor's reaper (``reaper.py``) sees the silence,
+marks the runs ``lost`` and kills the orphaned groups.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +27,9 @@ import sqlalchemy as sa
 
 from orchestration.commands import store
 from orchestration.commands.runner import DEFAULT_TAIL_BYTES, CommandResult, RunningCommand
+
+HEARTBEAT_SECONDS = 15.0
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,8 +66,12 @@ class CommandPool:
         max_parallel: int = 32,
         grace_seconds: float = 5.0,
         tail_bytes: int = DEFAULT_TAIL_BYTES,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
     ) -> None:
         self.engine = engine
+        self.heartbeat_seconds = heartbeat_seconds
+        self._heart: threading.Thread | None = None
+        self._stop_beat = threading.Event()
         self.dagster_run_id = dagster_run_id
         self.grace_seconds = grace_seconds
         self.tail_bytes = tail_bytes
@@ -74,7 +88,20 @@ class CommandPool:
                 handle = Handle(command_run_id)
                 handle.future = self._executor.submit(self._execute, handle)
                 self._handles[command_run_id] = handle
+                if self._heart is None:
+                    self._heart = threading.Thread(
+                        target=self._beat, name="command-heartbeat", daemon=True
+                    )
+                    self._heart.start()
             return handle
+
+    def _beat(self) -> None:
+        """Until shutdown: heartbeat every command of this pool that is still running."""
+        while not self._stop_beat.wait(self.heartbeat_seconds):
+            with self._lock:
+                ids = [h.command_run_id for h in self._handles.values() if not h.future.done()]
+            with contextlib.suppress(Exception):  # a missed beat is retried; never kill the run
+                store.heartbeat(self.engine, ids)
 
     def _execute(self, handle: Handle) -> Outcome:
         run_id = handle.command_run_id
@@ -95,6 +122,10 @@ class CommandPool:
             store.finish(self.engine, run_id, result)
             return Outcome(run_id, True, result, error=str(exc))
         handle.running = running
+        try:
+            store.record_process(self.engine, run_id, running.pgid)
+        except Exception:  # the command runs either way; only orphan clean-up needs this
+            log.exception("could not record the process group of command run %s", run_id)
         if self._closing.is_set():
             running.cancel()
         result = running.wait()
@@ -110,3 +141,4 @@ class CommandPool:
                     if handle.running is not None:
                         handle.running.cancel()
         self._executor.shutdown(wait=True, cancel_futures=False)
+        self._stop_beat.set()

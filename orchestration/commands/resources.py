@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from orchestration.commands.pool import CommandPool
+from orchestration.commands.pool import HEARTBEAT_SECONDS, CommandPool
 from orchestration.commands.runner import DEFAULT_TAIL_BYTES
 
 
@@ -21,6 +21,12 @@ class CommandRunnerResource(dg.ConfigurableResource):
         default=1000, ge=0, description="Output lines per command streamed to the run log."
     )
 
+    heartbeat_seconds: float = Field(
+        default=HEARTBEAT_SECONDS,
+        gt=0,
+        description="How often running commands are marked alive (the reaper's liveness signal).",
+    )
+
     _pool: CommandPool | None = PrivateAttr(default=None)
 
     def pool(self, engine, dagster_run_id: str | None) -> CommandPool:
@@ -31,6 +37,7 @@ class CommandRunnerResource(dg.ConfigurableResource):
                 max_parallel=self.max_parallel,
                 grace_seconds=self.kill_grace_seconds,
                 tail_bytes=self.tail_bytes,
+                heartbeat_seconds=self.heartbeat_seconds,
             )
         return self._pool
 

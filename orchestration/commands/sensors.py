@@ -3,14 +3,15 @@
 The cursor is the previous tick's time, so the window of slots is "since the last tick" (capped
 at ``MAX_CATCHUP``): a dispatcher down for a while runs each schedule's latest missed slot once.
 The database, not the cursor, is what guarantees one run per slot (the cursor is saved only after
-the tick's runs are submitted, so a tick may be evaluated again).
+the tick's runs are submitted, so a tick may be evaluated again). Each tick also runs the reaper
+(``reaper.py``): command runs whose worker died are closed as ``lost``/``cancelled`` with an event.
 """
 
 from datetime import datetime, timedelta
 
 import dagster as dg
 
-from orchestration.commands import dispatch, store
+from orchestration.commands import dispatch, reaper, store
 from orchestration.commands.jobs import run_commands_job
 from orchestration.commands.timeutil import utcnow
 from orchestration.tags import KIND_TAG
@@ -74,11 +75,17 @@ def command_dispatch_sensor(
     start = dispatch.window_start_for(context.cursor, now, MAX_CATCHUP)
     result = dispatch.tick(engine, now, start, batch_size=BATCH_SIZE, max_runs=MAX_RUNS_PER_TICK)
     reaped = reap_orphans(context.instance, engine, result.batches, now)
+    for lost in reaper.reap(context.instance, engine, now):
+        context.log.warning(
+            f"command run {lost.command_run_id} {lost.status}: {lost.message}"
+            + (f" ({lost.orphans})" if lost.orphans else "")
+        )
+        reaped += 1
     queued = sum(len(ids) for ids in result.batches.values())
     context.log.info(
         f"window ({start.isoformat()}, {now.isoformat()}]: {result.considered} schedule row(s), "
         f"{result.created} new command run(s), {queued} queued in {len(result.batches)} batch(es)"
-        + (f", {reaped} orphaned run(s) cancelled" if reaped else "")
+        + (f", {reaped} run(s) of dead workers closed" if reaped else "")
     )
     requests = [batch_run_request(k, ids) for k, ids in sorted(result.batches.items())]
     if not requests:

@@ -2,11 +2,16 @@
 
 ``claim_start`` moves a run to ``running`` only from ``queued`` (or a due ``pending``), so two
 runners can never both start it; ``finish`` writes the outcome and its event in one transaction
-and only from ``running``.
+and only from ``running`` — or from ``lost``: the reaper's ``lost`` is an inference (the worker
+looked dead), the worker's own result is an observation, so a late real result replaces ``lost``
+(both events stay in the history). ``mark_lost`` in turn only moves ``running`` → ``lost``, so it
+can never overwrite a result that was recorded first.
 """
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -91,6 +96,11 @@ def _event(conn: sa.Connection, run_id: int, kind: str, **values: Any) -> None:
     )
 
 
+def add_event(engine: sa.Engine, run_id: int, kind: str, **values: Any) -> None:
+    with engine.begin() as conn:
+        _event(conn, run_id, kind, **values)
+
+
 def claim_start(engine: sa.Engine, run_id: int, dagster_run_id: str | None) -> bool:
     """queued (or due pending) → running; False when someone else has it or it is finished."""
     now = utcnow()
@@ -105,11 +115,54 @@ def claim_start(engine: sa.Engine, run_id: int, dagster_run_id: str | None) -> b
                     sa.and_(t.c.status == m.PENDING, t.c.not_before <= now),
                 ),
             )
-            .values(status=m.RUNNING, started_at=now, dagster_run_id=dagster_run_id)
-        )
+            .values(
+                status=m.RUNNING, started_at=now, dagster_run_id=dagster_run_id,
+                heartbeat_at=now, worker_host=socket.gethostname(), pgid=None,
+            )
+        )  # fmt: skip
         if res.rowcount != 1:
             return False
         _event(conn, run_id, "started", at=now, message=f"dagster run {dagster_run_id}")
+    return True
+
+
+def record_process(engine: sa.Engine, run_id: int, pgid: int) -> None:
+    """Where the command's process group is, so a reaper on this host can kill it if we die."""
+    t = m.command_runs
+    with engine.begin() as conn:
+        conn.execute(
+            t.update().where(t.c.id == run_id, t.c.status == m.RUNNING).values(pgid=pgid)
+        )
+
+
+def heartbeat(engine: sa.Engine, run_ids: Iterable[int]) -> int:
+    """One UPDATE for every command this worker is still running: "I am alive"."""
+    ids = list(run_ids)
+    if not ids:
+        return 0
+    t = m.command_runs
+    with engine.begin() as conn:
+        res = conn.execute(
+            t.update()
+            .where(t.c.id.in_(ids), t.c.status == m.RUNNING)
+            .values(heartbeat_at=utcnow())
+        )
+    return res.rowcount
+
+
+def mark_lost(engine: sa.Engine, run_id: int, message: str) -> bool:
+    """running → lost with its event; False when a result (or another reaper) got there first."""
+    t = m.command_runs
+    now = utcnow()
+    with engine.begin() as conn:
+        res = conn.execute(
+            t.update()
+            .where(t.c.id == run_id, t.c.status == m.RUNNING)
+            .values(status=m.LOST, finished_at=now)
+        )
+        if res.rowcount != 1:
+            return False
+        _event(conn, run_id, m.LOST, at=now, message=message)
     return True
 
 
@@ -118,7 +171,7 @@ def finish(engine: sa.Engine, run_id: int, result: CommandResult) -> bool:
     with engine.begin() as conn:
         res = conn.execute(
             t.update()
-            .where(t.c.id == run_id, t.c.status == m.RUNNING)
+            .where(t.c.id == run_id, t.c.status.in_([m.RUNNING, m.LOST]))
             .values(
                 status=result.status,
                 started_at=result.started_at,
