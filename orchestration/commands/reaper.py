@@ -8,8 +8,9 @@ only about the runs that query returns, in one call):
 - ``running`` whose heartbeat is stale (``STALE_AFTER``, four missed beats) **and** whose Dagster
   run has ended (SUCCESS/FAILURE/CANCELED without the outcome recorded) or no longer exists, or —
   with the Dagster run still "started", as after a SIGKILL without run monitoring — that has been
-  running longer than its timeout + ``LOST_GRACE``: → ``lost`` with an event "worker lost: … retry with
-  `platform-ops-commands retry <id>`". A fresh heartbeat always means "alive": never reaped.
+  running longer than its timeout + ``LOST_GRACE``: → ``lost`` with an event "worker lost: …
+  retry with `platform-ops-commands retry <id>`". A fresh heartbeat always means "alive": never
+  reaped.
 - ``queued`` in a batch whose Dagster run has ended (or vanished) without starting them:
   → ``cancelled`` (nothing ran, so nothing is unknown).
 
@@ -64,9 +65,7 @@ def _retry_hint(run_id: int) -> str:
     return f"retry with `platform-ops-commands retry {run_id}`"
 
 
-def lost_reason(
-    row: dict, dagster_status: dg.DagsterRunStatus | None, now: datetime
-) -> str | None:
+def lost_reason(row: dict, dagster_status: dg.DagsterRunStatus | None, now: datetime) -> str | None:
     """Why this running command run is lost, or None while its worker may still be alive."""
     started = as_utc(row["started_at"]) or now
     last = as_utc(row["heartbeat_at"]) or started
@@ -86,10 +85,11 @@ def lost_reason(
     limit = timedelta(seconds=row["timeout_seconds"]) + LOST_GRACE
     if now - started > limit:
         state = dagster_status.value if dagster_status else "unknown"
+        who = f"Dagster run {rid} is still {state}" if rid else "no Dagster run recorded"
         return (
-            f"worker lost: no heartbeat for {int((now - last).total_seconds())}s and running "
-            f"{int((now - started).total_seconds())}s, past its {row['timeout_seconds']}s timeout "
-            f"+ {int(LOST_GRACE.total_seconds())}s grace (Dagster run {rid} still {state}); "
+            f"worker lost: {who} but sent no heartbeat for {int((now - last).total_seconds())}s; "
+            f"the command has run {int((now - started).total_seconds())}s, past its "
+            f"{row['timeout_seconds']}s timeout + {int(LOST_GRACE.total_seconds())}s grace; "
             + _retry_hint(run_id)
         )
     return None

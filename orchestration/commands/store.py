@@ -130,9 +130,7 @@ def record_process(engine: sa.Engine, run_id: int, pgid: int) -> None:
     """Where the command's process group is, so a reaper on this host can kill it if we die."""
     t = m.command_runs
     with engine.begin() as conn:
-        conn.execute(
-            t.update().where(t.c.id == run_id, t.c.status == m.RUNNING).values(pgid=pgid)
-        )
+        conn.execute(t.update().where(t.c.id == run_id, t.c.status == m.RUNNING).values(pgid=pgid))
 
 
 def heartbeat(engine: sa.Engine, run_ids: Iterable[int]) -> int:
@@ -143,9 +141,7 @@ def heartbeat(engine: sa.Engine, run_ids: Iterable[int]) -> int:
     t = m.command_runs
     with engine.begin() as conn:
         res = conn.execute(
-            t.update()
-            .where(t.c.id.in_(ids), t.c.status == m.RUNNING)
-            .values(heartbeat_at=utcnow())
+            t.update().where(t.c.id.in_(ids), t.c.status == m.RUNNING).values(heartbeat_at=utcnow())
         )
     return res.rowcount
 
