@@ -45,6 +45,11 @@ class ScheduledActionConfig(dg.Config):
     input: dict[str, Any] = Field(default_factory=dict, description="The action's input.")
 
 
+def _metadata(value: Any) -> Any:
+    """Numbers and text as they are (the UI plots them); containers as JSON."""
+    return dg.MetadataValue.json(value) if isinstance(value, dict | list) else value
+
+
 def build_scheduled_action(item: ScheduledAction) -> dg.Definitions:
     @dg.op(name=f"{item.name}_action", description=item.description or item.name)
     def action_op(
@@ -57,7 +62,7 @@ def build_scheduled_action(item: ScheduledAction) -> dg.Definitions:
             record_store.engine(), triggers_notifier.delivery(context.log.info), context.log.info
         )
         summary = item.action({**item.input, **config.input}, ctx)
-        context.add_output_metadata({k: dg.MetadataValue.json(v) for k, v in summary.items()})
+        context.add_output_metadata({k: _metadata(v) for k, v in summary.items()})
 
     @dg.job(
         name=item.name,
