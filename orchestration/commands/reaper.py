@@ -65,6 +65,11 @@ def _retry_hint(run_id: int) -> str:
     return f"retry with `platform-ops-commands retry {run_id}`"
 
 
+def _silent_for(row: dict, now: datetime) -> timedelta:
+    last = as_utc(row["heartbeat_at"]) or as_utc(row["started_at"])
+    return now - last if last else STALE_AFTER
+
+
 def lost_reason(row: dict, dagster_status: dg.DagsterRunStatus | None, now: datetime) -> str | None:
     """Why this running command run is lost, or None while its worker may still be alive."""
     started = as_utc(row["started_at"]) or now
@@ -197,7 +202,8 @@ def reap(
 ) -> list[Reaped]:
     """Close every command run whose worker is gone (see the module docstring)."""
     with engine.connect() as conn:
-        running = _running_rows(conn)
+        # a fresh heartbeat means alive: only the silent ones are worth asking Dagster about
+        running = [r for r in _running_rows(conn) if _silent_for(r, now) >= STALE_AFTER]
         queued = _queued_rows(conn)
     if not running and not queued:
         return []
