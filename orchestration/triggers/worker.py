@@ -2,12 +2,21 @@
 
 Per chunk of ``commit_every`` ids, one transaction: the matching rows are re-read under the
 trigger's ``where`` (locked with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so a second worker on an
-overlapping batch skips them), the action runs per record inside a savepoint, its values are
-written with a compare-and-set ``UPDATE … WHERE id = :id AND <where>``, and its notification and
-history rows are inserted before the commit. A killed worker loses only its open chunk, which a
-re-run redoes; a record that stopped matching is skipped; an action that raises costs only its own
-record an attempt, and after ``max_attempts`` ``on_error`` runs and the record is never retried.
-After each commit the chunk's notifications are delivered (``resources.notifier``).
+overlapping batch skips them), the actions run, their values are written compare-and-set, and the
+notification and history rows are inserted before the commit. Two ways to run a chunk:
+
+- set-based, for a ``pure_action`` (escalate, expire): every action is computed in Python first,
+  then one ``UPDATE … WHERE id IN (…) AND <where> RETURNING id`` per distinct set of values, and
+  one multi-row insert each for outbox and history rows. A round trip per chunk, not per record.
+- per record, otherwise (actions that use ``ctx.conn``): action and ``UPDATE … WHERE id = :id AND
+  <where>`` inside a savepoint per record. A pure chunk falls back to this when it cannot be done
+  set-based (the action touched ``ctx.conn``, or the ``UPDATE`` hit a constraint).
+
+Either way the per-record semantics are the same: a record that stopped matching (or lost the
+compare-and-set) is skipped; an action that raises costs only its own record an attempt, and
+after ``max_attempts`` ``on_error`` runs (in a savepoint) and the record is never retried. A
+killed worker loses only its open chunk, which a re-run redoes. After each commit the chunk's
+notifications are delivered (``resources.notifier``).
 
 ``python -m orchestration.triggers.worker --store-url URL --trigger NAME --ids 1,2,5-9`` runs it
 without Dagster (used by the reliability tests, which SIGKILL it).
