@@ -11,6 +11,7 @@ from orchestration.release.ops import (
     run_bootstrap,
     summarize_org_sync,
     sync_org_batch,
+    sync_tenants_as_children,
 )
 from orchestration.tags import KIND_TAG
 
@@ -66,4 +67,17 @@ def org_sync_all_job() -> None:
     _org_sync(release_preflight())
 
 
-defs = dg.Definitions(jobs=[release_job, migrate_job, bootstrap_job, org_sync_all_job])
+@dg.job(
+    name="org_sync_by_tenant",
+    description="Parent run: one child org_sync_all run per tenant group, each its own run "
+    "(tag platform/parent_run_id); fails listing the failed children.",
+    executor_def=EXECUTOR,
+    **recipe("bulk_fanout").job_kwargs(**{KIND_TAG: "org_sync_parent"}),
+)
+def org_sync_by_tenant_job() -> None:
+    sync_tenants_as_children(release_preflight())
+
+
+defs = dg.Definitions(
+    jobs=[release_job, migrate_job, bootstrap_job, org_sync_all_job, org_sync_by_tenant_job]
+)

@@ -5,11 +5,12 @@ from collections.abc import Iterator
 import dagster as dg
 from pydantic import Field
 
+from orchestration.policies import children as children_lib
 from orchestration.release import bootstrap as bootstrap_lib
 from orchestration.release import migrations as migrations_lib
 from orchestration.release import org_sync as org_sync_lib
 from orchestration.release.guard import ensure_single_release
-from orchestration.tags import ENVIRONMENT_TAG
+from orchestration.tags import ENVIRONMENT_TAG, KIND_TAG
 from resources.environment import PlatformEnvironment
 from resources.platform_api import PlatformApiResource
 from resources.supabase import SupabaseManagementResource
@@ -25,7 +26,8 @@ def release_preflight(context: dg.OpExecutionContext, environment: PlatformEnvir
     env = environment.environment
     if context.run.tags.get(ENVIRONMENT_TAG) != env.name:
         context.instance.add_run_tags(context.run_id, {ENVIRONMENT_TAG: env.name})
-    ensure_single_release(context.instance, context.run_id, context.job_name, env.name)
+    if context.run.tags.get(KIND_TAG) == "release":  # the parts may run side by side
+        ensure_single_release(context.instance, context.run_id, context.job_name, env.name)
     context.log.info(f"Release targets environment '{env.name}' at {env.api_url()}")
     context.add_output_metadata({"environment": env.name, "api_url": env.api_url()})
 
@@ -87,6 +89,9 @@ def run_bootstrap(context: dg.OpExecutionContext, platform_api: PlatformApiResou
 class PlanOrgSyncConfig(dg.Config):
     batch_size: int = Field(default=250, ge=1, description="Orgs per mapped sync step.")
     page_size: int = Field(default=1000, ge=1, le=1000, description="Orgs per list call.")
+    only_orgs: list[str] | None = Field(
+        default=None, description="Sync only these active orgs (a child run of one tenant group)."
+    )
 
 
 @dg.op(
@@ -99,6 +104,12 @@ def plan_org_batches(
 ) -> Iterator[dg.DynamicOutput[org_sync_lib.OrgBatch]]:
     with platform_api.client(on_retry=context.log.warning) as client:
         orgs = list(client.iter_orgs(status="active", page_size=config.page_size))
+    if config.only_orgs is not None:
+        wanted = set(config.only_orgs)
+        missing = sorted(wanted - set(orgs))
+        if missing:
+            context.log.warning(f"Not active (or unknown), skipped: {', '.join(missing)}")
+        orgs = [o for o in orgs if o in wanted]
     batches = org_sync_lib.make_batches(orgs, config.batch_size)
     context.log.info(f"{len(orgs)} active org(s) in {len(batches)} batch(es)")
     for batch in batches:
@@ -198,6 +209,45 @@ def sync_org_batch(
         )
     context.add_output_metadata(metadata)
     return outcome
+
+
+class TenantSplitConfig(dg.Config):
+    orgs_per_child: int = Field(default=50, ge=1, description="Orgs per child run.")
+    max_parallel: int = Field(default=4, ge=1, le=32, description="Child runs at once.")
+
+
+@dg.op(
+    ins={"after": dg.In(dg.Nothing)},
+    description="Starts one child org_sync_all run per tenant group, waits for all of them, and "
+    "fails listing every failed child.",
+)
+def sync_tenants_as_children(
+    context: dg.OpExecutionContext,
+    config: TenantSplitConfig,
+    environment: PlatformEnvironment,
+    platform_api: PlatformApiResource,
+) -> None:
+    with platform_api.client(on_retry=context.log.warning) as client:
+        orgs = list(client.iter_orgs(status="active"))
+    groups = [
+        orgs[i : i + config.orgs_per_child] for i in range(0, len(orgs), config.orgs_per_child)
+    ]
+    env_config = {"name": environment.name, "confirm_prod": environment.confirm_prod}
+    children = [
+        children_lib.ChildSpec(
+            key=f"{group[0]}..{group[-1]}",
+            run_config={
+                "resources": {"environment": {"config": env_config}},
+                "ops": {"plan_org_batches": {"config": {"only_orgs": group}}},
+            },
+        )
+        for group in groups
+    ]
+    context.log.info(f"{len(orgs)} org(s) in {len(children)} child run(s)")
+    results = children_lib.run_children(
+        context, "org_sync_all", children, max_parallel=config.max_parallel
+    )
+    context.add_output_metadata(children_lib.fail_on_failed_children(results))
 
 
 @dg.op(description="Totals of the org sync, after every batch succeeded.")
