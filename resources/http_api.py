@@ -21,6 +21,8 @@ import dagster as dg
 import httpx
 import tenacity
 
+from orchestration.policies import tracing
+
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 429})
@@ -175,6 +177,7 @@ class ApiClient:
         on_retry: RetryLog | None = None,
         auth_hint: str = "",
         transport: httpx.BaseTransport | None = None,
+        trace_attributes: Mapping[str, str] | None = None,
     ) -> None:
         self.service = service
         self.base_url = base_url.rstrip("/")
@@ -182,6 +185,7 @@ class ApiClient:
         self._retry = retry or RetrySettings()
         self._on_retry = on_retry
         self._auth_hint = auth_hint
+        self._trace_attributes = dict(trace_attributes or {})
         self._client = httpx.Client(
             base_url=self.base_url,
             headers=dict(headers),
@@ -264,7 +268,18 @@ class ApiClient:
             reraise=True,
         )
         try:
-            return retrying(attempt)
+            # One span per logical call (all its attempts); its traceparent rides every attempt.
+            with tracing.span(
+                f"{method} {path}",
+                headers,
+                **{
+                    "http.request.method": method,
+                    "url.path": path,
+                    "peer.service": self.service,
+                    **self._trace_attributes,
+                },
+            ):
+                return retrying(attempt)
         except _Retryable as exc:
             raise ApiError(
                 f"{self.service}: {method} {path} failed after {self._retry.max_attempts} "

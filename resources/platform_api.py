@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from orchestration.environments import read_secret
 from resources.environment import PlatformEnvironment
@@ -98,6 +98,11 @@ class PlatformApiResource(dg.ConfigurableResource):
     initial_backoff_seconds: float = Field(default=0.5, description="First retry delay.")
     max_backoff_seconds: float = Field(default=30.0, description="Cap on one retry delay.")
 
+    _run_id: str | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._run_id = context.run_id  # links API-call spans to the run (tracing)
+
     def client(self, on_retry: RetryLog | None = None) -> PlatformApiClient:
         env = self.environment.environment
         key = read_secret(self.api_key_env_var, API_KEY_SECRET, env)
@@ -114,6 +119,7 @@ class PlatformApiResource(dg.ConfigurableResource):
                     max_backoff_seconds=self.max_backoff_seconds,
                 ),
                 on_retry=on_retry,
+                trace_attributes={"dagster.run_id": self._run_id} if self._run_id else None,
                 auth_hint=(
                     f"Check {self.api_key_env_var}: it must hold secret "
                     f"'{env.secret_name(API_KEY_SECRET)}' for environment '{env.name}'."

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from orchestration.environments import SUPABASE_DEFAULT_API_URL, EnvironmentConfigError, read_secret
 from resources.environment import PlatformEnvironment
@@ -84,6 +84,11 @@ class SupabaseManagementResource(dg.ConfigurableResource):
             return env.api_url()
         return SUPABASE_DEFAULT_API_URL
 
+    _run_id: str | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._run_id = context.run_id  # links API-call spans to the run (tracing)
+
     def client(self, on_retry: RetryLog | None = None) -> SupabaseSqlClient:
         env = self.environment.environment
         token = read_secret(self.access_token_env_var, ACCESS_TOKEN_SECRET, env)
@@ -107,6 +112,7 @@ class SupabaseManagementResource(dg.ConfigurableResource):
                     initial_backoff_seconds=self.initial_backoff_seconds,
                 ),
                 on_retry=on_retry,
+                trace_attributes={"dagster.run_id": self._run_id} if self._run_id else None,
                 auth_hint=(
                     f"Check {self.access_token_env_var}: it must hold secret "
                     f"'{env.secret_name(ACCESS_TOKEN_SECRET)}' for environment '{env.name}'."

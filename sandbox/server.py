@@ -302,7 +302,15 @@ class SandboxServer:
                 reply = self._dispatch(method, path, query, headers, raw, authorized)
         except Exception as exc:  # a sandbox bug must answer 500, not hang the client
             reply = Reply(500, {"detail": f"internal sandbox error: {exc!r}"})
-        self._record(method, path, query, reply.status, headers.get("Idempotency-Key"), authorized)
+        self._record(
+            method,
+            path,
+            query,
+            reply.status,
+            headers.get("Idempotency-Key"),
+            authorized,
+            headers.get("traceparent"),
+        )
         return reply
 
     def _authorized(self, path: str, headers: Mapping[str, str]) -> bool:
@@ -323,6 +331,7 @@ class SandboxServer:
         status: int,
         idempotency_key: str | None,
         authorized: bool,
+        traceparent: str | None = None,
     ) -> None:
         entry = {
             "method": method,
@@ -331,6 +340,7 @@ class SandboxServer:
             "status": status,
             "idempotency_key": idempotency_key,
             "authorized": authorized,
+            "traceparent": traceparent,  # W3C trace context, when the client sends one
             "time": time.time(),
         }
         with self._requests_lock:
