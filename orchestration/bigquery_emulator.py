@@ -18,13 +18,14 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from orchestration.local_services import stop
 
 EMULATOR_HOST_ENV = "BIGQUERY_EMULATOR_HOST"
 DEFAULT_PROJECT = "local"
@@ -112,16 +113,6 @@ def _rest_port_from_log(log_path: Path) -> int | None:
     return None
 
 
-def _stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _executable() -> str:
     """The ``bqemulator`` script of this interpreter's environment (the venv), else PATH."""
     beside = Path(sys.executable).parent / "bqemulator"
@@ -174,5 +165,5 @@ def bigquery_emulator(
             endpoint=f"http://127.0.0.1:{port}", project=project, pid=proc.pid, log_path=log_path
         )
     finally:
-        _stop(proc)
+        stop(proc)
         log.close()
