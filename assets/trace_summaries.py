@@ -8,6 +8,7 @@ import dagster as dg
 
 from orchestration.triggers.catalog import REFRESH_TRACE_SUMMARIES
 from orchestration.triggers.dagster_defs import (
+    WORKER_RECIPE,
     TriggerRunConfig,
     execute_trigger_batch,
     result_metadata,
@@ -50,6 +51,7 @@ refresh_trace_summaries_job = dg.define_asset_job(
     name=REFRESH_TRACE_SUMMARIES.job_name,
     selection=[trace_summaries],
     description=REFRESH_TRACE_SUMMARIES.description,
-    tags=run_tags(REFRESH_TRACE_SUMMARIES),
+    tags={**WORKER_RECIPE.run_tags(), **run_tags(REFRESH_TRACE_SUMMARIES)},
+    op_retry_policy=WORKER_RECIPE.retry_policy(),
     executor_def=dg.in_process_executor,
 )

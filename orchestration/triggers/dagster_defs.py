@@ -12,12 +12,15 @@ import dagster as dg
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 from pydantic import Field
 
+from orchestration.policies.recipes import recipe
 from orchestration.tags import KIND_TAG
 from orchestration.triggers import scan as scan_lib
 from orchestration.triggers.spec import TriggerSpec
 from orchestration.triggers.worker import BatchResult, process_batch
 from resources.notifier import TriggersNotifierResource
 from resources.record_store import RecordStoreResource
+
+WORKER_RECIPE = recipe("bulk_fanout")
 
 TRIGGER_TAG = "platform/trigger"
 TENANT_TAG = "platform/tenant"
@@ -106,7 +109,9 @@ def build_worker_job(spec: TriggerSpec) -> dg.JobDefinition:
     @dg.job(
         name=spec.job_name,
         description=spec.description or f"Worker of trigger {spec.name}.",
-        tags=run_tags(spec),
+        # Workers are compare-and-set: a step retry re-checks each record, never applies twice.
+        tags={**WORKER_RECIPE.run_tags(), **run_tags(spec)},
+        op_retry_policy=WORKER_RECIPE.retry_policy(),
         executor_def=dg.in_process_executor,
     )
     def trigger_job() -> None:

@@ -66,3 +66,17 @@ def test_jobs_carry_their_recipe(job, expected, instance, platform_env):
 def test_unknown_recipe_is_a_clear_error():
     with pytest.raises(ValueError, match=r"Unknown recipe 'nope'.*api_call"):
         recipe("nope")
+
+
+def test_every_job_states_its_recipe_or_is_a_known_exception():
+    """Recipes are the rule; the command jobs opt out (a command must not re-run on a retry)."""
+    opted_out = {
+        "run_commands",
+        "run_command_now",
+        "retry_command_run",
+        "deliver_trigger_notifications",
+    }
+    for job in defs.get_repository_def().get_all_jobs():
+        if job.name.startswith("__") or job.name in opted_out:
+            continue
+        assert job.tags.get(RECIPE_TAG) in RECIPES, f"job {job.name} has no recipe"
