@@ -1,0 +1,2 @@
+-- The record store lives beside Dagster's storage, in its own database.
+CREATE DATABASE record_store OWNER dagster;
