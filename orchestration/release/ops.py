@@ -1,6 +1,7 @@
 """Release ops: thin wiring from Dagster to the plain functions beside this module."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
@@ -46,8 +47,6 @@ class MigrateConfig(dg.Config):
 def apply_migrations(
     context: dg.OpExecutionContext, config: MigrateConfig, supabase: SupabaseManagementResource
 ) -> None:
-    from pathlib import Path
-
     migrations = migrations_lib.discover(Path(config.migrations_dir))
     with supabase.client(on_retry=context.log.warning) as client:
         result = migrations_lib.migrate(
@@ -153,8 +152,9 @@ def sync_org_batch(
     orgs = list(batch.orgs)
     previous_failures = _failed_in_parent(context)
     if previous_failures is not None:
-        skipped = [o for o in orgs if o not in set(previous_failures)]
-        orgs = [o for o in orgs if o in set(previous_failures)]
+        retry = set(previous_failures)
+        skipped = [o for o in orgs if o not in retry]
+        orgs = [o for o in orgs if o in retry]
         context.log.info(
             f"Re-execution: syncing the {len(orgs)} org(s) that failed before; "
             f"{len(skipped)} already synced"
