@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import dagster as dg
+from orchestration.errors import FinalFailure
 
 DEFAULT_ENVIRONMENT = "test"
 PROD_API_URL = "https://api.cloudact.ai"
@@ -21,18 +21,11 @@ SUPABASE_DEFAULT_API_URL = "https://api.supabase.com"
 API_URL_BY_GCP_PROJECT: Mapping[str, str] = {"cloudact-prod": PROD_API_URL}
 
 
-class EnvironmentConfigError(dg.Failure):
+class EnvironmentConfigError(FinalFailure):
     """A run asked for an environment it may not use, or one that is not fully configured.
 
     A ``dagster.Failure`` so the UI shows the message itself rather than a traceback.
     """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(description=message, allow_retries=False)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True)

@@ -18,17 +18,11 @@ from google.cloud import bigquery
 from pydantic import Field
 
 from orchestration.environments import Environment, EnvironmentConfigError
+from orchestration.errors import FinalFailure
 
 
-class BigQueryTarget(dg.Failure):
+class BigQueryTarget(FinalFailure):
     """Raised for a BigQuery configuration that cannot be used (shown plainly in the UI)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(description=message, allow_retries=False)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class PlatformBigQueryResource(dg.ConfigurableResource):

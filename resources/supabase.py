@@ -44,7 +44,7 @@ class SupabaseSqlClient:
                 "POST", path, json={"query": sql}, idempotency_key=idempotency_key
             )
         except ApiError as exc:
-            if exc.status == 400 and not isinstance(exc, SqlError):
+            if exc.status == 400:  # the database refused the SQL
                 raise SqlError(
                     f"SQL error from {self.api.service}: {exc.detail}",
                     service=exc.service,

@@ -13,9 +13,10 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
-import dagster as dg
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
+
+from orchestration.errors import FinalFailure
 
 MIN_RETENTION_DAYS = 30
 DEFAULT_RETENTION_DAYS = 90
@@ -27,15 +28,8 @@ _PROJECT = re.compile(r"[a-z][a-z0-9\-]{2,61}[a-z0-9]")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,1023}")
 
 
-class QuotaCleanupError(dg.Failure):
+class QuotaCleanupError(FinalFailure):
     """A refused or failed cleanup (shown plainly in the UI)."""
-
-    def __init__(self, message: str, **metadata: object) -> None:
-        super().__init__(description=message, metadata=dict(metadata), allow_retries=False)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True)

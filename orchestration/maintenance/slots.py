@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-import dagster as dg
+from orchestration.errors import FinalFailure
 
 SLOT_TAG = "platform/slot"
 
@@ -18,15 +18,8 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _MONTH = re.compile(r"\d{4}-\d{2}")
 
 
-class SlotError(dg.Failure):
+class SlotError(FinalFailure):
     """A slot that is not a valid date/month (shown plainly in the UI)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(description=message, allow_retries=False)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def utc_now() -> dt.datetime:

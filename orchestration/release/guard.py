@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import dagster as dg
 
+from orchestration.errors import FinalFailure
 from orchestration.tags import ENVIRONMENT_TAG
 
 
-class ConcurrentReleaseError(dg.Failure):
-    def __init__(self, message: str) -> None:
-        super().__init__(description=message, allow_retries=False)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
+class ConcurrentReleaseError(FinalFailure):
+    """Another release of the same environment is running."""
 
 
 def ensure_single_release(

@@ -14,8 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dagster as dg
-
+from orchestration.errors import FinalFailure
 from resources.supabase import SqlError, SupabaseSqlClient
 
 TRACKING_TABLE = "platform_ops_schema_migrations"
@@ -30,15 +29,8 @@ CREATE_TRACKING_SQL = f"""CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} (
 );"""
 
 
-class MigrationError(dg.Failure):
+class MigrationError(FinalFailure):
     """A migration could not be planned or applied; the message names the file."""
-
-    def __init__(self, message: str, **metadata: object) -> None:
-        super().__init__(description=message, metadata=metadata or None, allow_retries=False)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True)
