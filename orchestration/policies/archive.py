@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from dagster._serdes import deserialize_value, serialize_value
@@ -121,6 +122,21 @@ def find_archive(root: Path, run_id: str) -> Path | None:
     return matches[0] if matches else None
 
 
+def _sink_row(instance: dg.DagsterInstance, back: ArchivedRun) -> dict[str, Any]:
+    """The run as one JSON document for the BigQuery copy (the same content as the file)."""
+    record = instance.get_run_record_by_id(back.run.run_id)
+    finished = record.update_timestamp.astimezone(UTC).isoformat() if record else None
+    return {
+        "id": back.run.run_id,
+        "finished_at": finished,
+        "run": serialize_value(back.run),
+        "events": [
+            {"storage_id": sid, "entry": serialize_value(entry)}
+            for sid, entry in zip(back.storage_ids, back.events, strict=True)
+        ],
+    }
+
+
 def archivable_runs(instance: dg.DagsterInstance, cutoff: datetime, limit: int) -> list[str]:
     """Finished runs last updated before ``cutoff``, oldest first."""
     records = instance.get_run_records(
@@ -137,8 +153,12 @@ def archive_runs(
     limit: int = 1000,
     on_progress: Callable[[int], None] | None = None,
     after_export: Callable[[str], None] | None = None,
+    sink: Any = None,
 ) -> ArchiveReport:
-    """Export, verify and delete up to ``limit`` runs older than ``cutoff``."""
+    """Export, verify and delete up to ``limit`` runs older than ``cutoff``.
+
+    ``sink`` (``bigquery_sink.BigQuerySink``) also receives each verified run before the delete.
+    """
     report = ArchiveReport()
     for run_id in archivable_runs(instance, cutoff, limit):
         try:
@@ -146,6 +166,8 @@ def archive_runs(
             back = read_archive(path)
             if back.run.run_id != run_id or len(back.events) != count:
                 raise ArchiveError(f"{path}: read back {len(back.events)} events, wrote {count}")
+            if sink is not None:
+                sink.load("dagster_runs", [_sink_row(instance, back)])
             if after_export:
                 after_export(run_id)  # test hook: a crash between export and delete
             instance.delete_run(run_id)

@@ -1,15 +1,22 @@
 """The daily run-history archive job and its schedule (on by default, 30-day retention)."""
 
+import contextlib
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from orchestration.policies import archive
+from orchestration.environments import DEFAULT_ENVIRONMENT, resolve_environment
+from orchestration.policies import archive, record_archive
 from orchestration.policies.progress import Progress
 from orchestration.policies.recipes import recipe
+from orchestration.policies.record_archive import TABLES
+from resources.bigquery import PlatformBigQueryResource
+from resources.record_store import RecordStoreResource
 
 ARCHIVE_DIR_ENV = "PLATFORM_OPS_ARCHIVE_DIR"
 
@@ -33,6 +40,20 @@ class ArchiveConfig(dg.Config):
         "now - retention_days (e.g. to catch up after a long outage).",
     )
     max_runs: int = Field(default=10_000, ge=1, description="Runs archived per pass at most.")
+    batch_size: int = Field(
+        default=1000, ge=1, le=10_000, description="Record-store rows per exported file."
+    )
+    bigquery_dataset: str | None = Field(
+        default=None,
+        description="Also load everything archived into <dataset>.<prefix>records in BigQuery "
+        "(verified by counting there before deleting). Unset: local files only.",
+    )
+    bigquery_table_prefix: str = Field(default="archive_", description="BigQuery table prefix.")
+    bigquery_environment: str = Field(
+        default=DEFAULT_ENVIRONMENT,
+        description="Environment whose GCP project holds the dataset (the emulator when "
+        "BIGQUERY_EMULATOR_HOST is set).",
+    )
 
 
 def cutoff_of(config: ArchiveConfig, now: datetime | None = None) -> datetime:
@@ -42,16 +63,35 @@ def cutoff_of(config: ArchiveConfig, now: datetime | None = None) -> datetime:
     return (now or datetime.now(UTC)) - timedelta(days=config.retention_days)
 
 
+@contextlib.contextmanager
+def _sink(config: ArchiveConfig, bq: PlatformBigQueryResource) -> Iterator[Any]:
+    """The BigQuery sink when a dataset is configured, else None."""
+    if not config.bigquery_dataset:
+        yield None
+        return
+    from orchestration.policies.bigquery_sink import BigQuerySink
+
+    environment = resolve_environment(config.bigquery_environment, confirm_prod=True)
+    with bq.get_client(environment) as client:  # insert-only: no prod confirmation needed
+        yield BigQuerySink(client, config.bigquery_dataset, config.bigquery_table_prefix)
+
+
 @dg.op(description="Exports finished runs older than the retention, verifies, then deletes them.")
-def archive_old_runs(context: dg.OpExecutionContext, config: ArchiveConfig) -> None:
+def archive_old_runs(
+    context: dg.OpExecutionContext,
+    config: ArchiveConfig,
+    policies_bigquery: PlatformBigQueryResource,
+) -> None:
     cutoff = cutoff_of(config)
     root = Path(config.archive_dir)
     candidates = archive.archivable_runs(context.instance, cutoff, config.max_runs)
     context.log.info(f"{len(candidates)} run(s) finished before {cutoff.isoformat()} to archive")
     progress = Progress(len(candidates), context.log.info, "archive")
-    report = archive.archive_runs(
-        context.instance, root, cutoff, limit=config.max_runs, on_progress=progress.tick
-    )
+    with _sink(config, policies_bigquery) as sink:
+        report = archive.archive_runs(
+            context.instance, root, cutoff, limit=config.max_runs, on_progress=progress.tick,
+            sink=sink,
+        )  # fmt: skip
     context.add_output_metadata(
         {
             "archived": len(report.archived),
@@ -59,6 +99,7 @@ def archive_old_runs(context: dg.OpExecutionContext, config: ArchiveConfig) -> N
             "bytes_written": report.bytes_written,
             "archive_dir": dg.MetadataValue.path(str(root)),
             "cutoff": cutoff.isoformat(),
+            "bigquery_rows": sink.rows_loaded if sink else 0,
             **progress.metadata(),
         }
     )
@@ -70,16 +111,52 @@ def archive_old_runs(context: dg.OpExecutionContext, config: ArchiveConfig) -> N
         )
 
 
+@dg.op(
+    description="Exports final trigger-history and command-run rows older than the retention "
+    "from the record store in id batches, verifies each file, then deletes exactly those rows."
+)
+def archive_old_records(
+    context: dg.OpExecutionContext,
+    config: ArchiveConfig,
+    record_store: RecordStoreResource,
+    policies_bigquery: PlatformBigQueryResource,
+) -> None:
+    cutoff = cutoff_of(config)
+    root = Path(config.archive_dir)
+    engine = record_store.engine()
+    counts = {t.name: record_archive.count_archivable(engine, t, cutoff) for t in TABLES}
+    context.log.info(f"record rows finished before {cutoff.isoformat()} to archive: {counts}")
+    progress = Progress(sum(counts.values()), context.log.info, "archive records")
+    with _sink(config, policies_bigquery) as sink:
+        report = record_archive.archive_records(
+            engine, root, cutoff, batch_size=config.batch_size, sink=sink,
+            on_progress=progress.tick,
+        )  # fmt: skip
+    context.add_output_metadata(
+        {
+            "archived": report.archived,
+            "tables": dg.MetadataValue.json({n: t.summary() for n, t in report.tables.items()}),
+            "bytes_written": report.bytes_written,
+            "archive_dir": dg.MetadataValue.path(str(root / "records")),
+            "cutoff": cutoff.isoformat(),
+            "bigquery_rows": sink.rows_loaded if sink else 0,
+            **progress.metadata(),
+        }
+    )
+
+
 @dg.job(
     name="archive_run_history",
     description="Moves finished runs older than the retention (30 days) out of the Dagster "
-    "instance into verified compressed JSONL files; read one back with "
-    "`platform-ops archive show RUN_ID`.",
+    "instance, and final trigger-history / command-run rows out of the record store, into "
+    "verified compressed JSONL files (and BigQuery when configured); read a run back with "
+    "`platform-ops archive show RUN_ID`. Set the same config on both ops.",
     executor_def=dg.in_process_executor,
     **recipe("maintenance").job_kwargs(),
 )
 def archive_run_history() -> None:
     archive_old_runs()
+    archive_old_records()
 
 
 archive_schedule = dg.ScheduleDefinition(

@@ -4,10 +4,14 @@ import dagster as dg
 
 from orchestration.policies.archive_job import archive_run_history, archive_schedule
 from orchestration.policies.notifications import FailureNotifierConfig, notify_run_failures
+from resources.bigquery import PlatformBigQueryResource
 
 defs = dg.Definitions(
     jobs=[archive_run_history],
     schedules=[archive_schedule],
     sensors=[notify_run_failures],
-    resources={"policies_failure_notifier": FailureNotifierConfig()},
+    resources={
+        "policies_failure_notifier": FailureNotifierConfig(),
+        "policies_bigquery": PlatformBigQueryResource(),
+    },
 )

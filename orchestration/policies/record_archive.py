@@ -34,13 +34,14 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from orchestration.commands import models as cm
+from orchestration.policies.archive import ArchiveError
 from orchestration.triggers import models as tm
 
 FORMAT = "platform-ops-record-archive/1"
 PENDING = ".pending"
 
 
-class RecordArchiveError(Exception):
+class RecordArchiveError(ArchiveError):
     """An export that did not verify, or rows that changed under us; nothing was deleted."""
 
 
@@ -90,6 +91,15 @@ class TableReport:
     files: list[str] = field(default_factory=list)
     resumed: int = 0  # pending files finished from an interrupted pass
     skipped: int = 0  # still referenced by a younger row (next pass)
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "rows": self.archived,
+            "children": self.children,
+            "files": len(self.files),
+            "resumed": self.resumed,
+            "held_for_next_pass": self.skipped,
+        }
 
 
 @dataclass

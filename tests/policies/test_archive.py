@@ -13,6 +13,7 @@ from dagster._serdes import serialize_value
 from orchestration.definitions import defs
 from orchestration.policies import archive
 from tests.conftest import run_config
+from tests.policies.test_archive_job import archive_config, step_metadata
 
 CLI = [sys.executable, "-m", "orchestration.cli"]
 
@@ -84,21 +85,17 @@ def test_damaged_archive_is_detected(instance, platform_env, tmp_path):
         archive.read_archive(path)
 
 
-def test_archive_job_and_cli_read_back(instance, platform_env, tmp_path):
+def test_archive_job_and_cli_read_back(instance, platform_env, sqlite_store_url, tmp_path):
     old = _run_jobs(instance, 2)
     cutoff = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
-    config = {
-        "ops": {"archive_old_runs": {"config": {"archive_dir": str(tmp_path), "cutoff": cutoff}}}
-    }
+    config = archive_config(tmp_path, sqlite_store_url, runs_cutoff=cutoff)
     job = defs.get_job_def("archive_run_history")
     result = job.execute_in_process(instance=instance, run_config=config)
-    outputs = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
-    meta = {k: v.value for k, v in outputs[0].event_specific_data.metadata.items()}
+    meta = step_metadata(result, "archive_old_runs")
     assert meta["archived"] == 2 and meta["done"] == 2
     assert all(instance.get_run_by_id(r) is None for r in old)
     second = job.execute_in_process(instance=instance, run_config=config)
-    outputs = [e for e in second.all_events if e.event_type_value == "STEP_OUTPUT"]
-    meta = {k: v.value for k, v in outputs[0].event_specific_data.metadata.items()}
+    meta = step_metadata(second, "archive_old_runs")
     assert meta["archived"] == 1  # only the first archive run itself; the old ones are gone
     assert len(list(tmp_path.rglob("*.jsonl.gz"))) == 3
 
