@@ -157,7 +157,7 @@ def time_worker(engine: sa.Engine, ids: list[int], deliver: bool) -> float:
     return elapsed
 
 
-def bench_worker(rows: int, repeat: int = 3) -> None:
+def bench_worker(rows: int, repeat: int = 5) -> None:
     schema, url = fresh_store()
     try:
         engine = make_engine(url)

@@ -64,10 +64,15 @@ class OutboxDelivery:
     def deliver_pending(
         self, engine: sa.Engine, keys: Sequence[str] | None = None, limit: int = 1000
     ) -> DeliveryReport:
-        """Deliver pending rows (only ``keys`` if given); returns what was sent and what failed."""
+        """Deliver pending rows (only ``keys`` if given); returns what was sent and what failed.
+
+        ``limit`` bounds a sweep of older rows; given ``keys`` are all delivered, however many.
+        """
         report = DeliveryReport()
         if keys is not None and not keys:
             return report
+        if keys is not None:
+            limit = max(limit, len(keys))
         if not self.webhook_url:
             self._log_only(engine, keys, limit, report)
             return report

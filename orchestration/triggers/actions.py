@@ -11,7 +11,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from orchestration.triggers.models import edge_packages, trace_summaries
-from orchestration.triggers.spec import ActionContext, Notification, Transition, as_utc, utcnow
+from orchestration.triggers.spec import (
+    ActionContext,
+    Notification,
+    SqlAction,
+    Transition,
+    as_utc,
+    utcnow,
+)
 
 
 def escalate_alert(alert: Mapping[str, Any], ctx: ActionContext) -> Transition:
@@ -32,11 +39,33 @@ def escalate_alert(alert: Mapping[str, Any], ctx: ActionContext) -> Transition:
     )
 
 
+ESCALATE_ALERT_SQL = SqlAction(
+    values=lambda t, now: {"state": "escalated", "escalated_at": now},
+    payload=lambda t, now: {
+        "event": sa.literal("alert.escalated"),
+        "alert_id": t.c.id,
+        "tenant_id": t.c.tenant_id,
+        "title": t.c.title,
+        "pending_minutes": sa.func.round(
+            sa.cast(sa.extract("epoch", now - t.c.created_at) / 60, sa.Numeric), 1
+        ),
+    },
+    dedupe_key=lambda t: sa.literal("escalate_alerts:") + sa.cast(t.c.id, sa.String),
+)
+"""``escalate_alert`` as SQL, for the one-statement chunk on PostgreSQL."""
+
+
 def expire_package(package: Mapping[str, Any], ctx: ActionContext) -> Transition:
     """active → expired, and the download token is invalidated (its hash is dropped)."""
     return Transition(
         values={"state": "expired", "expired_at": ctx.now, "download_token_hash": None}
     )
+
+
+EXPIRE_PACKAGE_SQL = SqlAction(
+    values=lambda t, now: {"state": "expired", "expired_at": now, "download_token_hash": None}
+)
+"""``expire_package`` as SQL, for the one-statement chunk on PostgreSQL."""
 
 
 def token_hash(token: str) -> str:

@@ -12,6 +12,7 @@ import dagster as dg
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 from pydantic import Field
 
+from orchestration.policies.progress import Progress
 from orchestration.policies.recipes import recipe
 from orchestration.tags import KIND_TAG
 from orchestration.triggers import scan as scan_lib
@@ -68,7 +69,11 @@ def execute_trigger_batch(
     delivery = notifier.delivery(log=context.log.info)
     engine = record_store.engine()
     delivery.deliver_pending(engine, limit=500)  # leftovers of a killed or failed run
-    return process_batch(
+    # A line per committed chunk: chunks are hundreds to thousands of records, so a few lines.
+    progress = Progress(
+        len(set(config.record_ids)), context.log.info, f"trigger {spec.name}", every_seconds=0
+    )
+    result = process_batch(
         spec,
         engine,
         config.record_ids,
@@ -76,13 +81,17 @@ def execute_trigger_batch(
         actor=actor,
         deliver=lambda eng, keys: delivery.deliver_pending(eng, keys),
         log=context.log.info,
+        progress=progress.tick,
     )
+    result.progress = progress.metadata()
+    return result
 
 
 def result_metadata(result: BatchResult) -> dict[str, Any]:
     counts = result.counts()
     return {
         **counts,
+        **{k: result.progress[k] for k in ("seconds", "rate_per_second") if k in result.progress},
         "transitioned_ids": dg.MetadataValue.json(result.ids("succeeded")[:1000]),
         "notifications": len(result.notification_keys),
         "errors": dg.MetadataValue.json(

@@ -129,6 +129,34 @@ class ActionContext:
     attempt: int
 
 
+# (table, now) -> value per column: a constant, None, or a SQL expression over the row.
+Values = Callable[[sa.Table, sa.ColumnElement], Mapping[str, Any]]
+# (table, now) -> the notification payload's fields, as SQL expressions over the updated row.
+Payload = Callable[[sa.Table, sa.ColumnElement], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class SqlAction:
+    """A trigger action written as SQL, for the one-statement chunk on PostgreSQL.
+
+    ``values`` and ``payload`` get the table and a bound ``now`` (the chunk's clock, the same
+    value the Python action sees as ``ctx.now``). The payload is built from the row as updated
+    (``RETURNING``), so it should read columns the transition does not change. ``dedupe_key``
+    defaults to ``"<trigger>:<id>"``, the Python path's default.
+
+    Only for actions that cannot fail per record: the statement moves every matching record of
+    the chunk or, on an error, none (the chunk is then redone by the Python action, record by
+    record). ``chunk_size`` records per statement and commit: a statement costs a commit and a
+    plan, so chunks are larger than the Python paths' ``commit_every``.
+    """
+
+    values: Values
+    payload: Payload | None = None
+    dedupe_key: Callable[[sa.Table], sa.ColumnElement] | None = None
+    channel: str = "webhook"
+    chunk_size: int = 2000
+
+
 Action = Callable[[Mapping[str, Any], ActionContext], Transition]
 ErrorAction = Callable[[Mapping[str, Any], ActionContext, str], Transition | None]
 Tenants = Sequence[str] | Callable[[sa.Connection], Sequence[str]]
@@ -163,6 +191,8 @@ class TriggerSpec:
     # ``UPDATE … WHERE id IN (…) AND <where> RETURNING id``. A pure action that touches
     # ``ctx.conn`` anyway sends its chunk down the per-record path.
     pure_action: bool = False
+    # The same action as SQL: on PostgreSQL a chunk is then one statement (``sql_chunk``).
+    sql_action: SqlAction | None = None
     conditions: dict[str, Condition] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -205,6 +235,13 @@ class TriggerSpec:
             out.append("tenants given without tenant_column")
         if not callable(self.action):
             out.append("action must be callable")
+        if self.sql_action is not None:
+            now = sa.bindparam("now", type_=sa.DateTime(timezone=True))
+            for col in self.sql_action.values(self.table, now):
+                if col not in columns:
+                    out.append(f"sql_action sets unknown column {col!r} of {self.table.name!r}")
+            if not isinstance(self.sql_action.chunk_size, int) or self.sql_action.chunk_size <= 0:
+                out.append("sql_action.chunk_size must be a positive integer")
         return out
 
     @property

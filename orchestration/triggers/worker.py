@@ -36,6 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from orchestration.triggers import sql_chunk
 from orchestration.triggers.models import notification_outbox, trigger_attempts, trigger_history
 from orchestration.triggers.scan import chunks
 from orchestration.triggers.spec import (
@@ -65,6 +66,7 @@ class BatchResult:
     trigger: str
     outcomes: list[Outcome] = field(default_factory=list)
     notification_keys: list[str] = field(default_factory=list)
+    progress: dict[str, Any] = field(default_factory=dict)  # final Progress numbers, if any
 
     def ids(self, status: str) -> list[int]:
         return [o.record_id for o in self.outcomes if o.status == status]
@@ -383,10 +385,41 @@ def _write_bookkeeping(conn: sa.Connection, chunk: _Chunk, ids: list[int]) -> No
         )
 
 
+def _sql_chunk(
+    statement: sql_chunk.ChunkStatement, conn: sa.Connection, ids: list[int], now, log: Log | None
+) -> tuple[list[Outcome], list[str]] | None:
+    """The chunk as one statement (``sql_chunk``); None when it must be redone the Python way."""
+    try:
+        with conn.begin_nested():
+            moved = statement.run(conn, ids, now)
+    except sa.exc.OperationalError:
+        raise  # lock timeout, deadlock: the whole chunk is retried
+    except sa.exc.DBAPIError as exc:  # e.g. a constraint: find the culprit record by record
+        if log:
+            log(f"chunk {ids[0]}..{ids[-1]}: Python path (statement failed: {exc.orig!r})")
+        return None
+    by_id = {rid: (attempt, key) for rid, attempt, key in moved}
+    outcomes = [
+        Outcome(rid, "succeeded", by_id[rid][0]) if rid in by_id else Outcome(rid, "skipped")
+        for rid in ids
+    ]
+    return outcomes, [key for _attempt, key in by_id.values() if key is not None]
+
+
 def _process_chunk(
-    spec: TriggerSpec, conn: sa.Connection, ids: list[int], run_id, actor, log: Log | None = None
+    spec: TriggerSpec,
+    conn: sa.Connection,
+    ids: list[int],
+    run_id,
+    actor,
+    log: Log | None = None,
+    statement: sql_chunk.ChunkStatement | None = None,
 ) -> tuple[list[Outcome], list[str]]:
     now = utcnow()
+    if statement is not None:
+        done = _sql_chunk(statement, conn, ids, now, log)
+        if done is not None:
+            return done
     rows, prior = _read(spec, conn, ids, now)
     chunk = _Chunk(spec, run_id, actor, now)
     if spec.pure_action:
@@ -413,16 +446,24 @@ def process_batch(
     deliver: Deliver | None = None,
     log: Log | None = None,
     commit_every: int | None = None,
+    progress: Callable[[int], Any] | None = None,
 ) -> BatchResult:
-    """Apply ``spec`` to each of ``ids``; see the module docstring for the guarantees."""
+    """Apply ``spec`` to each of ``ids``; see the module docstring for the guarantees.
+
+    ``progress`` is called with the size of each chunk once it is committed.
+    """
     result = BatchResult(spec.name)
     actor = actor or spec.actor
     ordered = sorted({int(i) for i in ids})
-    for part in chunks(ordered, commit_every or spec.commit_every):
+    statement, size = None, spec.commit_every
+    if spec.sql_action is not None and engine.dialect.name == "postgresql":
+        statement = sql_chunk.ChunkStatement(spec, engine.dialect, run_id, actor)
+        size = spec.sql_action.chunk_size
+    for part in chunks(ordered, commit_every or size):
         for attempt in range(5):
             try:
                 with engine.begin() as conn:
-                    outcomes, keys = _process_chunk(spec, conn, part, run_id, actor, log)
+                    outcomes, keys = _process_chunk(spec, conn, part, run_id, actor, log, statement)
                 break
             except sa.exc.OperationalError as exc:  # lock timeout, deadlock, busy SQLite
                 if attempt == 4:
@@ -434,6 +475,8 @@ def process_batch(
         result.notification_keys += keys
         if deliver and keys:
             deliver(engine, keys)
+        if progress:
+            progress(len(part))
     if log:
         counts = result.counts()
         log(f"trigger {spec.name}: {counts} of {len(ordered)} record(s)")

@@ -189,3 +189,37 @@ def test_trace_summary_schedule_and_asset_materialization(instance, sqlite_store
 )
 def test_every_trigger_job_is_in_the_code_location(job_name):
     assert REPO_DEF.get_job(job_name).description
+
+
+def test_worker_reports_monotonic_progress_per_committed_chunk(instance, store_url):
+    """One progress line per committed chunk (done/total, rate, ETA), done never going back."""
+    import re
+
+    from resources.record_store import make_engine
+
+    eng = make_engine(store_url)
+    seed_alerts(eng, due=1200)
+    eng.dispose()
+    job = REPO_DEF.get_job("escalate_alerts")
+    config = {"ops": {"escalate_alerts_worker": {"config": {"record_ids": list(range(1, 1201))}}}}
+    res = job.execute_in_process(
+        run_config=config,
+        instance=instance,
+        resources={"record_store": RecordStoreResource(url=store_url)},
+    )
+    assert res.success
+    lines = [
+        e.message
+        for e in instance.all_logs(res.run_id)
+        if e.message and e.message.startswith("trigger escalate_alerts: ") and "ETA" in e.message
+    ]
+    done = [int(re.search(r": (\d+)/1200 ", line).group(1)) for line in lines]
+    assert len(done) >= 1 and done == sorted(done) and done[-1] == 1200
+    if "sqlite" in store_url:  # the Python path commits every 500 records
+        assert done == [500, 1000, 1200]
+    meta = next(
+        e
+        for e in res.events_for_node("escalate_alerts_worker")
+        if e.event_type_value == "STEP_OUTPUT"
+    ).event_specific_data.metadata
+    assert meta["succeeded"].value == 1200 and meta["rate_per_second"].value > 0

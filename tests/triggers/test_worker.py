@@ -156,3 +156,18 @@ def test_undeliverable_notification_stays_pending_and_is_swept_later(engine):
         assert [k for k, _ in hook.posts] == ["escalate_alerts:1"]
     assert report.delivered == ["escalate_alerts:1"]
     assert outbox(engine)[0].delivered_at is not None
+
+
+def test_a_chunk_larger_than_the_delivery_limit_is_delivered_whole(engine):
+    """Given keys are all delivered: the sweep limit (1,000) never strands a big chunk's rows."""
+    seed_alerts(engine, due=1500)
+    delivery = OutboxDelivery(webhook_url=None)  # log-only delivery: marks rows delivered
+    result = process_batch(
+        ESCALATE_ALERTS,
+        engine,
+        range(1, 1501),
+        commit_every=1500,
+        deliver=lambda eng, keys: delivery.deliver_pending(eng, keys),
+    )
+    assert result.counts()["succeeded"] == 1500
+    assert all(r.delivered_at is not None for r in outbox(engine))

@@ -1,0 +1,142 @@
+"""A chunk of a trigger with a ``sql_action`` done in one PostgreSQL statement.
+
+The Python paths of the worker cost ~40 µs a record in the interpreter (reading the row, calling
+the action, building history and outbox rows, encoding them), ten times what PostgreSQL needs to
+do the same writes. A trigger whose action is only "set these columns, send this payload" can also
+declare it as SQL (``SqlAction``); then the whole chunk is one statement of data-modifying CTEs:
+
+    picked   the chunk's ids that still match ``where``, are not given up on (``exhausted``), and
+             are not locked by another worker (``FOR UPDATE SKIP LOCKED``)
+    moved    ``UPDATE … FROM picked WHERE <where> RETURNING`` — the compare-and-set transition
+    hist     one ``trigger_history`` row per moved record (attempt = prior attempts + 1)
+    att      ``trigger_attempts`` rows of moved records that had failed before: now succeeded
+    out      one outbox row per moved record (``ON CONFLICT (dedupe_key) DO NOTHING``)
+
+so the outcome, the notification and the history commit together, exactly as on the Python
+paths; records not returned by ``moved`` are skipped. The Python action stays the definition
+(SQLite, and a chunk whose statement fails, e.g. on a constraint, is redone the Python way);
+``tests/triggers/test_sql_action.py`` checks that both produce the same rows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from orchestration.triggers.models import notification_outbox, trigger_attempts, trigger_history
+from orchestration.triggers.spec import SqlAction, TriggerSpec
+
+_IDS = postgresql.ARRAY(sa.BigInteger)
+
+
+def statement(spec: TriggerSpec, run_id: str | None, actor: str | None) -> sa.Select:
+    """The chunk's statement; selects (id, prior attempts, dedupe key) of each moved record.
+
+    Parameters ``ids`` and ``now`` (the chunk's clock, for ``where`` and for the action).
+    """
+    action: SqlAction = spec.sql_action  # type: ignore[assignment]
+    t, a = spec.table, trigger_attempts
+    now_p = sa.bindparam("now", type_=sa.DateTime(timezone=True))
+    ids = sa.bindparam("ids", type_=_IDS)
+    picked = (
+        sa.select(t.c.id, sa.func.coalesce(a.c.attempts, 0).label("prior"))
+        .select_from(t.outerjoin(a, sa.and_(a.c.trigger == spec.name, a.c.record_id == t.c.id)))
+        .where(
+            t.c.id == sa.any_(ids),
+            spec.where_clause(now_p),
+            a.c.status.is_distinct_from("exhausted"),
+        )
+        .with_for_update(of=t, skip_locked=True)
+        .cte("picked")
+    )
+    returned = [t.c.id, picked.c.prior]
+    if action.payload is not None:
+        fields = action.payload(t, now_p)
+        pairs = [x for key, value in fields.items() for x in (sa.literal(key), value)]
+        returned.append(sa.func.json_build_object(*pairs).label("payload"))
+        key = (
+            action.dedupe_key(t)
+            if action.dedupe_key
+            else sa.literal(f"{spec.name}:") + sa.cast(t.c.id, sa.String)
+        )
+        returned.append(key.label("dedupe_key"))
+    moved = (
+        t.update()
+        .where(t.c.id == picked.c.id, t.c.id == sa.any_(ids), spec.where_clause(now_p))
+        .values(**dict(action.values(t, now_p)))
+        .returning(*returned)
+        .cte("moved")
+    )
+    history = trigger_history.insert().from_select(
+        [
+            "trigger",
+            "record_id",
+            "attempt",
+            "status",
+            "run_id",
+            "actor",
+            "started_at",
+            "finished_at",
+        ],
+        sa.select(
+            sa.literal(spec.name),
+            moved.c.id,
+            moved.c.prior + 1,
+            sa.literal("succeeded"),
+            sa.literal(run_id, sa.String),
+            sa.literal(actor, sa.String),
+            now_p,
+            sa.func.clock_timestamp(),
+        ).order_by(moved.c.id),
+    )
+    # Only records that failed before have an attempts row (as on the Python paths).
+    attempts = (
+        a.update()
+        .where(a.c.trigger == spec.name, a.c.record_id == moved.c.id, moved.c.prior > 0)
+        .values(attempts=moved.c.prior + 1, status="succeeded", last_error=None, updated_at=now_p)
+    )
+    ctes = [history.cte("hist"), attempts.cte("att")]
+    if action.payload is None:
+        return (
+            sa.select(moved.c.id, moved.c.prior, sa.null().label("dedupe_key"))
+            .add_cte(*ctes)
+            .order_by(moved.c.id)
+        )
+    outbox = (
+        postgresql.insert(notification_outbox)
+        .from_select(
+            ["dedupe_key", "channel", "payload", "created_at", "attempts"],
+            sa.select(
+                moved.c.dedupe_key,
+                sa.literal(action.channel),
+                moved.c.payload,
+                now_p,
+                sa.literal(0),
+            ).order_by(moved.c.id),
+        )
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+    )
+    return (
+        sa.select(moved.c.id, moved.c.prior, moved.c.dedupe_key)
+        .add_cte(*ctes, outbox.cte("out"))
+        .order_by(moved.c.id)
+    )
+
+
+class ChunkStatement:
+    """The statement compiled once per batch and run per chunk.
+
+    SQLAlchemy cannot cache it (``ON CONFLICT`` clauses have no cache key), and compiling it per
+    chunk would cost ~5 ms, a fifth of the chunk's own time.
+    """
+
+    def __init__(self, spec: TriggerSpec, dialect: sa.Dialect, run_id, actor) -> None:
+        self.compiled = statement(spec, run_id, actor).compile(dialect=dialect)
+
+    def run(self, conn: sa.Connection, ids: list[int], now: datetime) -> list[tuple]:
+        """(id, attempt, dedupe key) of each record the chunk transitioned."""
+        params = self.compiled.construct_params({"ids": list(ids), "now": now})
+        rows = conn.exec_driver_sql(self.compiled.string, params)
+        return [(rid, prior + 1, key) for rid, prior, key in rows]

@@ -1,0 +1,167 @@
+"""The one-statement chunk (``sql_action``, PostgreSQL): same rows as the Python action."""
+
+import dataclasses
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from orchestration.triggers.catalog import ESCALATE_ALERTS, EXPIRE_PACKAGES
+from orchestration.triggers.models import alerts, edge_packages, trigger_attempts
+from orchestration.triggers.seed import seed_alerts, seed_packages
+from orchestration.triggers.spec import SqlAction, TriggerDeclarationError, TriggerSpec, utcnow
+from orchestration.triggers.worker import process_batch
+from resources.record_store import make_engine
+from tests.triggers.helpers import history, outbox
+
+PYTHON_ONLY = dataclasses.replace(ESCALATE_ALERTS, sql_action=None)
+
+
+@pytest.fixture
+def pg(pg_store_url):
+    engine = make_engine(pg_store_url)
+    yield engine
+    engine.dispose()
+
+
+def _reset(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "TRUNCATE alerts, trigger_history, trigger_attempts, notification_outbox "
+                "RESTART IDENTITY"
+            )
+        )
+
+
+def _seed_mixed(engine: sa.Engine) -> None:
+    """6 due, 2 fresh, 2 resolved; due alert 2 given up on, due alert 3 failed once before."""
+    seed_alerts(engine, due=6, fresh=2, resolved=2)
+    with engine.begin() as conn:
+        conn.execute(
+            trigger_attempts.insert(),
+            [
+                {"trigger": "escalate_alerts", "record_id": 2, "attempts": 3,
+                 "status": "exhausted", "last_error": "x", "updated_at": utcnow()},
+                {"trigger": "escalate_alerts", "record_id": 3, "attempts": 1,
+                 "status": "retrying", "last_error": "y", "updated_at": utcnow()},
+            ],
+        )  # fmt: skip
+
+
+def _snapshot(engine: sa.Engine, result) -> dict:
+    with engine.connect() as conn:
+        states = {r.id: r.state for r in conn.execute(sa.select(alerts.c.id, alerts.c.state))}
+        stamped = set(
+            conn.execute(sa.select(alerts.c.id).where(alerts.c.escalated_at.is_not(None))).scalars()
+        )
+        attempts = sorted(
+            (r.record_id, r.attempts, r.status, r.last_error)
+            for r in conn.execute(sa.select(trigger_attempts))
+        )
+    notes = {}
+    for row in outbox(engine):
+        payload = dict(row.payload)
+        minutes = payload.pop("pending_minutes")
+        assert 44.5 < minutes < 46, minutes  # seeded 45 minutes ago
+        notes[row.dedupe_key] = (row.channel, payload, row.attempts, row.delivered_at)
+    return {
+        "outcomes": [(o.record_id, o.status, o.attempt) for o in result.outcomes],
+        "keys": sorted(result.notification_keys),
+        "states": states,
+        "stamped": stamped,
+        "attempts": attempts,
+        "history": [
+            (h.record_id, h.attempt, h.status, h.error, h.run_id, h.actor)
+            for h in history(engine, "escalate_alerts")
+        ],
+        "outbox": notes,
+    }
+
+
+def test_sql_action_writes_what_the_python_action_writes(pg):
+    ids = list(range(1, 12))  # 11 is no record at all
+    _seed_mixed(pg)
+    python = _snapshot(pg, process_batch(PYTHON_ONLY, pg, ids, run_id="run-1", actor="ops"))
+    _reset(pg)
+    _seed_mixed(pg)
+    logs: list[str] = []
+    sql = _snapshot(
+        pg, process_batch(ESCALATE_ALERTS, pg, ids, run_id="run-1", actor="ops", log=logs.append)
+    )
+    assert sql == python
+    assert not any("Python path" in line for line in logs)
+    assert sql["history"] == [
+        (1, 1, "succeeded", None, "run-1", "ops"),
+        (3, 2, "succeeded", None, "run-1", "ops"),
+        (4, 1, "succeeded", None, "run-1", "ops"),
+        (5, 1, "succeeded", None, "run-1", "ops"),
+        (6, 1, "succeeded", None, "run-1", "ops"),
+    ]
+    assert (3, 2, "succeeded", None) in sql["attempts"]
+    # Running it again changes nothing: every record has moved on.
+    again = process_batch(ESCALATE_ALERTS, pg, ids, run_id="run-2")
+    assert again.counts()["succeeded"] == 0
+    assert _snapshot(pg, again)["outbox"] == sql["outbox"]
+
+
+def test_expire_packages_sql_action_invalidates_tokens(pg):
+    tokens = seed_packages(pg, expired=3, active=2)
+    result = process_batch(EXPIRE_PACKAGES, pg, list(tokens))
+    assert result.counts()["succeeded"] == 3
+    with pg.connect() as conn:
+        rows = conn.execute(sa.select(edge_packages).order_by(edge_packages.c.id)).all()
+    expired = [r for r in rows if r.state == "expired"]
+    assert len(expired) == 3
+    assert all(r.download_token_hash is None and r.expired_at is not None for r in expired)
+    assert all(r.download_token_hash is not None for r in rows if r.state == "active")
+
+
+def test_failing_statement_is_redone_by_the_python_action(pg):
+    """A constraint error in the statement rolls it back; the chunk goes the Python way."""
+    seed_alerts(pg, due=4)
+    broken = SqlAction(values=lambda t, now: {"state": "escalated", "title": None})
+    spec = dataclasses.replace(ESCALATE_ALERTS, sql_action=broken)
+    logs: list[str] = []
+    result = process_batch(spec, pg, [1, 2, 3, 4], log=logs.append)
+    assert result.ids("succeeded") == [1, 2, 3, 4]
+    assert any("Python path" in line and "NotNullViolation" in line for line in logs)
+    with pg.connect() as conn:
+        titles = conn.execute(sa.select(alerts.c.title).where(alerts.c.title.is_(None))).all()
+    assert titles == []  # nothing of the failed statement survived
+    assert len(history(pg, "escalate_alerts")) == 4 and len(outbox(pg)) == 4
+
+
+def test_a_record_locked_by_another_worker_is_skipped_not_waited_for(pg):
+    seed_alerts(pg, due=3)
+    holder = pg.connect()
+    tx = holder.begin()
+    holder.execute(sa.select(alerts).where(alerts.c.id == 2).with_for_update())
+    done = threading.Event()
+    outcome = {}
+
+    def work():
+        outcome["r"] = process_batch(ESCALATE_ALERTS, pg, [1, 2, 3])
+        done.set()
+
+    threading.Thread(target=work, daemon=True).start()
+    try:
+        assert done.wait(10), "the worker waited for the locked row"
+    finally:
+        tx.rollback()
+        holder.close()
+    assert [(o.record_id, o.status) for o in outcome["r"].outcomes] == [
+        (1, "succeeded"), (2, "skipped"), (3, "succeeded"),
+    ]  # fmt: skip
+    assert process_batch(ESCALATE_ALERTS, pg, [2]).ids("succeeded") == [2]
+
+
+def test_sql_action_on_an_unknown_column_fails_at_declaration():
+    with pytest.raises(TriggerDeclarationError, match="sql_action sets unknown column 'colour'"):
+        TriggerSpec(
+            name="bad_sql",
+            table=alerts,
+            where={"state": "pending"},
+            action=lambda r, c: None,
+            sql_action=SqlAction(values=lambda t, now: {"colour": "red"}),
+        )
