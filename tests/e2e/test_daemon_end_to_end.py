@@ -32,7 +32,7 @@ from dagster._core.storage.tags import (
 from orchestration.triggers.catalog import ESCALATE_ALERTS, EXPIRE_PACKAGES
 from orchestration.triggers.models import alerts, edge_packages, notification_outbox
 from orchestration.triggers.seed import seed_alerts, seed_packages
-from orchestration.triggers.spec import utcnow
+from orchestration.triggers.spec import as_utc, utcnow
 from resources.notifier import WEBHOOK_URL_ENV
 from resources.record_store import make_engine
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN
@@ -136,11 +136,14 @@ def test_daemon_transitions_seeded_records_and_fires_a_schedule_unattended(
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     workspace = write_workspace(tmp_path / "workspace.yaml", MODULE, LOCATION)
     engine = make_engine(store_url)
+    request.addfinalizer(engine.dispose)  # before the schema/database fixtures drop theirs
     due_alerts, expired = _seed(engine)
 
     with WebhookReceiver() as receiver, dg.DagsterInstance.get() as instance:
-        if postgres:  # the instance really is on PostgreSQL, in the fresh database
-            assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        # The instance really is on the storage under test (runs, events, schedules/sensors).
+        kind = "Postgres" if postgres else "Sqlite"
+        for part in (instance.run_storage, instance.event_log_storage, instance.schedule_storage):
+            assert type(part).__name__.startswith(kind), type(part)
         env = {
             "DAGSTER_HOME": str(home),
             "RECORD_STORE_URL": store_url,
@@ -159,19 +162,21 @@ def test_daemon_transitions_seeded_records_and_fires_a_schedule_unattended(
         assert ok, f"not done within {TIMEOUT}s on {storage}; daemon log:\n{log}"
 
         # Every worker run the sensors asked for succeeded, and came from the sensor.
+        worker_runs = {}
         for spec in TRIGGERS:
             runs = _runs(instance, spec.job_name)
             assert runs, spec.name
+            worker_runs[spec.name] = {r.run_id for r in runs}
             for run in runs:
                 assert run.status == dg.DagsterRunStatus.SUCCESS, (spec.name, run.run_id, log)
                 assert run.tags[SENSOR_NAME_TAG] == f"{spec.name}_sensor"
                 assert run.tags["platform/trigger"] == spec.name
-        # The schedule fired on its own at a minute boundary after the daemon came up.
         # Launched by the every-minute schedule on its own, at a boundary after the daemon came
         # up; a later tick may still be running when the daemon is stopped.
         scheduled = _runs(instance, SCHEDULE_JOB)
         finished = [r for r in scheduled if r.status not in NOT_FINISHED_STATUSES]
         assert finished and all(r.status == dg.DagsterRunStatus.SUCCESS for r in finished), log
+        finished = [instance.get_run_record_by_id(r.run_id) for r in finished]
         for run in scheduled:
             assert run.tags[SCHEDULE_NAME_TAG] == SCHEDULE
             tick = datetime.fromisoformat(run.tags[SCHEDULED_EXECUTION_TIME_TAG])
@@ -192,11 +197,17 @@ def test_daemon_transitions_seeded_records_and_fires_a_schedule_unattended(
         rows = history(engine, spec.name)
         assert {r.status for r in rows} == {"succeeded"}, rows
         assert Counter(r.record_id for r in rows) == dict.fromkeys(ids, 1)
-        assert all(r.actor == spec.actor and r.run_id for r in rows)
+        assert all(r.actor == spec.actor for r in rows)
+        assert {r.run_id for r in rows} <= worker_runs[spec.name]  # done by the sensor's runs
     # Notifications: one per escalated alert plus the leftover, each delivered and POSTed once.
     keys = {f"escalate_alerts:{i}" for i in due_alerts} | {LEFTOVER_KEY}
     outbox = _outbox(engine)
     assert {r.dedupe_key for r in outbox} == keys
     assert all(r.delivered_at is not None for r in outbox)
     assert receiver.key_counts() == dict.fromkeys(keys, 1)
-    engine.dispose()
+    transitioned = max(as_utc(r.finished_at) for s in TRIGGERS for r in history(engine, s.name))
+    print(
+        f"[{storage}] records transitioned {(transitioned - started).total_seconds():.1f}s, "
+        f"scheduled run finished {min(r.end_time for r in finished) - started.timestamp():.1f}s "
+        "after the daemon started"
+    )
