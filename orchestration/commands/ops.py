@@ -9,7 +9,28 @@ from pydantic import Field
 from orchestration.commands import actions, store
 from orchestration.commands import models as m
 from orchestration.commands.resources import CommandRunnerResource
+from orchestration.policies.progress import Progress
 from resources.record_store import RecordStoreResource
+
+# Batch progress (run level): the in-process executor walks a batch's steps one by one while the
+# pool runs the commands concurrently, so "how far is the batch" is the number of the batch's
+# commands that have finished, whichever step notices. The planning step registers the batch;
+# each command's step, once its own command is done, logs done/total, rate and ETA (rate-limited
+# by Progress, always the last). Output lines have no known total, so they are not the measure.
+PROGRESS_EVERY_SECONDS = 2.0
+_batches: dict[str, tuple[list[int], Progress]] = {}
+
+
+def _report_batch(context: dg.OpExecutionContext, pool) -> None:
+    batch = _batches.get(context.run_id)
+    if batch is None:  # a single-command job, or a step re-executed without its plan step
+        return
+    ids, progress = batch
+    # every id was handed to this pool by the planning step, so ensure() only looks it up
+    done = sum(1 for i in ids if pool.ensure(i).future.done())
+    progress.update(done, context.log.info)
+    if done >= len(ids):
+        _batches.pop(context.run_id, None)
 
 
 def _mapping_key(command_run_id: int) -> str:
@@ -43,6 +64,9 @@ def plan_command_runs(
     for run_id in ids:
         pool.ensure(run_id)  # start now; each step below waits for its own command
     context.log.info(f"{len(ids)} command run(s) handed to the runner pool")
+    _batches[context.run_id] = (
+        ids, Progress(len(ids), context.log.info, "commands", PROGRESS_EVERY_SECONDS)
+    )  # fmt: skip
     for run_id in ids:
         yield dg.DynamicOutput(run_id, mapping_key=_mapping_key(run_id))
 
@@ -86,7 +110,8 @@ def execute_command_run(
     command_run_id: int,
 ) -> int:
     engine = record_store.engine()
-    handle = commands_runner.pool(engine, context.run_id).ensure(command_run_id)
+    pool = commands_runner.pool(engine, context.run_id)
+    handle = pool.ensure(command_run_id)
     streamed = [0]
     while not handle.future.done():
         try:
@@ -101,6 +126,7 @@ def execute_command_run(
     if hidden:
         context.log.info(f"{hidden} more output line(s) not streamed; the tail is stored")
     outcome = handle.future.result()
+    _report_batch(context, pool)
     row = store.get_run(engine, command_run_id)
     what = f"command {row['command_name']!r} in {row['environment_name']!r} (run {row['id']})"
     if not outcome.started_here:

@@ -23,7 +23,8 @@ class Progress:
         self.started = time.monotonic()
         self._last = 0.0
 
-    def tick(self, n: int = 1) -> None:
+    def tick(self, n: int = 1, log: Callable[[str], None] | None = None) -> None:
+        """``n`` more done; ``log`` overrides the logger (another step of the same run)."""
         self.done += n
         now = time.monotonic()
         if self.done < self.total and now - self._last < self.every:
@@ -33,10 +34,14 @@ class Progress:
         rate = self.done / elapsed
         remaining = (self.total - self.done) / rate if rate > 0 else float("inf")
         pct = 100.0 * self.done / self.total if self.total else 100.0
-        self.log(
+        (log or self.log)(
             f"{self.label}: {self.done}/{self.total} ({pct:.0f}%), {rate:.1f}/s, "
             f"ETA {remaining:.1f}s"
         )
+
+    def update(self, done: int, log: Callable[[str], None] | None = None) -> None:
+        """Set the absolute done count (never backwards), for counts observed from outside."""
+        self.tick(max(done - self.done, 0), log)
 
     def metadata(self) -> dict[str, Any]:
         """Final numbers for ``add_output_metadata``."""

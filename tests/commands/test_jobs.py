@@ -170,3 +170,47 @@ def test_run_in_seconds_is_left_to_the_dispatcher(sqlite_store_url, instance):
         )
     (request,) = _evaluate(instance, sqlite_store_url).run_requests
     assert request.run_config["ops"]["plan_command_runs"]["config"]["command_run_ids"] == [run_id]
+
+
+def test_batch_reports_run_level_progress_monotonic_to_total(
+    sqlite_store_url, instance, monkeypatch
+):
+    """Each finished command moves the batch's done/total; read back from the run's event log."""
+    import re
+
+    from orchestration.commands import ops
+
+    monkeypatch.setattr(ops, "PROGRESS_EVERY_SECONDS", 0.0)  # a line per finished command
+    engine = engine_for(sqlite_store_url)
+    seed(engine, {
+        "environments": [{"name": "staging"}],
+        "commands": [
+            {"name": "fast", "command": "echo fast"},
+            {"name": "fails", "command": "sleep 0.1; exit 3"},
+            {"name": "mid", "command": "sleep 0.2; echo mid"},
+            {"name": "slow", "command": "sleep 1.5; echo slow"},
+        ],
+    })  # fmt: skip
+    # steps run in this order; every command starts at once on the pool, so the slow one
+    # finishes last and the first three steps each see a part of the batch done
+    ids = [
+        actions.request_run(engine, name, "staging", status=m.QUEUED, batch_key="progress-test")
+        for name in ("fast", "fails", "mid", "slow")
+    ]
+    config = {"ops": {"plan_command_runs": {"config": {"command_run_ids": ids}}}}
+    result = run_commands_job.execute_in_process(
+        run_config=config, instance=instance, resources=_resources(sqlite_store_url),
+        raise_on_error=False,
+    )  # fmt: skip
+    line = re.compile(r"^commands: (\d+)/(\d+) \(\d+%\), [\d.]+/s, ETA ")
+    points = [
+        (int(match[1]), int(match[2]))
+        for entry in instance.all_logs(result.run_id)
+        if (match := line.match(entry.user_message or ""))
+    ]
+    assert len(points) == len(ids)  # one per finished command's step
+    done = [d for d, _ in points]
+    assert done == sorted(done) and done[-1] == len(ids)
+    assert done[0] >= 1 and done[-2] < len(ids)  # it moved while the batch ran
+    assert {t for _, t in points} == {len(ids)}
+    assert ops._batches.get(result.run_id) is None  # nothing kept after the batch
