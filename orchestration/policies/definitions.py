@@ -4,12 +4,13 @@ import dagster as dg
 
 from orchestration.policies.archive_job import archive_run_history, archive_schedule
 from orchestration.policies.notifications import FailureNotifierConfig, notify_run_failures
+from orchestration.policies.run_spans import trace_finished_runs
 from resources.bigquery import PlatformBigQueryResource
 
 defs = dg.Definitions(
     jobs=[archive_run_history],
     schedules=[archive_schedule],
-    sensors=[notify_run_failures],
+    sensors=[notify_run_failures, trace_finished_runs],
     resources={
         "policies_failure_notifier": FailureNotifierConfig(),
         "policies_bigquery": PlatformBigQueryResource(),
