@@ -50,8 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("run_id")
     show.add_argument("--dir", type=Path, default=None, help="default: $PLATFORM_OPS_ARCHIVE_DIR")
     show.add_argument("--json", action="store_true", help="one JSON object per event")
+    records = arch_sub.add_parser(
+        "records", help="print archived trigger_history / command_runs rows (JSON lines)"
+    )
+    records.add_argument("table", choices=["trigger_history", "command_runs"])
+    records.add_argument("--id", type=int, action="append", help="only these ids (repeatable)")
+    records.add_argument("--dir", type=Path, default=None, help="default: archive directory")
     args = parser.parse_args(argv)
 
+    if args.command == "archive" and args.archive_command == "records":
+        return _archive_records(args.table, args.dir, args.id)
     if args.command == "archive":
         return _archive_show(args.run_id, args.dir, as_json=args.json)
 
@@ -91,6 +99,29 @@ def _archive_show(run_id: str, directory: Path | None, *, as_json: bool) -> int:
         else:
             step = f" [{entry.step_key}]" if entry.step_key else ""
             print(f"{entry.timestamp:.3f} {kind}{step} {entry.user_message}")
+    return 0
+
+
+def _archive_records(table: str, directory: Path | None, ids: list[int] | None) -> int:
+    import json
+
+    from orchestration.policies.archive_job import default_archive_dir
+    from orchestration.policies.record_archive import RecordArchiveError, read_records
+
+    root = Path(directory or default_archive_dir())
+    wanted = set(ids or [])
+    found = 0
+    try:
+        for row in read_records(root, table):
+            if not wanted or row["id"] in wanted:
+                found += 1
+                print(json.dumps(row, sort_keys=True))
+    except RecordArchiveError as exc:
+        print(f"Damaged archive under {root}: {exc}", file=sys.stderr)
+        return 2
+    if not found:
+        print(f"No archived {table} rows under {root / 'records' / table}", file=sys.stderr)
+        return 1
     return 0
 
 

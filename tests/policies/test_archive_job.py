@@ -85,3 +85,24 @@ def test_job_archives_runs_and_old_records_with_monotonic_progress(
     assert_monotonic_to_total(lines["archive records"])
     assert lines["archive records"][-1][0] == 5 + len(runs["old"]) + 1  # + the held run
     engine.dispose()
+
+
+def test_cli_reads_archived_records_back(sqlite_store_url, tmp_path, capsys):
+    import json
+
+    from orchestration.cli import main
+    from tests.policies.record_seed import CUTOFF
+
+    engine = make_engine(sqlite_store_url)
+    history = seed_history(engine, old=3, new=1)
+    record_archive.archive_records(engine, tmp_path, CUTOFF)
+    wanted = sorted(history["old"])[1]
+    assert (
+        main(["archive", "records", "trigger_history", "--id", str(wanted), "--dir", str(tmp_path)])
+        == 0
+    )
+    (line,) = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["id"] == wanted and json.loads(line)["trigger"] == "escalate"
+    assert main(["archive", "records", "command_runs", "--dir", str(tmp_path)]) == 1
+    assert "No archived command_runs rows" in capsys.readouterr().err
+    engine.dispose()
