@@ -5,15 +5,22 @@ the action, building history and outbox rows, encoding them), ten times what Pos
 do the same writes. A trigger whose action is only "set these columns, send this payload" can also
 declare it as SQL (``SqlAction``); then the whole chunk is one statement of data-modifying CTEs:
 
-    picked   the chunk's ids that still match ``where``, are not given up on (``exhausted``), and
-             are not locked by another worker (``FOR UPDATE SKIP LOCKED``)
-    moved    ``UPDATE … FROM picked WHERE <where> RETURNING`` — the compare-and-set transition
+    moved    ``UPDATE … WHERE id = ANY(:ids) AND <where> AND NOT <exhausted> RETURNING`` — the
+             compare-and-set transition, with the record's prior attempts and its payload
     hist     one ``trigger_history`` row per moved record (attempt = prior attempts + 1)
     att      ``trigger_attempts`` rows of moved records that had failed before: now succeeded
-    out      one outbox row per moved record (``ON CONFLICT (dedupe_key) DO NOTHING``)
+    out      one outbox row per moved record (a key that exists already fails the statement)
 
 so the outcome, the notification and the history commit together, exactly as on the Python
-paths; records not returned by ``moved`` are skipped. The Python action stays the definition
+paths; records not returned by ``moved`` are skipped.
+
+No ``SELECT … FOR UPDATE SKIP LOCKED`` pass here: locking each row before updating it doubled the
+statement's cost (measured: 29 ms of 80 ms for 2,000 rows). The ``UPDATE`` takes the row locks
+itself; a row another transaction holds is waited for (at most that transaction's chunk) and,
+under read committed, re-checked against ``where`` once it commits, so a record moved by someone
+else is skipped, never moved twice. Ids are locked in index order, so two workers do not deadlock.
+
+The Python action stays the definition
 (SQLite, and a chunk whose statement fails, e.g. on a constraint, is redone the Python way);
 ``tests/triggers/test_sql_action.py`` checks that both produce the same rows.
 """
@@ -40,18 +47,10 @@ def statement(spec: TriggerSpec, run_id: str | None, actor: str | None) -> sa.Se
     t, a = spec.table, trigger_attempts
     now_p = sa.bindparam("now", type_=sa.DateTime(timezone=True))
     ids = sa.bindparam("ids", type_=_IDS)
-    picked = (
-        sa.select(t.c.id, sa.func.coalesce(a.c.attempts, 0).label("prior"))
-        .select_from(t.outerjoin(a, sa.and_(a.c.trigger == spec.name, a.c.record_id == t.c.id)))
-        .where(
-            t.c.id == sa.any_(ids),
-            spec.where_clause(now_p),
-            a.c.status.is_distinct_from("exhausted"),
-        )
-        .with_for_update(of=t, skip_locked=True)
-        .cte("picked")
-    )
-    returned = [t.c.id, picked.c.prior]
+    mine = sa.and_(a.c.trigger == spec.name, a.c.record_id == t.c.id)
+    exhausted = sa.select(1).where(mine, a.c.status == "exhausted").exists()
+    prior = sa.func.coalesce(sa.select(a.c.attempts).where(mine).scalar_subquery(), 0)
+    returned = [t.c.id, prior.label("prior")]
     if action.payload is not None:
         fields = action.payload(t, now_p)
         pairs = [x for key, value in fields.items() for x in (sa.literal(key), value)]
@@ -64,7 +63,7 @@ def statement(spec: TriggerSpec, run_id: str | None, actor: str | None) -> sa.Se
         returned.append(key.label("dedupe_key"))
     moved = (
         t.update()
-        .where(t.c.id == picked.c.id, t.c.id == sa.any_(ids), spec.where_clause(now_p))
+        .where(t.c.id == sa.any_(ids), spec.where_clause(now_p), ~exhausted)
         .values(**dict(action.values(t, now_p)))
         .returning(*returned)
         .cte("moved")
@@ -104,19 +103,14 @@ def statement(spec: TriggerSpec, run_id: str | None, actor: str | None) -> sa.Se
             .add_cte(*ctes)
             .order_by(moved.c.id)
         )
-    outbox = (
-        postgresql.insert(notification_outbox)
-        .from_select(
-            ["dedupe_key", "channel", "payload", "created_at", "attempts"],
-            sa.select(
-                moved.c.dedupe_key,
-                sa.literal(action.channel),
-                moved.c.payload,
-                now_p,
-                sa.literal(0),
-            ).order_by(moved.c.id),
-        )
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+    # No ON CONFLICT (it costs a fifth of the statement): a key that exists already, which only
+    # a record transitioned before can have, fails the statement and the chunk goes the Python
+    # way, which skips such keys.
+    outbox = notification_outbox.insert().from_select(
+        ["dedupe_key", "channel", "payload", "created_at", "attempts"],
+        sa.select(
+            moved.c.dedupe_key, sa.literal(action.channel), moved.c.payload, now_p, sa.literal(0)
+        ).order_by(moved.c.id),
     )
     return (
         sa.select(moved.c.id, moved.c.prior, moved.c.dedupe_key)
@@ -128,8 +122,8 @@ def statement(spec: TriggerSpec, run_id: str | None, actor: str | None) -> sa.Se
 class ChunkStatement:
     """The statement compiled once per batch and run per chunk.
 
-    SQLAlchemy cannot cache it (``ON CONFLICT`` clauses have no cache key), and compiling it per
-    chunk would cost ~5 ms, a fifth of the chunk's own time.
+    Compiling it costs ~5 ms; done once here, it does not depend on SQLAlchemy's statement cache
+    (whose keys a change to the statement, e.g. an ``ON CONFLICT`` clause, can silently lose).
     """
 
     def __init__(self, spec: TriggerSpec, dialect: sa.Dialect, run_id, actor) -> None:

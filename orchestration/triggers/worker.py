@@ -3,8 +3,11 @@
 Per chunk of ``commit_every`` ids, one transaction: the matching rows are re-read under the
 trigger's ``where`` (locked with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so a second worker on an
 overlapping batch skips them), the actions run, their values are written compare-and-set, and the
-notification and history rows are inserted before the commit. Two ways to run a chunk:
+notification and history rows are inserted before the commit. Three ways to run a chunk:
 
+- one statement, for a trigger that also declares its action as SQL (``sql_action``) on
+  PostgreSQL: ``sql_chunk`` (chunks of ``sql_action.chunk_size``). The fastest by far; its
+  ``UPDATE`` waits for rows other transactions hold instead of skipping them (see there).
 - set-based, for a ``pure_action`` (escalate, expire): every action is computed in Python first,
   then one ``UPDATE … WHERE id IN (…) AND <where> RETURNING id`` per distinct set of values, and
   one multi-row insert each for outbox and history rows. A round trip per chunk, not per record.
