@@ -127,11 +127,17 @@ def archive_old_records(
     counts = {t.name: record_archive.count_archivable(engine, t, cutoff) for t in TABLES}
     context.log.info(f"record rows finished before {cutoff.isoformat()} to archive: {counts}")
     progress = Progress(sum(counts.values()), context.log.info, "archive records")
-    with _sink(config, policies_bigquery) as sink:
-        report = record_archive.archive_records(
-            engine, root, cutoff, batch_size=config.batch_size, sink=sink,
-            on_progress=progress.tick,
-        )  # fmt: skip
+    try:
+        with _sink(config, policies_bigquery) as sink:
+            report = record_archive.archive_records(
+                engine, root, cutoff, batch_size=config.batch_size, sink=sink,
+                on_progress=progress.tick,
+            )  # fmt: skip
+    except record_archive.RecordArchiveError as exc:
+        raise dg.Failure(
+            description=f"record archive stopped, nothing unverified was deleted: {exc}",
+            allow_retries=False,
+        ) from exc
     context.add_output_metadata(
         {
             "archived": report.archived,
