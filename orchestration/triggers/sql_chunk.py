@@ -12,7 +12,8 @@ declare it as SQL (``SqlAction``); then the whole chunk is one statement of data
     out      one outbox row per moved record (a key that exists already fails the statement)
 
 so the outcome, the notification and the history commit together, exactly as on the Python
-paths; records not returned by ``moved`` are skipped.
+paths; records not returned by ``moved`` are skipped. No ``ORDER BY`` anywhere: sorting the
+CTEs cost a tenth of the statement, and the worker orders the outcomes itself.
 
 No ``SELECT … FOR UPDATE SKIP LOCKED`` pass here: locking each row before updating it doubled the
 statement's cost (measured: 29 ms of 80 ms for 2,000 rows). The ``UPDATE`` takes the row locks
@@ -88,7 +89,7 @@ def statement(spec: TriggerSpec, run_id: str | None, actor: str | None) -> sa.Se
             sa.literal(actor, sa.String),
             now_p,
             sa.func.clock_timestamp(),
-        ).order_by(moved.c.id),
+        ),
     )
     # Only records that failed before have an attempts row (as on the Python paths).
     attempts = (
@@ -98,11 +99,7 @@ def statement(spec: TriggerSpec, run_id: str | None, actor: str | None) -> sa.Se
     )
     ctes = [history.cte("hist"), attempts.cte("att")]
     if action.payload is None:
-        return (
-            sa.select(moved.c.id, moved.c.prior, sa.null().label("dedupe_key"))
-            .add_cte(*ctes)
-            .order_by(moved.c.id)
-        )
+        return sa.select(moved.c.id, moved.c.prior, sa.null().label("dedupe_key")).add_cte(*ctes)
     # No ON CONFLICT (it costs a fifth of the statement): a key that exists already, which only
     # a record transitioned before can have, fails the statement and the chunk goes the Python
     # way, which skips such keys.
@@ -110,12 +107,10 @@ def statement(spec: TriggerSpec, run_id: str | None, actor: str | None) -> sa.Se
         ["dedupe_key", "channel", "payload", "created_at", "attempts"],
         sa.select(
             moved.c.dedupe_key, sa.literal(action.channel), moved.c.payload, now_p, sa.literal(0)
-        ).order_by(moved.c.id),
+        ),
     )
-    return (
-        sa.select(moved.c.id, moved.c.prior, moved.c.dedupe_key)
-        .add_cte(*ctes, outbox.cte("out"))
-        .order_by(moved.c.id)
+    return sa.select(moved.c.id, moved.c.prior, moved.c.dedupe_key).add_cte(
+        *ctes, outbox.cte("out")
     )
 
 
