@@ -1,9 +1,6 @@
 """The operator CLI in-process, and `dagster job execute` of the commands jobs as a subprocess."""
 
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -12,6 +9,7 @@ import pytest
 from orchestration.commands import store
 from orchestration.commands.cli import main
 from tests.commands.helpers import count_runs, engine_for
+from tests.job_cli import dagster_home, instance_at, job_execute
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,43 +62,30 @@ def test_dagster_job_execute_run_command_now_twice_is_one_command_run_each(
     assert _cli(url, "set-environment", "staging")[0] == 0
     assert _cli(url, "set-variable", "staging", "WHO", "$(id); reboot")[0] == 0
     assert _cli(url, "set-command", "hello", "--command", 'echo "hello $WHO"')[0] == 0
-    home = tmp_path / "home"
-    home.mkdir()
+    home = dagster_home(tmp_path)
     config = tmp_path / "run.yaml"
     config.write_text(
         "ops:\n  request_command_run:\n    config: {command: hello, environment: staging}\n"
     )
-    env = {**os.environ, "DAGSTER_HOME": str(home), "RECORD_STORE_URL": url}
-    cmd = [
-        sys.executable, "-m", "dagster", "job", "execute", "-m", "orchestration.definitions",
-        "-j", "run_command_now", "-c", str(config),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    job_execute(home, "run_command_now", config, {"RECORD_STORE_URL": url})
     engine = engine_for(url)
     (row,) = store.list_runs(engine, store.RunFilter())
     assert row["status"] == "succeeded"
     final = store.events_for(engine, row["id"])[-1]
     assert final["stdout_tail"] == "hello $(id); reboot\n"
 
-    os.environ["DAGSTER_HOME"] = str(home)
-    os.environ["RECORD_STORE_URL"] = url
-    try:
-        with dg.DagsterInstance.get() as instance:
-            (run,) = instance.get_runs(dg.RunsFilter(job_name="run_command_now"))
-            assert run.status == dg.DagsterRunStatus.SUCCESS
-            assert row["dagster_run_id"] == run.run_id
-            # re-execute the whole run: same root run → the same command run, not run again
-            from tests.commands import jobs_for_test
+    with instance_at(home, RECORD_STORE_URL=url) as instance:
+        (run,) = instance.get_runs(dg.RunsFilter(job_name="run_command_now"))
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        assert row["dagster_run_id"] == run.run_id
+        # re-execute the whole run: same root run → the same command run, not run again
+        from tests.commands import jobs_for_test
 
-            with dg.execute_job(
-                dg.reconstructable(jobs_for_test.run_command_now), instance=instance,
-                reexecution_options=dg.ReexecutionOptions(parent_run_id=run.run_id),
-            ) as again:  # fmt: skip
-                assert again.success
-                assert again.output_for_node("request_command_run", "command_run_id") == row["id"]
-    finally:
-        del os.environ["DAGSTER_HOME"]
-        del os.environ["RECORD_STORE_URL"]
+        with dg.execute_job(
+            dg.reconstructable(jobs_for_test.run_command_now), instance=instance,
+            reexecution_options=dg.ReexecutionOptions(parent_run_id=run.run_id),
+        ) as again:  # fmt: skip
+            assert again.success
+            assert again.output_for_node("request_command_run", "command_run_id") == row["id"]
     assert count_runs(engine) == 1
     assert [e["kind"] for e in store.events_for(engine, row["id"])] == ["started", "succeeded"]

@@ -1,13 +1,10 @@
 """The reaper: command runs of dead workers are closed (``lost``) with an actionable event."""
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -23,8 +20,7 @@ from orchestration.commands.sensors import command_dispatch_sensor
 from orchestration.commands.timeutil import utcnow
 from resources.record_store import RecordStoreResource
 from tests.commands.helpers import engine_for, seed
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.job_cli import REPO, dagster_home, job_env, job_execute_cmd
 
 
 def _catalog(command: str = "sleep 60", timeout: int = 30) -> dict:
@@ -175,17 +171,13 @@ def test_sigkilled_dagster_runs_are_reaped_and_their_commands_killed(
     url = sqlite_store_url
     engine = engine_for(url)
     seed(engine, _catalog())
-    home = tmp_path / "home"
-    home.mkdir()
+    home = dagster_home(tmp_path)
     config = tmp_path / "run.yaml"
     config.write_text(
         "ops:\n  request_command_run:\n    config: {command: sleepy, environment: staging}\n"
     )
-    env = {**os.environ, "DAGSTER_HOME": str(home), "RECORD_STORE_URL": url}
-    cmd = [
-        sys.executable, "-m", "dagster", "job", "execute", "-m", "orchestration.definitions",
-        "-j", "run_command_now", "-c", str(config),
-    ]  # fmt: skip
+    env = job_env(home, {"RECORD_STORE_URL": url})
+    cmd = job_execute_cmd("run_command_now", config)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     dg.DagsterInstance.get().dispose()  # create the instance's storage once, not in two racing CLIs
     procs = [

@@ -1,11 +1,6 @@
 """The Dagster wiring on a real instance: the sensor's decision, the job's tick and metadata."""
 
-import os
-import shutil
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -19,8 +14,7 @@ from orchestration.gateways.sensors import poll_devices_sensor
 from orchestration.gateways.worker import claim_tasks, report_result
 from resources.record_store import RecordStoreResource
 from tests.gateways.devices import AgentProcess, DeviceServer
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.job_cli import dagster_home, job_execute, runs_of
 
 
 def step_metadata(result: dg.ExecuteInProcessResult) -> dict:
@@ -80,15 +74,9 @@ def test_sensor_requests_a_run_only_when_there_is_work_and_job_is_idempotent(ins
 @pytest.mark.slow
 def test_dagster_job_execute_poll_devices_end_to_end(tmp_path, sqlite_store_url):
     """`dagster job execute -j poll_devices` twice, a real agent polling a real device between."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
-    env = {**os.environ, "DAGSTER_HOME": str(home), "RECORD_STORE_URL": sqlite_store_url}
+    home = dagster_home(tmp_path)
+    env = {"RECORD_STORE_URL": sqlite_store_url}
     engine = make_engine(sqlite_store_url)
-    cmd = [
-        sys.executable, "-m", "dagster", "job", "execute", "-m", "orchestration.definitions",
-        "-j", "poll_devices",
-    ]  # fmt: skip
     with DeviceServer() as device:
         tid = registry.upsert_target(engine, "P1", device.url("/health"), "http", None, 3600)
         agent = AgentProcess("edge-1", "P1", sqlite_store_url, tmp_path, lease=5, heartbeat=0.5)
@@ -100,10 +88,7 @@ def test_dagster_job_execute_poll_devices_end_to_end(tmp_path, sqlite_store_url)
                         break
                 time.sleep(0.1)
             for _ in range(2):
-                proc = subprocess.run(
-                    cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120
-                )
-                assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+                job_execute(home, "poll_devices", env=env, timeout=120)
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline and "/health" not in device.hits:
                     time.sleep(0.05)
@@ -115,11 +100,6 @@ def test_dagster_job_execute_poll_devices_end_to_end(tmp_path, sqlite_store_url)
         row = conn.execute(sa.select(targets).where(targets.c.id == tid)).one()
     assert (row.status, row.last_gateway_id) == ("up", "edge-1")
 
-    os.environ["DAGSTER_HOME"] = str(home)
-    try:
-        with dg.DagsterInstance.get() as instance:
-            runs = instance.get_runs(dg.RunsFilter(job_name="poll_devices"))
-            assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS] * 2
-            assert all(r.tags["platform/kind"] == "gateways" for r in runs)
-    finally:
-        del os.environ["DAGSTER_HOME"]
+    runs = runs_of(home, "poll_devices")
+    assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS] * 2
+    assert all(r.tags["platform/kind"] == "gateways" for r in runs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -12,22 +11,17 @@ from dagster._core.instance.ref import InstanceRef
 
 from orchestration.maintenance.demo import SEED_AGES_DAYS, demo
 from tests.conftest import TEST_API_KEY
+from tests.job_cli import dagster_home, job_env
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
 def test_day_of_maintenance_through_the_cli(sandbox, tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(Path.home()),
-        "DAGSTER_HOME": str(home),
-        "CA_API_URL": sandbox.base_url,
-        "CA_ROOT_API_KEY": TEST_API_KEY,
-    }
+    home = dagster_home(tmp_path)
+    env = job_env(
+        home, {"CA_API_URL": sandbox.base_url, "CA_ROOT_API_KEY": TEST_API_KEY}, inherit=False
+    )
     today = dt.datetime.now(dt.UTC).date().isoformat()
     month = today[:7]
 

@@ -1,52 +1,33 @@
 """`dagster job execute -j release` as an operator runs it: subprocess, the repo's dagster.yaml."""
 
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.job_cli import REPO, dagster_home, job_execute, runs_of
 
 
 @pytest.mark.slow
 def test_dagster_job_execute_release(sandbox, tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    home = dagster_home(tmp_path)
     env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
         "CA_API_URL": sandbox.base_url,
         "CA_ROOT_API_KEY": TEST_API_KEY,
         "SUPABASE_ACCESS_TOKEN": TEST_SUPABASE_TOKEN,
     }
-    cmd = [
-        sys.executable, "-m", "dagster", "job", "execute", "-m", "orchestration.definitions",
-        "-j", "release", "-c", str(REPO / "config" / "release-test.yaml"),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = job_execute(home, "release", REPO / "config" / "release-test.yaml", env)
     assert TEST_API_KEY not in proc.stdout + proc.stderr
 
     state = sandbox.state()
     assert all(o["syncs"] == 1 for o in state["orgs"].values())
     assert state["bootstrap"]["last_mode"] == "fresh"
 
-    os.environ["DAGSTER_HOME"] = str(home)
-    try:
-        with dg.DagsterInstance.get() as instance:
-            (run,) = instance.get_runs(dg.RunsFilter(job_name="release"))
-            assert run.status == dg.DagsterRunStatus.SUCCESS
-            assert run.tags["platform/environment"] == "test"
-            assert run.tags["platform/kind"] == "release"
-    finally:
-        del os.environ["DAGSTER_HOME"]
+    (run,) = runs_of(home, "release")
+    assert run.status == dg.DagsterRunStatus.SUCCESS
+    assert run.tags["platform/environment"] == "test"
+    assert run.tags["platform/kind"] == "release"
 
 
 def test_platform_ops_home_writes_instance_settings(tmp_path, monkeypatch):

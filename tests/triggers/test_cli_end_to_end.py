@@ -1,19 +1,12 @@
 """`dagster job execute -j escalate_alerts` as an operator runs it; twice is the same as once."""
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import yaml
 
 from orchestration.triggers.seed import seed_alerts
 from resources.record_store import make_engine, upgrade
+from tests.job_cli import dagster_home, job_execute
 from tests.triggers.helpers import WebhookReceiver, alert_states, outbox
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
@@ -22,9 +15,7 @@ def test_dagster_job_execute_escalate_alerts(tmp_path):
     upgrade(store_url)
     engine = make_engine(store_url)
     seed_alerts(engine, due=4, fresh=1)
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    home = dagster_home(tmp_path)
     config = tmp_path / "run.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -32,21 +23,9 @@ def test_dagster_job_execute_escalate_alerts(tmp_path):
         )
     )
     with WebhookReceiver() as hook:
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(home),
-            "RECORD_STORE_URL": store_url,
-            "TRIGGERS_WEBHOOK_URL": hook.url,
-        }
-        cmd = [
-            sys.executable, "-m", "dagster", "job", "execute", "-m", "orchestration.definitions",
-            "-j", "escalate_alerts", "-c", str(config),
-        ]  # fmt: skip
+        env = {"RECORD_STORE_URL": store_url, "TRIGGERS_WEBHOOK_URL": hook.url}
         for _ in range(2):
-            proc = subprocess.run(
-                cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180
-            )
-            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            job_execute(home, "escalate_alerts", config, env)
         keys = hook.key_counts()
     assert [alert_states(engine)[i] for i in range(1, 6)] == ["escalated"] * 4 + ["pending"]
     assert keys == {f"escalate_alerts:{i}": 1 for i in range(1, 5)}
