@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -12,8 +11,6 @@ from dagster._core.instance.ref import InstanceRef
 from orchestration.maintenance.demo import SEED_AGES_DAYS, demo
 from tests.conftest import TEST_API_KEY
 from tests.job_cli import dagster_home, job_env
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
