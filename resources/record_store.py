@@ -8,6 +8,8 @@ SQLAlchemy 2 on a SQLite file by default or PostgreSQL by URL; schema owned by A
 from __future__ import annotations
 
 import os
+import threading
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -36,9 +38,44 @@ def alembic_config(url: str) -> AlembicConfig:
     return cfg
 
 
+# Alembic keeps its state in module globals (``alembic.context``, ``alembic.op``): two threads
+# upgrading at once corrupt each other (KeyError 'config', even a segfault in SQLite), and the
+# daemon evaluates sensors on a thread pool. So one upgrade at a time per process.
+_UPGRADE_LOCK = threading.RLock()
+_UPGRADED: set[str] = set()
+
+
 def upgrade(url: str) -> None:
-    """Bring the record store at ``url`` to the newest schema of every area (idempotent)."""
-    command.upgrade(alembic_config(url), "heads")
+    """Bring the record store at ``url`` to the newest schema of every area (idempotent).
+
+    Threads of one process take turns; processes take turns on PostgreSQL through an advisory
+    lock (``migrations/record_store/env.py``).
+    """
+    with _UPGRADE_LOCK:
+        command.upgrade(alembic_config(url), "heads")
+
+
+def ensure_upgraded(url: str, attempts: int = 3) -> None:
+    """``upgrade`` once per process and URL (what resources call on every run and tick).
+
+    A failure is retried: on SQLite, another process creating the same tables at the same moment
+    makes one of them fail once, and the retry then finds the schema current.
+    """
+    key = normalize_url(url)
+    if key in _UPGRADED:
+        return
+    with _UPGRADE_LOCK:
+        if key in _UPGRADED:
+            return
+        for attempt in range(attempts):
+            try:
+                upgrade(url)
+                break
+            except sa.exc.DBAPIError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.2 * 2**attempt)
+        _UPGRADED.add(key)
 
 
 @lru_cache(maxsize=16)
@@ -60,7 +97,7 @@ class RecordStoreResource(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if self.auto_upgrade:
-            upgrade(self.url)
+            ensure_upgraded(self.url)
 
     def engine(self) -> sa.Engine:
         return _engine_for(normalize_url(self.url))

@@ -1,19 +1,27 @@
 """Alembic environment for the record store (all areas' branches share one version table)."""
 
 from alembic import context
-from sqlalchemy import engine_from_config, pool
+from sqlalchemy import engine_from_config, pool, text
 
 config = context.config
 # Not "alembic_version": Dagster's own PostgreSQL storage uses that name in the same database.
 VERSION_TABLE = "record_store_alembic_version"
+# Serialises upgrades of one PostgreSQL database across processes (code server, run workers).
+ADVISORY_LOCK_KEY = 0x5EC0_5D00
+
+
+def _migrate(connection) -> None:
+    context.configure(connection=connection, target_metadata=None, version_table=VERSION_TABLE)
+    with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+        context.run_migrations()
 
 
 def run_migrations() -> None:
     connectable = config.attributes.get("connection")
     if connectable is not None:
-        context.configure(connection=connectable, target_metadata=None, version_table=VERSION_TABLE)
-        with context.begin_transaction():
-            context.run_migrations()
+        _migrate(connectable)
         return
     engine = engine_from_config(
         config.get_section(config.config_ini_section, {}),
@@ -21,9 +29,7 @@ def run_migrations() -> None:
         poolclass=pool.NullPool,
     )
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=None, version_table=VERSION_TABLE)
-        with context.begin_transaction():
-            context.run_migrations()
+        _migrate(connection)
 
 
 run_migrations()

@@ -511,9 +511,9 @@ def run_trigger(
     spec = get_trigger(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
     if engine is None:
         store = RecordStoreResource(url=store_url) if store_url else RecordStoreResource()
-        from resources.record_store import upgrade
+        from resources.record_store import ensure_upgraded
 
-        upgrade(store.url)
+        ensure_upgraded(store.url)
         engine = store.engine()
     delivery = OutboxDelivery(webhook_url=webhook_url, log=log)
     return process_batch(

@@ -1,0 +1,69 @@
+"""Record-store upgrades racing: the daemon's sensor threads, several processes on one database."""
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import sqlalchemy as sa
+
+from resources import record_store
+from resources.record_store import RecordStoreResource, make_engine
+from tests.job_cli import REPO
+
+
+def _heads(url: str) -> set[str]:
+    with make_engine(url).connect() as conn:
+        return set(
+            conn.execute(sa.text("SELECT version_num FROM record_store_alembic_version")).scalars()
+        )
+
+
+def _expected_heads(tmp_path) -> set[str]:
+    """The version rows of a store upgraded alone."""
+    url = f"sqlite:///{tmp_path / 'alone.sqlite'}"
+    record_store.upgrade(url)
+    return _heads(url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fresh_store_url(request, tmp_path) -> str:
+    """A record store URL nothing has migrated yet."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fresh.sqlite'}"
+    return request.getfixturevalue("pg_schema_url")
+
+
+def test_resources_set_up_on_eight_threads_upgrade_a_fresh_store_once(
+    fresh_store_url, monkeypatch, tmp_path
+):
+    """What a daemon tick does: several sensors' resources set up at once on a fresh store
+    (without the lock this segfaulted in SQLite or raised KeyError inside Alembic)."""
+    store_url = fresh_store_url
+    monkeypatch.setattr(record_store, "_UPGRADED", set())
+    calls = []
+    real = record_store.upgrade
+    monkeypatch.setattr(record_store, "upgrade", lambda url: calls.append(url) or real(url))
+
+    def set_up(_):
+        resource = RecordStoreResource(url=store_url)
+        resource.setup_for_execution(None)  # type: ignore[arg-type]
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(set_up, range(16)))
+    assert len(calls) == 1  # once per process and URL, not per tick
+    assert _heads(store_url) == _expected_heads(tmp_path)
+
+
+def test_processes_upgrading_one_fresh_postgres_schema_at_once_all_succeed(pg_schema_url, tmp_path):
+    n = 4
+    code = "import sys; from resources import record_store as r; r.ensure_upgraded(sys.argv[1])"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, pg_schema_url], cwd=REPO, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(n)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, "\n".join(errors)
+    assert _heads(pg_schema_url) == _expected_heads(tmp_path)
