@@ -8,10 +8,7 @@ and still present, and the next pass exports it again (idempotent overwrite) and
 nothing is lost, nothing is deleted unverified.
 """
 
-import gzip
-import hashlib
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +17,8 @@ from typing import Any
 
 import dagster as dg
 from dagster._serdes import deserialize_value, serialize_value
+
+from orchestration.policies import checked_jsonl
 
 FINISHED = [
     dg.DagsterRunStatus.SUCCESS,
@@ -73,48 +72,22 @@ def export_run(instance: dg.DagsterInstance, run_id: str, root: Path) -> tuple[P
     created = record.create_timestamp.astimezone(UTC)
     path = archive_path(root, run_id, created)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    digest = hashlib.sha256()
-    with open(tmp, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb") as gz:
-            for line in _lines(record.dagster_run, records):
-                data = (line + "\n").encode()
-                digest.update(data)
-                gz.write(data)
-            trailer = {"kind": "end", "events": len(records), "sha256": digest.hexdigest()}
-            gz.write((json.dumps(trailer) + "\n").encode())
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(tmp, path)
+    checked_jsonl.write(path, _lines(record.dagster_run, records), "events", len(records))
     return path, len(records)
 
 
 def read_archive(path: Path) -> ArchivedRun:
     """Read an archive back, checking its trailer (count and checksum)."""
-    run: dg.DagsterRun | None = None
-    events: list[dg.EventLogEntry] = []
-    storage_ids: list[int] = []
-    digest = hashlib.sha256()
-    trailer = None
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            item = json.loads(line)
-            if item["kind"] == "end":
-                trailer = item
-                continue
-            digest.update(line.encode())
-            if item["kind"] == "header" and item.get("format") != FORMAT:
-                raise ArchiveError(f"{path}: unknown format {item.get('format')!r}")
-            if item["kind"] == "run":
-                run = deserialize_value(item["run"], dg.DagsterRun)
-            elif item["kind"] == "event":
-                events.append(deserialize_value(item["entry"], dg.EventLogEntry))
-                storage_ids.append(item["storage_id"])
-    if trailer is None or run is None:
-        raise ArchiveError(f"{path}: truncated archive (no run or no trailer)")
-    if trailer["events"] != len(events) or trailer["sha256"] != digest.hexdigest():
-        raise ArchiveError(f"{path}: checksum or event count mismatch")
-    return ArchivedRun(run, events, storage_ids)
+    items = checked_jsonl.read(path, FORMAT, "event", "events", ArchiveError)
+    runs = [deserialize_value(i["run"], dg.DagsterRun) for i in items if i["kind"] == "run"]
+    if len(runs) != 1:
+        raise ArchiveError(f"{path}: {len(runs)} run records in one archive")
+    events = [i for i in items if i["kind"] == "event"]
+    return ArchivedRun(
+        runs[0],
+        [deserialize_value(i["entry"], dg.EventLogEntry) for i in events],
+        [i["storage_id"] for i in events],
+    )
 
 
 def find_archive(root: Path, run_id: str) -> Path | None:

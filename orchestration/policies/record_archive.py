@@ -21,7 +21,6 @@ is needed for a daily job. A command run that a younger retry still references (
 is left for a later pass, when the retry has gone first.
 """
 
-import gzip
 import hashlib
 import json
 import os
@@ -34,6 +33,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from orchestration.commands import models as cm
+from orchestration.policies import checked_jsonl
 from orchestration.policies.archive import ArchiveError
 from orchestration.triggers import models as tm
 
@@ -146,47 +146,14 @@ def write_batch(path: Path, table: str, rows: Sequence[dict[str, Any]]) -> Path:
     ``mtime=0`` in the gzip header: the same rows always give the same bytes.
     """
     pending = path.with_name(path.name + PENDING)
-    pending.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    digest = hashlib.sha256()
-    with open(tmp, "wb") as raw:
-        with gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
-            for line in _lines(table, rows):
-                data = (line + "\n").encode()
-                digest.update(data)
-                gz.write(data)
-            trailer = {"kind": "end", "rows": len(rows), "sha256": digest.hexdigest()}
-            gz.write((json.dumps(trailer, sort_keys=True) + "\n").encode())
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(tmp, pending)
+    checked_jsonl.write(pending, _lines(table, rows), "rows", len(rows), deterministic=True)
     return pending
 
 
 def read_batch(path: Path) -> tuple[str, list[dict[str, Any]]]:
     """(table, rows) of a batch file, checking its trailer (row count and checksum)."""
-    table = None
-    rows: list[dict[str, Any]] = []
-    digest = hashlib.sha256()
-    trailer = None
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            item = json.loads(line)
-            if item["kind"] == "end":
-                trailer = item
-                continue
-            digest.update(line.encode())
-            if item["kind"] == "header":
-                if item.get("format") != FORMAT:
-                    raise RecordArchiveError(f"{path}: unknown format {item.get('format')!r}")
-                table = item["table"]
-            elif item["kind"] == "row":
-                rows.append(item["row"])
-    if trailer is None or table is None:
-        raise RecordArchiveError(f"{path}: truncated batch file (no header or trailer)")
-    if trailer["rows"] != len(rows) or trailer["sha256"] != digest.hexdigest():
-        raise RecordArchiveError(f"{path}: checksum or row count mismatch")
-    return table, rows
+    items = checked_jsonl.read(path, FORMAT, "row", "rows", RecordArchiveError)
+    return items[0]["table"], [i["row"] for i in items if i["kind"] == "row"]
 
 
 def _fetch(conn: sa.Connection, spec: HistoryTable, query: sa.Select) -> list[dict[str, Any]]:
