@@ -73,7 +73,8 @@ def bench_runs(args: argparse.Namespace) -> bool:
     )
     print(
         f"instance size before={before / 1e6:.1f} MB after={after / 1e6:.1f} MB "
-        f"(SQLite files keep freed pages until VACUUM); archive={archived_bytes / 1e6:.1f} MB"
+        "(per-run event files removed; runs.db and index.db keep freed pages until VACUUM); "
+        f"archive={archived_bytes / 1e6:.1f} MB"
     )
     return len(report.archived) == args.runs
 

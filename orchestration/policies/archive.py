@@ -118,6 +118,28 @@ def archivable_runs(instance: dg.DagsterInstance, cutoff: datetime, limit: int) 
     return [r.dagster_run.run_id for r in records]
 
 
+def release_sqlite_shard(instance: dg.DagsterInstance, run_id: str) -> int:
+    """Remove a deleted run's event-log file on SQLite storage; returns the bytes freed.
+
+    Dagster's SQLite event log keeps one database file per run (``storage/<run_id>.db``, ~100 KB
+    even when nearly empty) and ``delete_run`` empties it but leaves it on disk: without this an
+    archived instance would not shrink at all. PostgreSQL storage has no such files.
+    """
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+    storage = instance.event_log_storage
+    if not isinstance(storage, SqliteEventLogStorage):
+        return 0
+    freed = 0
+    shard = Path(storage.path_for_shard(run_id))
+    for path in (shard, shard.with_name(shard.name + "-wal"), shard.with_name(shard.name + "-shm")):
+        if path.exists():
+            freed += path.stat().st_size
+            path.unlink()
+    storage._initialized_dbs.discard(run_id)
+    return freed
+
+
 def archive_runs(
     instance: dg.DagsterInstance,
     root: Path,
@@ -144,6 +166,7 @@ def archive_runs(
             if after_export:
                 after_export(run_id)  # test hook: a crash between export and delete
             instance.delete_run(run_id)
+            release_sqlite_shard(instance, run_id)
             report.archived.append(run_id)
             report.bytes_written += path.stat().st_size
         except ArchiveError as exc:

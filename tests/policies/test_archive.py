@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -50,6 +51,11 @@ def test_round_trip_and_nothing_newer_touched(instance, platform_env, tmp_path):
         assert [serialize_value(e) for e in back.events] == before[run_id][1]
     assert instance.get_run_by_id(newer) is not None
     assert archive.find_archive(tmp_path, newer) is None
+    # SQLite storage: the archived runs' event-log files are gone, the newer run's stays.
+    shard = instance.event_log_storage.path_for_shard
+    assert [Path(shard(run_id)).exists() for run_id in old] == [False, False]
+    assert Path(shard(newer)).exists()
+    assert len(instance.get_records_for_run(newer).records) > 0
 
 
 def test_crash_between_export_and_delete_loses_nothing(instance, platform_env, tmp_path):
