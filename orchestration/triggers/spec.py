@@ -154,7 +154,7 @@ class SqlAction:
     payload: Payload | None = None
     dedupe_key: Callable[[sa.Table], sa.ColumnElement] | None = None
     channel: str = "webhook"
-    chunk_size: int = 2000
+    chunk_size: int = 5000
 
 
 Action = Callable[[Mapping[str, Any], ActionContext], Transition]
