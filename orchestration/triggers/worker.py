@@ -460,7 +460,7 @@ def process_batch(
     ordered = sorted({int(i) for i in ids})
     statement, size = None, spec.commit_every
     if spec.sql_action is not None and engine.dialect.name == "postgresql":
-        statement = sql_chunk.ChunkStatement(spec, engine.dialect, run_id, actor)
+        statement = sql_chunk.ChunkStatement(spec, run_id, actor)
         size = spec.sql_action.chunk_size
     for part in chunks(ordered, commit_every or size):
         for attempt in range(5):
