@@ -4,9 +4,16 @@ Kept free of Dagster so light processes (the gateway agent) start in a fraction 
 ``resources.record_store`` builds on it.
 """
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
+
+
+def as_utc(value: datetime) -> datetime:
+    """The record store keeps UTC, and SQLite hands datetimes back naive: a naive value is taken
+    to be UTC, an aware one is converted. The one copy every area uses."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def normalize_url(url: str) -> str:

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from resources import db
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
 def as_utc(value: datetime | None) -> datetime | None:
-    """A naive value from SQLite is UTC; an aware one is converted to UTC."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    """``resources.db.as_utc`` that lets None through (nullable columns)."""
+    return None if value is None else db.as_utc(value)
 
 
 def minute_floor(value: datetime) -> datetime:

@@ -11,6 +11,7 @@ import datetime as dt
 import re
 
 from orchestration.errors import FinalFailure
+from resources.db import as_utc  # a schedule's execution time; naive values are UTC already
 
 SLOT_TAG = "platform/slot"
 
@@ -24,11 +25,6 @@ class SlotError(FinalFailure):
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def as_utc(moment: dt.datetime) -> dt.datetime:
-    """A schedule's execution time in UTC (naive values are taken to be UTC already)."""
-    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
 
 
 def day_slot(moment: dt.datetime) -> str:

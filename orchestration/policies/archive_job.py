@@ -16,6 +16,7 @@ from orchestration.policies.progress import Progress
 from orchestration.policies.recipes import recipe
 from orchestration.policies.record_archive import TABLES
 from resources.bigquery import PlatformBigQueryResource
+from resources.db import as_utc
 from resources.record_store import RecordStoreResource
 
 ARCHIVE_DIR_ENV = "PLATFORM_OPS_ARCHIVE_DIR"
@@ -59,7 +60,7 @@ class ArchiveConfig(dg.Config):
 def cutoff_of(config: ArchiveConfig, now: datetime | None = None) -> datetime:
     if config.cutoff:
         cutoff = datetime.fromisoformat(config.cutoff)
-        return cutoff if cutoff.tzinfo else cutoff.replace(tzinfo=UTC)
+        return as_utc(cutoff)
     return (now or datetime.now(UTC)) - timedelta(days=config.retention_days)
 
 

@@ -36,6 +36,7 @@ from orchestration.commands import models as cm
 from orchestration.policies import checked_jsonl
 from orchestration.policies.archive import ArchiveError
 from orchestration.triggers import models as tm
+from resources.db import as_utc
 
 FORMAT = "platform-ops-record-archive/1"
 PENDING = ".pending"
@@ -114,17 +115,12 @@ class RecordReport:
 
 def _value(value: Any) -> Any:
     if isinstance(value, datetime):  # SQLite hands back naive UTC; PostgreSQL aware
-        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return aware.astimezone(UTC).isoformat()
+        return as_utc(value).isoformat()
     return value
 
 
 def _row(mapping: Any) -> dict[str, Any]:
     return {key: _value(val) for key, val in dict(mapping).items()}
-
-
-def _utc(moment: datetime) -> datetime:
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def batch_path(root: Path, table: str, rows: Sequence[dict[str, Any]]) -> Path:
@@ -281,7 +277,7 @@ def archive_table(
     after_export: Callable[[Path], None] | None = None,
 ) -> TableReport:
     """Move every archivable row of one table out, batch by batch (see the module doc)."""
-    cutoff = _utc(cutoff)
+    cutoff = as_utc(cutoff)
     report = TableReport()
     resume_pending(engine, root, spec, cutoff, report, sink)
     after = 0

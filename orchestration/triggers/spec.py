@@ -19,6 +19,8 @@ from typing import Any
 import sqlalchemy as sa
 from croniter import croniter
 
+from resources.db import as_utc
+
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,80}$")
 
 
@@ -28,11 +30,6 @@ class TriggerDeclarationError(ValueError):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands timestamps back naive (they are stored in UTC); make them comparable."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # --- conditions --------------------------------------------------------------------------------
