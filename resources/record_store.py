@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from functools import lru_cache
 from pathlib import Path
 
 import dagster as dg
 import sqlalchemy as sa
+import tenacity
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from pydantic import Field
@@ -55,27 +55,27 @@ def upgrade(url: str) -> None:
         command.upgrade(alembic_config(url), "heads")
 
 
-def ensure_upgraded(url: str, attempts: int = 3) -> None:
-    """``upgrade`` once per process and URL (what resources call on every run and tick).
+@tenacity.retry(
+    retry=tenacity.retry_if_exception_type(sa.exc.DBAPIError),
+    stop=tenacity.stop_after_attempt(3),
+    wait=tenacity.wait_exponential(multiplier=0.2),
+    reraise=True,
+)
+def _upgrade_retrying(url: str) -> None:
+    """On SQLite another process creating the same tables at the same moment makes one of them
+    fail once; the retry then finds the schema current."""
+    upgrade(url)
 
-    A failure is retried: on SQLite, another process creating the same tables at the same moment
-    makes one of them fail once, and the retry then finds the schema current.
-    """
+
+def ensure_upgraded(url: str) -> None:
+    """``upgrade`` once per process and URL (what resources call on every run and tick)."""
     key = normalize_url(url)
     if key in _UPGRADED:
         return
     with _UPGRADE_LOCK:
-        if key in _UPGRADED:
-            return
-        for attempt in range(attempts):
-            try:
-                upgrade(url)
-                break
-            except sa.exc.DBAPIError:
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(0.2 * 2**attempt)
-        _UPGRADED.add(key)
+        if key not in _UPGRADED:
+            _upgrade_retrying(url)
+            _UPGRADED.add(key)
 
 
 @lru_cache(maxsize=16)

@@ -55,15 +55,18 @@ def test_resources_set_up_on_eight_threads_upgrade_a_fresh_store_once(
     assert _heads(store_url) == _expected_heads(tmp_path)
 
 
-def test_processes_upgrading_one_fresh_postgres_schema_at_once_all_succeed(pg_schema_url, tmp_path):
+def test_processes_upgrading_one_fresh_store_at_once_all_succeed(fresh_store_url, tmp_path):
+    """Code server and run workers starting together: an advisory lock on PostgreSQL, a retry
+    on SQLite (where one of two processes creating the same table fails once)."""
+    url = fresh_store_url
     n = 4
     code = "import sys; from resources import record_store as r; r.ensure_upgraded(sys.argv[1])"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", code, pg_schema_url], cwd=REPO, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", code, url], cwd=REPO, stderr=subprocess.PIPE, text=True
         )
         for _ in range(n)
     ]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * n, "\n".join(errors)
-    assert _heads(pg_schema_url) == _expected_heads(tmp_path)
+    assert _heads(url) == _expected_heads(tmp_path)
