@@ -8,6 +8,7 @@ from pydantic import Field
 
 from orchestration.commands import actions, store
 from orchestration.commands import models as m
+from orchestration.commands.pool import CommandPool
 from orchestration.commands.resources import CommandRunnerResource
 from orchestration.policies.progress import Progress
 from resources.record_store import RecordStoreResource
@@ -17,20 +18,18 @@ from resources.record_store import RecordStoreResource
 # commands that have finished, whichever step notices. The planning step registers the batch;
 # each command's step, once its own command is done, logs done/total, rate and ETA (rate-limited
 # by Progress, always the last). Output lines have no known total, so they are not the measure.
+# The batch is kept on the run's pool, so it goes when the run's resources are torn down.
 PROGRESS_EVERY_SECONDS = 2.0
-_batches: dict[str, tuple[list[int], Progress]] = {}
 
 
-def _report_batch(context: dg.OpExecutionContext, pool) -> None:
-    batch = _batches.get(context.run_id)
-    if batch is None:  # a single-command job, or a step re-executed without its plan step
+def _report_batch(context: dg.OpExecutionContext, pool: CommandPool) -> None:
+    if pool.batch is None:  # a single-command job, or a step re-executed without its plan step
         return
-    ids, progress = batch
+    ids, progress = pool.batch
+    if progress.done >= progress.total:  # the last line is out already
+        return
     # every id was handed to this pool by the planning step, so ensure() only looks it up
-    done = sum(1 for i in ids if pool.ensure(i).future.done())
-    progress.update(done, context.log.info)
-    if done >= len(ids):
-        _batches.pop(context.run_id, None)
+    progress.update(sum(1 for i in ids if pool.ensure(i).future.done()), context.log.info)
 
 
 def _mapping_key(command_run_id: int) -> str:
@@ -64,9 +63,7 @@ def plan_command_runs(
     for run_id in ids:
         pool.ensure(run_id)  # start now; each step below waits for its own command
     context.log.info(f"{len(ids)} command run(s) handed to the runner pool")
-    _batches[context.run_id] = (
-        ids, Progress(len(ids), context.log.info, "commands", PROGRESS_EVERY_SECONDS)
-    )  # fmt: skip
+    pool.batch = (ids, Progress(len(ids), context.log.info, "commands", PROGRESS_EVERY_SECONDS))
     for run_id in ids:
         yield dg.DynamicOutput(run_id, mapping_key=_mapping_key(run_id))
 

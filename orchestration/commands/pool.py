@@ -22,6 +22,7 @@ import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -79,6 +80,8 @@ class CommandPool:
         self._handles: dict[int, Handle] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        # (ids, Progress) of the batch this run executes, set by its planning step (ops.py)
+        self.batch: tuple[list[int], Any] | None = None
 
     def ensure(self, command_run_id: int) -> Handle:
         """The handle of this command run, submitting it on first use (idempotent)."""

@@ -213,4 +213,3 @@ def test_batch_reports_run_level_progress_monotonic_to_total(
     assert done == sorted(done) and done[-1] == len(ids)
     assert done[0] >= 1 and done[-2] < len(ids)  # it moved while the batch ran
     assert {t for _, t in points} == {len(ids)}
-    assert ops._batches.get(result.run_id) is None  # nothing kept after the batch
