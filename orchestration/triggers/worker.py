@@ -30,13 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+import tenacity
 from sqlalchemy.dialects import postgresql, sqlite
 
 from orchestration.triggers import sql_chunk
@@ -439,6 +439,35 @@ def _process_chunk(
     return [chunk.outcomes[i] for i in ids], [n["dedupe_key"] for n in chunk.notifications]
 
 
+CHUNK_ATTEMPTS = 5
+
+
+def _chunk_retrying(part: list[int], log: Log | None) -> tenacity.Retrying:
+    """Retry a chunk whose transaction failed as a whole (lock timeout, deadlock, busy SQLite).
+
+    Safe because nothing of the chunk committed: the retry re-reads and re-checks every record.
+    """
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        if log and state.outcome is not None:
+            exc = state.outcome.exception()
+            log(f"chunk {part[0]}..{part[-1]} retried after: {getattr(exc, 'orig', exc)!r}")
+
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(sa.exc.OperationalError),
+        stop=tenacity.stop_after_attempt(CHUNK_ATTEMPTS),
+        wait=tenacity.wait_exponential_jitter(initial=0.05, max=2.0),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+def _commit_chunk(spec, engine: sa.Engine, part, run_id, actor, log, statement):
+    """One chunk in its own transaction: committed, or rolled back as a whole."""
+    with engine.begin() as conn:
+        return _process_chunk(spec, conn, part, run_id, actor, log, statement)
+
+
 def process_batch(
     spec: TriggerSpec,
     engine: sa.Engine,
@@ -463,17 +492,9 @@ def process_batch(
         statement = sql_chunk.ChunkStatement(spec, run_id, actor)
         size = spec.sql_action.chunk_size
     for part in chunks(ordered, commit_every or size):
-        for attempt in range(5):
-            try:
-                with engine.begin() as conn:
-                    outcomes, keys = _process_chunk(spec, conn, part, run_id, actor, log, statement)
-                break
-            except sa.exc.OperationalError as exc:  # lock timeout, deadlock, busy SQLite
-                if attempt == 4:
-                    raise
-                if log:
-                    log(f"chunk {part[0]}..{part[-1]} retried after: {exc.orig!r}")
-                time.sleep(0.05 * 2**attempt)
+        outcomes, keys = _chunk_retrying(part, log)(
+            _commit_chunk, spec, engine, part, run_id, actor, log, statement
+        )
         result.outcomes += outcomes
         result.notification_keys += keys
         if deliver and keys:

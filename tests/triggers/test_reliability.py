@@ -94,3 +94,46 @@ def test_two_workers_on_overlapping_batches_never_double_transition(pg_store_url
     assert len(outbox(engine)) == n
     assert keys == Counter({f"escalate_alerts:{i}": 1 for i in range(1, n + 1)})
     engine.dispose()
+
+
+def test_chunk_that_times_out_on_a_lock_is_retried_whole_and_commits_once(pg_store_url):
+    """A lock timeout rolls the chunk back; the retry re-reads every record and moves each once."""
+    import threading
+
+    from orchestration.triggers.catalog import ESCALATE_ALERTS
+    from orchestration.triggers.worker import process_batch
+    from resources.record_store import make_engine
+
+    engine = make_engine(pg_store_url)
+    sa.event.listen(
+        engine, "connect", lambda dbapi, _rec: dbapi.cursor().execute("SET lock_timeout = '100ms'")
+    )
+    seed_alerts(engine, due=6)
+    retried = threading.Event()
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if "retried after" in line:
+            retried.set()
+
+    holder = make_engine(pg_store_url).connect()
+    try:
+        holder.execute(sa.text("SELECT id FROM alerts WHERE id = 4 FOR UPDATE"))  # another writer
+        done: dict = {}
+        worker = threading.Thread(
+            target=lambda: done.update(
+                result=process_batch(ESCALATE_ALERTS, engine, range(1, 7), run_id="r", log=log)
+            )
+        )
+        worker.start()
+        assert retried.wait(15), lines
+    finally:
+        holder.rollback()  # the other writer goes; the next attempt gets the lock
+        holder.close()
+    worker.join(30)
+    assert done["result"].ids("succeeded") == [1, 2, 3, 4, 5, 6]
+    assert any("LockNotAvailable" in line for line in lines), lines
+    assert _succeeded_per_record(engine) == Counter({i: 1 for i in range(1, 7)})
+    assert set(alert_states(engine).values()) == {"escalated"}
+    assert len(outbox(engine)) == 6
