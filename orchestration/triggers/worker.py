@@ -30,7 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -278,6 +279,24 @@ def _group_update(conn, spec: TriggerSpec, key, records: list[Mapping[str, Any]]
     return t.update().where(target, spec.where_clause(now)).values(**dict(key)).returning(t.c.id)
 
 
+@contextmanager
+def _all_or_fall_back(conn: sa.Connection, what: str) -> Iterator[None]:
+    """Set-wise writes in a savepoint: all of them or none.
+
+    A statement error (e.g. a constraint one record breaks) rolls them back and raises
+    ``_FallBack``, so the chunk is redone record by record and only the culprit fails; an
+    ``OperationalError`` (lock timeout, deadlock, busy SQLite) propagates and the whole chunk is
+    retried.
+    """
+    try:
+        with conn.begin_nested():
+            yield
+    except sa.exc.OperationalError:
+        raise
+    except sa.exc.DBAPIError as exc:
+        raise _FallBack(f"{what} failed: {exc.orig!r}") from None
+
+
 def _set_based(spec, conn, ids, rows, prior, chunk: _Chunk) -> None:
     """A ``pure_action`` chunk: actions computed in Python, then one compare-and-set ``UPDATE …
     WHERE id IN (…) AND <where> RETURNING id`` per distinct set of values (usually one).
@@ -314,15 +333,10 @@ def _set_based(spec, conn, ids, rows, prior, chunk: _Chunk) -> None:
             except TypeError:  # unhashable value (e.g. a dict for a JSON column)
                 raise _FallBack("unhashable transition values") from None
     updated: set[int] = set()
-    try:
-        with conn.begin_nested():  # all groups or none, so a fallback starts from clean rows
-            for key, records in groups.items():
-                stmt = _group_update(conn, spec, key, records, chunk.now)
-                updated.update(conn.execute(stmt).scalars())
-    except sa.exc.OperationalError:
-        raise  # lock timeout, busy SQLite: the whole chunk is retried
-    except sa.exc.DBAPIError as exc:  # e.g. a constraint: find the culprit record by record
-        raise _FallBack(f"set-based UPDATE failed: {exc.orig!r}") from None
+    with _all_or_fall_back(conn, "set-based UPDATE"):  # a fallback starts from clean rows
+        for key, records in groups.items():
+            stmt = _group_update(conn, spec, key, records, chunk.now)
+            updated.update(conn.execute(stmt).scalars())
     for record, previous, started, transition in planned:
         rid = record["id"]
         attempt = previous + 1
@@ -393,13 +407,11 @@ def _sql_chunk(
 ) -> tuple[list[Outcome], list[str]] | None:
     """The chunk as one statement (``sql_chunk``); None when it must be redone the Python way."""
     try:
-        with conn.begin_nested():
+        with _all_or_fall_back(conn, "statement"):
             moved = statement.run(conn, ids, now)
-    except sa.exc.OperationalError:
-        raise  # lock timeout, deadlock: the whole chunk is retried
-    except sa.exc.DBAPIError as exc:  # e.g. a constraint: find the culprit record by record
+    except _FallBack as why:
         if log:
-            log(f"chunk {ids[0]}..{ids[-1]}: Python path (statement failed: {exc.orig!r})")
+            log(f"chunk {ids[0]}..{ids[-1]}: Python path ({why})")
         return None
     by_id = {rid: (attempt, key) for rid, attempt, key in moved}
     outcomes = [
