@@ -2,7 +2,8 @@
 
 A long-running process next to the devices. It registers, renews its lease on a thread of its own
 (so a slow check never lets the lease lapse), claims the tasks the coordinator assigned to it,
-runs them on a small thread pool and reports each result under its assignment token.
+runs them on a small thread pool and reports each result under its assignment token. While it
+has a backlog it claims again as soon as a check finishes; otherwise it polls every ``--poll``.
 
 SIGTERM/SIGINT: stop claiming, let in-flight checks finish (bounded), deregister, exit 0 — the
 next tick reassigns anything still assigned. SIGKILL needs nothing: the lease simply expires.
@@ -56,6 +57,7 @@ class Agent:
         self.stopping = threading.Event()
         self._inflight = 0
         self._lock = threading.Lock()
+        self._slot_freed = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
     def _register(self) -> None:
@@ -84,17 +86,24 @@ class Agent:
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="check")
         try:
             while not self.stopping.is_set():
+                self._slot_freed.clear()
                 free = self.concurrency - self._inflight
                 try:
                     claimed = claim_tasks(self.engine, self.id, free, self.lease_seconds)
                 except Exception as exc:
                     log(f"claim failed: {type(exc).__name__}: {exc}")
-                    claimed = []
+                    self.stopping.wait(self.poll_seconds)
+                    continue
                 for task in claimed:
                     with self._lock:
                         self._inflight += 1
                     pool.submit(self._execute, task)
-                self.stopping.wait(self.poll_seconds)
+                if free > 0 and len(claimed) < free:
+                    self.stopping.wait(self.poll_seconds)  # nothing more assigned: poll later
+                else:
+                    # Every slot busy and maybe more assigned (a backlog, e.g. after a failover):
+                    # claim again as soon as a check finishes, not a poll interval later.
+                    self._slot_freed.wait(self.poll_seconds)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             self.stopping.set()
@@ -120,6 +129,7 @@ class Agent:
         finally:
             with self._lock:
                 self._inflight -= 1
+            self._slot_freed.set()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -67,13 +67,14 @@ class AgentProcess:
         heartbeat: float = 0.3,
         lease: float = 1.5,
         poll: float = 0.1,
+        concurrency: int = 8,
     ) -> None:
         self.id = gateway_id
         self.log_path = logdir / f"agent-{gateway_id}.log"
         cmd = [
             sys.executable, "-m", "orchestration.gateways.agent", "--id", gateway_id,
             "--partition", partition, "--store-url", store_url, "--heartbeat", str(heartbeat),
-            "--lease", str(lease), "--poll", str(poll),
+            "--lease", str(lease), "--poll", str(poll), "--concurrency", str(concurrency),
         ]  # fmt: skip
         for d in domains:
             cmd += ["--domain", d]

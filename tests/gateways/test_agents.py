@@ -221,3 +221,35 @@ def test_stale_gateway_result_is_rejected(sqlite_store_url, tmp_path):
         finally:
             for agent in agents:
                 agent.stop()
+
+
+def test_agent_with_a_backlog_claims_again_when_a_check_finishes_not_a_poll_later(
+    sqlite_store_url, tmp_path
+):
+    """Two slots, 12 tasks, a 3 s poll: the backlog drains in well under one poll interval."""
+    engine = make_engine(sqlite_store_url)
+    poll = 3.0
+    with DeviceServer() as device:
+        ids = [
+            registry.upsert_target(
+                engine, "P1", device.url(f"/slow/0.05?d={i}"), "http", None, 3600
+            )
+            for i in range(12)
+        ]
+        agent = AgentProcess("g1", "P1", sqlite_store_url, tmp_path, poll=poll, concurrency=2)
+        try:
+            wait_until(lambda: live_ids(engine) == {"g1"}, 20, "a live agent")
+            assert run_tick(engine).assigned == 12
+            wait_until(
+                lambda: all(t.state == "done" for t in task_rows(engine, ids)),
+                2 * poll,
+                "every task done",
+            )
+        finally:
+            assert agent.stop() == 0, agent.output()
+    rows = task_rows(engine, ids)
+    assert {t.result_gateway_id for t in rows} == {"g1"}
+    span = max(t.finished_at for t in rows) - min(t.started_at for t in rows)
+    # claimed two at a time: waiting a poll between claims would take 5 polls (15 s)
+    assert span < poll, f"12 tasks took {span:.2f}s"
+    engine.dispose()
