@@ -10,6 +10,10 @@ Idempotent for re-runs after a crash: a batch whose keys are all present already
 again; a partly present batch (a streaming insert that half failed) has those keys deleted with
 DML first. Uses streaming ``insert_rows_json`` (what the emulator supports) in chunks well below
 the 10 MB request limit.
+
+A document larger than ``PART_BYTES`` (a run with a long event log: BigQuery refuses a streamed
+row over 10 MB) is stored as parts keyed ``<id>:<n>/<total>``, each holding the next slice of the
+JSON text; concatenating ``payload`` in ``n`` order gives the document back (``read_back``).
 """
 
 import json
@@ -32,6 +36,7 @@ SCHEMA = [
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,1000}")
 CHUNK_BYTES = 4_000_000
 CHUNK_ROWS = 500
+PART_BYTES = 2_000_000  # json.dumps output is ASCII: characters are bytes
 
 
 class BigQuerySink:
@@ -73,12 +78,6 @@ class BigQuerySink:
         if not rows:
             return
         self.ensure_table()
-        keys = [str(r["id"]) for r in rows]
-        present = self.count(source, keys)
-        if present == len(keys):
-            return  # loaded by an interrupted pass already
-        if present:
-            self._delete(source, keys)
         now = datetime.now(UTC).isoformat()
         records = [
             {
@@ -86,10 +85,17 @@ class BigQuerySink:
                 "key": key,
                 "finished_at": row.get("finished_at"),
                 "archived_at": now,
-                "payload": json.dumps(row, sort_keys=True),
+                "payload": part,
             }
-            for key, row in zip(keys, rows, strict=True)
+            for row in rows
+            for key, part in _parts(str(row["id"]), json.dumps(row, sort_keys=True))
         ]
+        keys = [r["key"] for r in records]
+        present = self.count(source, keys)
+        if present == len(keys):
+            return  # loaded by an interrupted pass already
+        if present:
+            self._delete(source, keys)
         for chunk in _chunks(records):
             errors = self.client.insert_rows_json(self.table_id, chunk)
             if errors:
@@ -100,7 +106,27 @@ class BigQuerySink:
                 f"BigQuery holds {loaded} of {len(keys)} {source} rows after loading; "
                 "nothing deleted"
             )
-        self.rows_loaded += len(keys)
+        self.rows_loaded += len(rows)
+
+    def read_back(self, source: str, key: str) -> Any:
+        """The document archived under ``key``, its parts joined (None when absent)."""
+        job = self.client.query(
+            f"SELECT key, payload FROM `{self.table_id}` WHERE source = @source "
+            "AND (key = @key OR STARTS_WITH(key, CONCAT(@key, ':')))",
+            job_config=bigquery.QueryJobConfig(
+                query_parameters=[
+                    bigquery.ScalarQueryParameter("source", "STRING", source),
+                    bigquery.ScalarQueryParameter("key", "STRING", key),
+                ]
+            ),
+        )
+        found = {row["key"]: row["payload"] for row in job.result()}
+        if not found:
+            return None
+        if key in found:
+            return json.loads(found[key])
+        order = sorted(found, key=lambda k: int(k.rsplit(":", 1)[1].split("/")[0]))
+        return json.loads("".join(found[k] for k in order))
 
 
 def _params(source: str, keys: Sequence[str]) -> bigquery.QueryJobConfig:
@@ -110,6 +136,14 @@ def _params(source: str, keys: Sequence[str]) -> bigquery.QueryJobConfig:
             bigquery.ArrayQueryParameter("keys", "STRING", list(keys)),
         ]
     )
+
+
+def _parts(key: str, text: str) -> list[tuple[str, str]]:
+    """``[(key, text)]``, or ``PART_BYTES`` slices keyed ``<key>:<n>/<total>`` when larger."""
+    if len(text) <= PART_BYTES:
+        return [(key, text)]
+    slices = [text[i : i + PART_BYTES] for i in range(0, len(text), PART_BYTES)]
+    return [(f"{key}:{n}/{len(slices)}", part) for n, part in enumerate(slices, 1)]
 
 
 def _chunks(records: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:

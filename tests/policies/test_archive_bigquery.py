@@ -92,3 +92,34 @@ def test_partial_bigquery_batch_is_replaced_not_doubled(bq_env, bq_client, datas
     sink.load("t", rows)
     assert [int(k) for k, _ in _rows(bq_client, dataset, "t")] == [1, 2, 3, 4]
     assert sink.count("t", ["1", "2", "3", "4", "5"]) == 4
+
+
+def test_document_larger_than_a_streamed_row_is_stored_in_parts_and_reads_back(
+    bq_env, bq_client, dataset
+):
+    """A run whose event log makes a 12 MB document (BigQuery refuses streamed rows over 10 MB)."""
+    from orchestration.policies import bigquery_sink
+
+    sink = BigQuerySink(bq_client, dataset)
+    events = [{"storage_id": i, "entry": f"event {i} " + "x" * 1000} for i in range(12_000)]
+    big = {"id": "run-big", "finished_at": "2026-01-01T00:00:00+00:00", "events": events}
+    small = {"id": "run-small", "finished_at": "2026-01-01T00:00:00+00:00", "events": []}
+    size = len(json.dumps(big))
+    parts = -(-size // bigquery_sink.PART_BYTES)
+    assert size > 10_000_000 and parts > 1
+
+    sink.load("dagster_runs", [big, small])
+    sink.load("dagster_runs", [big, small])  # a re-run after a crash: nothing doubled
+    query = (
+        f"SELECT key, LENGTH(payload) AS n FROM `{bq_client.project}.{dataset}.archive_records` "
+        "WHERE source = 'dagster_runs' ORDER BY key"
+    )
+    stored = {r["key"]: r["n"] for r in bq_client.query(query).result()}
+    assert sorted(stored) == sorted(
+        [f"run-big:{n}/{parts}" for n in range(1, parts + 1)] + ["run-small"]
+    )
+    assert max(stored.values()) <= bigquery_sink.PART_BYTES
+    assert sink.read_back("dagster_runs", "run-big") == big
+    assert sink.read_back("dagster_runs", "run-small") == small
+    assert sink.read_back("dagster_runs", "run") is None
+    assert sink.rows_loaded == 2
