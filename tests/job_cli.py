@@ -17,11 +17,13 @@ import dagster as dg
 REPO = Path(__file__).resolve().parents[1]
 
 
-def dagster_home(tmp_path: Path, name: str = "dagster_home") -> Path:
-    """A new DAGSTER_HOME holding the repo's (SQLite) dagster.yaml."""
+def dagster_home(
+    tmp_path: Path, name: str = "dagster_home", source: Path = REPO / "dagster.yaml"
+) -> Path:
+    """A new DAGSTER_HOME holding ``source`` as its dagster.yaml (default: the repo's, SQLite)."""
     home = tmp_path / name
     home.mkdir()
-    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    shutil.copyfile(source, home / "dagster.yaml")
     return home
 
 

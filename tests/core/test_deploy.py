@@ -1,23 +1,21 @@
 """What can be validated here of the Docker deployment (no Docker engine on this machine)."""
 
 import re
-import shutil
 from pathlib import Path
 
-import dagster as dg
 import pytest
 import yaml
+
+from tests.job_cli import dagster_home, instance_at
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 
 
 @pytest.mark.postgres
-def test_production_instance_yaml_loads_against_postgres(pg_url, tmp_path, monkeypatch):
-    monkeypatch.setenv("DAGSTER_PG_URL", pg_url)
-    shutil.copyfile(DEPLOY / "dagster.yaml", tmp_path / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    with dg.DagsterInstance.get() as instance:
+def test_production_instance_yaml_loads_against_postgres(pg_url, tmp_path):
+    home = dagster_home(tmp_path, source=DEPLOY / "dagster.yaml")
+    with instance_at(home, DAGSTER_PG_URL=pg_url) as instance:
         assert "Postgres" in type(instance.run_storage).__name__
         assert type(instance.run_launcher).__name__ == "DockerRunLauncher"
         assert type(instance.run_coordinator).__name__ == "EnvironmentTaggingRunCoordinator"

@@ -1,12 +1,10 @@
 """`dagster job execute -j release` as an operator runs it: subprocess, the repo's dagster.yaml."""
 
-import shutil
-
 import dagster as dg
 import pytest
 
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN
-from tests.job_cli import REPO, dagster_home, job_execute, runs_of
+from tests.job_cli import REPO, dagster_home, instance_at, job_execute, runs_of
 
 
 @pytest.mark.slow
@@ -41,11 +39,9 @@ def test_platform_ops_home_writes_instance_settings(tmp_path, monkeypatch):
 
 
 @pytest.mark.postgres
-def test_repo_postgres_yaml_loads_against_local_server(pg_url, tmp_path, monkeypatch):
-    monkeypatch.setenv("DAGSTER_PG_URL", pg_url)
-    shutil.copyfile(REPO / "dagster.postgres.yaml", tmp_path / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    with dg.DagsterInstance.get() as instance:
+def test_repo_postgres_yaml_loads_against_local_server(pg_url, tmp_path):
+    home = dagster_home(tmp_path, source=REPO / "dagster.postgres.yaml")
+    with instance_at(home, DAGSTER_PG_URL=pg_url) as instance:
         assert "Postgres" in type(instance.run_storage).__name__
         config = instance.run_coordinator.get_run_queue_config()
         limits = config.tag_concurrency_limits
