@@ -11,7 +11,8 @@ re-executed on its own (or in another run) starts its command through the same `
 While commands run, one heartbeat thread stamps ``heartbeat_at`` on all of them every
 ``heartbeat_seconds`` (one UPDATE), and each command's process group is recorded as soon as it
 starts: if this process is SIGKILLed, the dispatch sensor's reaper (``reaper.py``) sees the silence,
-marks the runs ``lost`` and kills the orphaned groups.
+marks the runs ``lost`` and kills the orphaned groups, and every process that left its group but
+carries the run's ``COMMAND_RUN_TOKEN`` (``<dagster run id>/<command run id>``, set here).
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from orchestration.commands import store
-from orchestration.commands.runner import DEFAULT_TAIL_BYTES, CommandResult, RunningCommand
+from orchestration.commands.runner import (
+    DEFAULT_TAIL_BYTES,
+    CommandResult,
+    RunningCommand,
+    run_token,
+)
 
 HEARTBEAT_SECONDS = 15.0
 log = logging.getLogger(__name__)
@@ -68,8 +74,10 @@ class CommandPool:
         grace_seconds: float = 5.0,
         tail_bytes: int = DEFAULT_TAIL_BYTES,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        read_size: int | None = None,
     ) -> None:
         self.engine = engine
+        self.read_size = read_size
         self.heartbeat_seconds = heartbeat_seconds
         self._heart: threading.Thread | None = None
         self._stop_beat = threading.Event()
@@ -113,10 +121,12 @@ class CommandPool:
         if not store.claim_start(self.engine, run_id, self.dagster_run_id):
             return Outcome(run_id, False)
         spec = store.load_spec(self.engine, run_id)
+        # the reaper rebuilds this from the row (dagster_run_id, id) to find escaped processes
+        spec.run_token = run_token(self.dagster_run_id, run_id)
         try:
             running = RunningCommand(
                 spec, on_line=handle.on_line, grace_seconds=self.grace_seconds,
-                tail_bytes=self.tail_bytes,
+                tail_bytes=self.tail_bytes, read_size=self.read_size,
             )  # fmt: skip
         except OSError as exc:
             from orchestration.commands.runner import run

@@ -23,15 +23,14 @@ Orphans: the command runs in its own session, so SIGKILLing the worker leaves it
 running. The runner records the group (``pgid``) and host; a reaper on the same host kills the group
 (SIGTERM, then SIGKILL after a grace) once it has marked the run lost — only after checking in /proc
 that the group's processes carry ``COMMAND_RUN_ID=<id>``, so a recycled pgid is never touched.
+Processes that left the group (``setsid``, a double fork) are found by their environment: every
+process of this user whose /proc/<pid>/environ holds exactly ``COMMAND_RUN_TOKEN=<dagster run
+id>/<id>`` (``runner.run_token``, rebuilt from the row) is ended with the group.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import socket
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -41,6 +40,7 @@ import sqlalchemy as sa
 
 from orchestration.commands import models as m
 from orchestration.commands import store
+from orchestration.commands.runner import end_processes, group_members, run_token, token_processes
 from orchestration.commands.timeutil import as_utc
 
 STALE_AFTER = timedelta(seconds=60)  # 4 x the pool's 15 s heartbeat
@@ -137,22 +137,6 @@ def dagster_statuses(
 # --- orphaned process groups -------------------------------------------------------------------
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``, from /proc (Linux)."""
-    members = []
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # state ppid pgrp ...
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
-
-
 def _belongs_to(pid: int, command_run_id: int) -> bool:
     try:
         environ = (PROC / str(pid) / "environ").read_bytes()
@@ -161,33 +145,47 @@ def _belongs_to(pid: int, command_run_id: int) -> bool:
     return f"COMMAND_RUN_ID={command_run_id}".encode() in environ.split(b"\0")
 
 
-def kill_orphans(
-    command_run_id: int, pgid: int | None, host: str | None, grace_seconds: float
-) -> str:
-    """Kill the process group a dead worker left behind; says what it did (for the event)."""
+def _group_part(command_run_id: int, pgid: int | None) -> tuple[int | None, str]:
+    """(the group to kill or None, what is said about the group)."""
     if not pgid:
-        return "no process group recorded"
+        return None, "no process group recorded"
+    members = group_members(pgid)
+    if not members:
+        return None, f"process group {pgid} already gone"
+    if not any(_belongs_to(pid, command_run_id) for pid in members):
+        return None, f"process group {pgid} belongs to another program now; not killed"
+    return pgid, ""
+
+
+def kill_orphans(
+    command_run_id: int,
+    pgid: int | None,
+    host: str | None,
+    grace_seconds: float,
+    token: str | None = None,
+) -> str:
+    """Kill what a dead worker left behind: its command's process group and every process carrying
+    the run's ``token`` (those that left the group); says what it did (for the event)."""
     if host and host != socket.gethostname():
         return f"process group {pgid} is on host {host}; not killed from here"
     if not PROC.is_dir():
         return f"process group {pgid} not checked (no /proc)"
-    members = group_members(pgid)
-    if not members:
-        return f"process group {pgid} already gone"
-    if not any(_belongs_to(pid, command_run_id) for pid in members):
-        return f"process group {pgid} belongs to another program now; not killed"
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return f"process group {pgid} already gone"
-    deadline = time.monotonic() + grace_seconds
-    while time.monotonic() < deadline:
-        if not group_members(pgid):
-            return f"orphaned process group {pgid} terminated (SIGTERM)"
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-    return f"orphaned process group {pgid} killed (SIGKILL after {grace_seconds:g}s)"
+    group, said = _group_part(command_run_id, pgid)
+    if group is None and not (token and token_processes(token)):
+        return said
+    ended = end_processes(group, token, grace_seconds)
+    how = f"SIGKILL after {grace_seconds:g}s" if ended.killed else "SIGTERM"
+    parts = [said] if said else []
+    if group is not None:
+        verb = "killed" if ended.killed else "terminated"
+        parts.append(f"orphaned process group {pgid} {verb} ({how})")
+    if ended.escaped:
+        verb = "killed" if ended.killed else "terminated"
+        parts.append(
+            f"{ended.escaped} process(es) that left the group (same COMMAND_RUN_TOKEN) {verb}"
+            + ("" if group is not None else f" ({how})")
+        )
+    return "; ".join(parts)
 
 
 # --- the tick ----------------------------------------------------------------------------------
@@ -215,7 +213,10 @@ def reap(
         reason = lost_reason(row, statuses.get(row["dagster_run_id"]), now)
         if reason is None or not store.mark_lost(engine, row["id"], reason):
             continue
-        orphans = kill_orphans(row["id"], row["pgid"], row["worker_host"], kill_grace_seconds)
+        token = run_token(row["dagster_run_id"], row["id"]) if row["dagster_run_id"] else None
+        orphans = kill_orphans(
+            row["id"], row["pgid"], row["worker_host"], kill_grace_seconds, token=token
+        )
         store.add_event(engine, row["id"], "reaped", message=orphans)
         reaped.append(Reaped(row["id"], m.LOST, reason, orphans))
     for row in queued:

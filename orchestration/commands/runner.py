@@ -8,8 +8,16 @@ Why it is built this way:
 - The child gets its own session/process group (``start_new_session=True``), so a timeout or a
   cancel signals the whole tree: SIGTERM, a grace period, then SIGKILL — a grandchild that ignores
   TERM dies too. Leftovers of a finished command are reaped the same way so none outlives it.
-- Output is read line by line on two threads, masked (secret values → ``****``), handed to an
-  ``on_line`` callback (the Dagster step streams it to the run log) and kept as a capped tail.
+- A process can leave the group (``setsid``, a double fork), so the group is not enough: the child
+  environment carries ``COMMAND_RUN_TOKEN`` (unique per command run: the Dagster run id, a uuid4,
+  and the command run id), and ending a run also ends every process of this user whose
+  /proc/<pid>/environ holds exactly that token. The reaper (another process, after the worker
+  died) can rebuild the token from the row, which a subreaper could not give it.
+- Output is read in chunks of ``read_size`` on two threads and masked over the *stream*
+  (``masking.MaskedLines``: a secret straddling two reads is still masked whole), then handed line
+  by line to an ``on_line`` callback (the Dagster step streams it to the run log) and kept as a
+  capped tail. Everything downstream (run log, tails in the store, step metadata) is built from
+  this masked text only.
 """
 
 from __future__ import annotations
@@ -21,31 +29,38 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from orchestration.commands.masking import MaskedLines, mask_text
 from orchestration.commands.models import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
 from orchestration.commands.timeutil import utcnow
 
 DEFAULT_TAIL_BYTES = 64 * 1024
-MASK = "****"
 BASE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL")
-_READ_CHUNK = 64 * 1024
+READ_SIZE = 64 * 1024  # bytes per read of a pipe; also the longest line handed on in one piece
+TOKEN_VAR = "COMMAND_RUN_TOKEN"
+PROC = "/proc"
 
 
 class Masker:
-    """Replaces every secret value (longest first, so overlapping values mask fully)."""
+    """Masks a whole text (a message, an exception) the way the output stream is masked."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self.secrets = [s for s in secrets if s]
 
     def __call__(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, MASK)
-        return text
+        return mask_text(text, self.secrets)
+
+
+def run_token(dagster_run_id: str | None, command_run_id: int) -> str:
+    """The value of ``COMMAND_RUN_TOKEN``: unique per command run, rebuilt by the reaper from the
+    row. Without a Dagster run id it is random (only this process can then find the run's
+    processes)."""
+    return f"{dagster_run_id or 'local-' + uuid.uuid4().hex}/{command_run_id}"
 
 
 class Tail:
@@ -88,6 +103,11 @@ class CommandSpec:
     working_dir: str | None = None
     variables: dict[str, str] = field(default_factory=dict)
     secrets: list[str] = field(default_factory=list)
+    run_token: str = ""  # COMMAND_RUN_TOKEN; a random one when not given (see run_token())
+
+    def __post_init__(self) -> None:
+        if not self.run_token:
+            self.run_token = run_token(None, self.command_run_id)
 
     def argv(self) -> list[str]:
         return ["/bin/sh", "-c", self.command] if self.use_shell else shlex.split(self.command)
@@ -99,6 +119,7 @@ class CommandSpec:
             COMMAND_RUN_ID=str(self.command_run_id),
             COMMAND_NAME=self.name,
             COMMAND_ENVIRONMENT=self.environment,
+            COMMAND_RUN_TOKEN=self.run_token,
         )
         return env
 
@@ -124,20 +145,112 @@ def _signal_group(pgid: int, sig: int) -> bool:
         return False
 
 
+def _proc_pids() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir(PROC) if name.isdigit()]
+    except OSError:
+        return []
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``, from /proc (Linux)."""
+    members = []
+    for pid in _proc_pids():
+        try:
+            with open(f"{PROC}/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # state ppid pgrp ...
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(pid)
+    return members
+
+
 def _group_alive(pgid: int) -> bool:
+    """Any live member; zombies (killed orphans nobody reaps yet) do not count."""
+    if os.path.isdir(PROC):
+        return bool(group_members(pgid))
     return _signal_group(pgid, 0)
+
+
+def token_processes(token: str) -> list[int]:
+    """Live processes of this user whose environment holds exactly ``COMMAND_RUN_TOKEN=<token>``.
+
+    Only this user's processes are read (the uid of /proc/<pid>), the exact variable is matched
+    (never a prefix of it), and this process is never included. A zombie has no environment.
+    """
+    needle = f"{TOKEN_VAR}={token}".encode()
+    uid, me = os.getuid(), os.getpid()
+    found = []
+    for pid in _proc_pids():
+        if pid == me:
+            continue
+        try:
+            if os.stat(f"{PROC}/{pid}").st_uid != uid:
+                continue
+            with open(f"{PROC}/{pid}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            found.append(pid)
+    return found
+
+
+@dataclass
+class Ended:
+    """What ``end_processes`` found and did."""
+
+    group: bool  # the process group had live members
+    escaped: int  # processes carrying the token outside the group
+    killed: bool  # something was still alive after the grace and got SIGKILL
+
+    def __bool__(self) -> bool:
+        return self.group or bool(self.escaped)
+
+
+def _signal_all(pgid: int | None, token: str | None, sig: int) -> None:
+    if pgid:
+        _signal_group(pgid, sig)
+    for pid in token_processes(token) if token else ():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _any_left(pgid: int | None, token: str | None) -> bool:
+    return bool(pgid and _group_alive(pgid)) or bool(token and token_processes(token))
+
+
+def end_processes(pgid: int | None, token: str | None, grace_seconds: float) -> Ended:
+    """SIGTERM the group and every process carrying the token, SIGKILL what is left after the grace.
+
+    Every round scans /proc again, so a process forked (or re-parented) meanwhile is caught too.
+    """
+    group = bool(pgid and _group_alive(pgid))
+    members = set(group_members(pgid)) if group and pgid else set()
+    escaped = [p for p in token_processes(token) if p not in members] if token else []
+    ended = Ended(group, len(escaped), killed=False)
+    if not ended:
+        return ended
+    _signal_all(pgid, token, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        if not _any_left(pgid, token):
+            return ended
+        time.sleep(0.02)
+    for _ in range(10):  # a fork racing a round is caught by the next one
+        if not _any_left(pgid, token):
+            break
+        ended.killed = True
+        _signal_all(pgid, token, signal.SIGKILL)
+        time.sleep(0.02)
+    return ended
 
 
 def kill_group(pgid: int, grace_seconds: float) -> None:
     """SIGTERM to the whole group, then SIGKILL whatever is still there after the grace."""
-    if not _signal_group(pgid, signal.SIGTERM):
-        return
-    deadline = time.monotonic() + grace_seconds
-    while time.monotonic() < deadline:
-        if not _group_alive(pgid):
-            return
-        time.sleep(0.02)
-    _signal_group(pgid, signal.SIGKILL)
+    end_processes(pgid, None, grace_seconds)
 
 
 class RunningCommand:
@@ -150,10 +263,12 @@ class RunningCommand:
         on_line: Callable[[str, str], None] | None = None,
         grace_seconds: float = 5.0,
         tail_bytes: int = DEFAULT_TAIL_BYTES,
+        read_size: int | None = None,
     ) -> None:
         self.spec = spec
         self.on_line = on_line
         self.grace_seconds = grace_seconds
+        self.read_size = read_size or READ_SIZE
         self.mask = Masker(spec.secrets)
         self.tails = {"stdout": Tail(tail_bytes), "stderr": Tail(tail_bytes)}
         self._cancel = threading.Event()
@@ -178,17 +293,19 @@ class RunningCommand:
             reader.start()
 
     def _read(self, name: str, pipe) -> None:
-        tail = self.tails[name]
+        stream = MaskedLines(self.spec.secrets, max_line=self.read_size)
         with pipe:
-            while True:
-                raw = pipe.readline(_READ_CHUNK)
-                if not raw:
-                    break
-                line = self.mask(raw.decode(errors="replace"))
-                tail.add(line)
-                if self.on_line is not None:
-                    with contextlib.suppress(Exception):  # a log hiccup never stops the command
-                        self.on_line(name, line.rstrip("\n"))
+            while raw := pipe.read1(self.read_size):
+                self._emit(name, stream.feed(raw))
+        self._emit(name, stream.close())
+
+    def _emit(self, name: str, lines: list[str]) -> None:
+        """Masked lines only: to the tail and to ``on_line`` (the run log)."""
+        for line in lines:
+            self.tails[name].add(line)
+            if self.on_line is not None:
+                with contextlib.suppress(Exception):  # a log hiccup never stops the command
+                    self.on_line(name, line.rstrip("\n"))
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -204,17 +321,18 @@ class RunningCommand:
                 pass
             if self._cancel.is_set():
                 status, message = CANCELLED, "cancelled: process group terminated"
-                kill_group(self.pgid, self.grace_seconds)
+                end_processes(self.pgid, self.spec.run_token, self.grace_seconds)
             elif time.monotonic() >= deadline:
                 status = TIMED_OUT
                 message = (
-                    f"timed out after {self.spec.timeout_seconds:g}s: process group sent SIGTERM, "
+                    f"timed out after {self.spec.timeout_seconds:g}s: process group and every "
+                    f"process carrying its {TOKEN_VAR} sent SIGTERM, "
                     f"SIGKILL after {self.grace_seconds:g}s"
                 )
-                kill_group(self.pgid, self.grace_seconds)
-        # Anything the command left behind in its group (background children) goes with it.
-        if _group_alive(self.pgid):
-            kill_group(self.pgid, min(self.grace_seconds, 1.0))
+                end_processes(self.pgid, self.spec.run_token, self.grace_seconds)
+        # Anything the command left behind (background children, in its group or escaped from
+        # it with setsid / a double fork) goes with it.
+        end_processes(self.pgid, self.spec.run_token, min(self.grace_seconds, 1.0))
         for reader in self._readers:
             reader.join(timeout=5)
         exit_code = self.proc.returncode

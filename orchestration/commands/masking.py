@@ -1,0 +1,201 @@
+"""Secret masking over a whole output *stream*, not per read.
+
+Why a stream masker: output arrives in reads of arbitrary size (a pipe hands over whatever is
+there), so a secret can straddle two reads — masking each read alone left 14 of a 19-character
+secret in the run log. ``StreamMasker`` holds back only the end of what it has seen that could
+still be the start of a secret (at most ``len(longest secret) - 1`` characters, or a short secret
+waiting for the character that decides whether it is a whole token), so everything it emits is
+final and the concatenation of its outputs is the same as masking the whole text at once.
+
+What is masked (``mask_spans``): every character covered by any occurrence of any secret, so
+overlapping or adjacent secrets are masked whole whatever their order; each run of masked
+characters becomes one ``****``.
+
+- Secrets of ``MIN_ANYWHERE`` (4) characters or more are masked wherever they occur.
+- Shorter secrets (1-3 characters) are masked only as a whole token (not preceded or followed by a
+  letter, digit or ``_``): masking every ``a`` of the output for a 1-character secret would make
+  the output unreadable while protecting nothing (a value that short is guessable), but a short
+  value printed on its own (``PIN=123``) is still hidden.
+- When the stream ends (EOF, or a command killed mid-line) a trailing *partial* secret of at least
+  ``MIN_ANYWHERE`` characters is masked too: it may be a secret cut short by the kill.
+
+Bytes vs text: ``MaskedLines`` decodes with an incremental UTF-8 decoder, so a multi-byte character
+(or a non-ASCII secret) split across reads is decoded whole before masking.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections.abc import Iterable
+
+MASK = "****"
+MIN_ANYWHERE = 4  # shorter secrets are masked as whole tokens only (see the module docstring)
+_WORD = re.compile(r"\w")
+
+
+def _is_word(ch: str) -> bool:
+    return bool(ch) and _WORD.match(ch) is not None
+
+
+class _Secrets:
+    """The distinct secret values of one command run, with one overlapping-match regex each."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.values = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self.longest = len(self.values[0]) if self.values else 0
+        self.patterns = [
+            re.compile(
+                f"(?=({re.escape(s)}))" if len(s) >= MIN_ANYWHERE
+                else rf"(?=(?<!\w)({re.escape(s)})(?!\w))"
+            )
+            for s in self.values
+        ]  # fmt: skip
+
+    def spans(self, text: str, start: int = 0) -> list[tuple[int, int]]:
+        """Merged [start, end) spans of every (overlapping) occurrence in ``text[start:]``.
+
+        ``text[:start]`` is context only: it decides whether a short secret is a whole token.
+        """
+        found = sorted(
+            (m.start(1), m.end(1))
+            for pattern in self.patterns
+            for m in pattern.finditer(text, start)
+        )  # fmt: skip
+        merged: list[tuple[int, int]] = []
+        for a, b in found:
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        return merged
+
+    def pending_start(self, text: str, start: int) -> int:
+        """Earliest index from which ``text`` could still turn into a secret once more arrives.
+
+        A suffix that is a proper prefix of a secret may complete it; a suffix equal to a short
+        secret waits for the next character (a letter would make it part of a longer word).
+        """
+        first = max(start, len(text) - self.longest)
+        for i in range(first, len(text)):
+            rest = text[i:]
+            for s in self.values:
+                waits = len(rest) < len(s) or len(rest) == len(s) < MIN_ANYWHERE
+                if waits and s.startswith(rest):
+                    return i
+        return len(text)
+
+    def partial_tail(self, text: str, start: int) -> int:
+        """Start of a trailing partial secret (>= MIN_ANYWHERE characters), else ``len(text)``."""
+        for i in range(max(start, len(text) - self.longest), len(text) - MIN_ANYWHERE + 1):
+            rest = text[i:]
+            if any(len(s) > len(rest) and s.startswith(rest) for s in self.values):
+                return i
+        return len(text)
+
+
+def _render(text: str, start: int, end: int, spans: list[tuple[int, int]]) -> str:
+    """``text[start:end]`` with every span (all inside it) replaced by MASK."""
+    out, pos = [], start
+    for a, b in spans:
+        out.append(text[pos:a])
+        out.append(MASK)
+        pos = b
+    out.append(text[pos:end])
+    return "".join(out)
+
+
+class StreamMasker:
+    """``feed(text)`` returns the masked text that is final so far; ``flush()`` the rest at EOF."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self._secrets = _Secrets(secrets)
+        self._buf = ""
+        self._before = ""  # the last character already emitted: context for short secrets
+
+    def feed(self, text: str) -> str:
+        if not self._secrets.values:
+            return text
+        self._buf += text
+        buf = self._before + self._buf
+        ctx = len(self._before)
+        spans = self._secrets.spans(buf, ctx)
+        cut = self._secrets.pending_start(buf, ctx)
+        for a, b in spans:  # never cut through a complete occurrence either
+            if a < cut < b:
+                cut = a
+        done = [(a, b) for a, b in spans if b <= cut]
+        out = _render(buf, ctx, cut, done)
+        if cut > ctx:
+            self._before = buf[cut - 1]
+            self._buf = buf[cut:]
+        return out
+
+    def flush(self) -> str:
+        """The held-back end, masked as the end of the stream (a trailing partial secret too)."""
+        if not self._buf:
+            return ""
+        buf = self._before + self._buf
+        ctx = len(self._before)
+        spans = self._secrets.spans(buf, ctx)
+        cut = self._secrets.partial_tail(buf, ctx)
+        if cut < len(buf):
+            spans = [(a, b) for a, b in spans if b <= cut] + [(cut, len(buf))]
+            spans = _merge(spans)
+        self._buf, self._before = "", ""
+        return _render(buf, ctx, len(buf), spans)
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def mask_text(text: str, secrets: Iterable[str]) -> str:
+    """A whole text masked as a complete stream (messages, exceptions)."""
+    masker = StreamMasker(secrets)
+    return masker.feed(text) + masker.flush()
+
+
+class MaskedLines:
+    """One output stream: bytes in, masked lines out (each ending in ``\\n`` except the last).
+
+    A line longer than ``max_line`` characters is handed on in pieces of ``max_line`` so that a
+    command printing without newlines never grows memory or one log line without bound; the
+    pieces are already masked, so a cut never reveals anything.
+    """
+
+    def __init__(self, secrets: Iterable[str], max_line: int) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._masker = StreamMasker(secrets)
+        self._line = ""
+        self.max_line = max_line
+
+    def feed(self, raw: bytes) -> list[str]:
+        return self._split(self._masker.feed(self._decoder.decode(raw)))
+
+    def close(self) -> list[str]:
+        text = self._masker.feed(self._decoder.decode(b"", final=True)) + self._masker.flush()
+        lines = self._split(text)
+        if self._line:
+            lines.append(self._line)
+            self._line = ""
+        return lines
+
+    def _split(self, text: str) -> list[str]:
+        lines = []
+        self._line += text
+        while True:
+            nl = self._line.find("\n")
+            if nl < 0 or nl >= self.max_line:
+                if len(self._line) < self.max_line:
+                    return lines
+                piece, self._line = self._line[: self.max_line], self._line[self.max_line :]
+            else:
+                piece, self._line = self._line[: nl + 1], self._line[nl + 1 :]
+            lines.append(piece)
