@@ -3,7 +3,9 @@
 1. ``create_due_runs``: for every enabled schedule whose command is enabled, each enabled
    environment of it, the latest cron slot in the tick's window → one ``command_run``. The insert is
    ``ON CONFLICT DO NOTHING`` on UNIQUE (schedule_id, environment_id, slot), so re-ticks, restarts
-   and two dispatchers racing on PostgreSQL never create a second run for a slot.
+   and two dispatchers racing on PostgreSQL never create a second run for a slot. Each schedule is
+   isolated: one whose slot cannot be computed (a cron that slipped past validation, a bad row) or
+   whose run cannot be inserted becomes a ``ScheduleError`` naming it, and the others go on.
 2. ``claim_batches``: pending runs whose ``not_before`` has passed (scheduled slots and "run in N
    seconds" requests alike) are claimed into batches with a compare-and-set
    (``pending → queued``, ``batch_key``): a run is in exactly one batch even with two dispatchers.
@@ -29,6 +31,18 @@ from orchestration.commands.timeutil import as_utc, minute_floor, utcnow
 BATCH_PREFIX = "tick:"
 
 
+@dataclass(frozen=True)
+class ScheduleError:
+    """One schedule that could not be dispatched this tick, and why (no secret: crons and ids)."""
+
+    schedule_id: int
+    name: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"schedule {self.name!r} (id {self.schedule_id}) skipped this tick: {self.error}"
+
+
 @dataclass
 class TickResult:
     window_start: datetime
@@ -36,6 +50,7 @@ class TickResult:
     considered: int = 0
     created: int = 0
     batches: dict[str, list[int]] = field(default_factory=dict)
+    errors: list[ScheduleError] = field(default_factory=list)
 
 
 def window_start_for(cursor: str | None, now: datetime, max_catchup: timedelta) -> datetime:
@@ -62,13 +77,28 @@ def _insert_ignore(engine: sa.Engine):
     raise NotImplementedError(f"record store dialect {dialect} is not supported")
 
 
-def due_rows(conn: sa.Connection, window_start: datetime, now: datetime) -> tuple[int, list[dict]]:
-    """(rows considered, command_run values for every (schedule, environment) due in the window)."""
+def describe(exc: BaseException) -> str:
+    """One line: the exception's type and message, whitespace collapsed, cut at 300 characters."""
+    text = " ".join(str(exc).split()) or "no message"
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def due_rows(
+    conn: sa.Connection,
+    window_start: datetime,
+    now: datetime,
+    errors: list[ScheduleError] | None = None,
+) -> tuple[int, list[dict]]:
+    """(rows considered, command_run values for every (schedule, environment) due in the window).
+
+    A schedule whose slot cannot be computed is left out and appended to ``errors`` (once).
+    """
+    errors = [] if errors is None else errors
     s, c, se, e, sc = (
         m.schedules, m.commands, m.schedule_environments, m.environments, m.schedule_crons,
     )  # fmt: skip
     query = (
-        sa.select(s.c.id, s.c.command_id, s.c.created_at, se.c.environment_id, sc.c.cron)
+        sa.select(s.c.id, s.c.name, s.c.command_id, s.c.created_at, se.c.environment_id, sc.c.cron)
         .join(c, c.c.id == s.c.command_id)
         .join(se, se.c.schedule_id == s.c.id)
         .join(e, e.c.id == se.c.environment_id)
@@ -77,15 +107,23 @@ def due_rows(conn: sa.Connection, window_start: datetime, now: datetime) -> tupl
     )
     slot_of = SlotCache(window_start, now)
     latest: dict[tuple[int, int], tuple[int, datetime]] = {}
+    failed: dict[int, ScheduleError] = {}
     considered = 0
-    for sid, command_id, created_at, env_id, cron in conn.execute(query):
+    for sid, name, command_id, created_at, env_id, cron in conn.execute(query):
         considered += 1
-        slot = slot_of(cron)
-        if slot is None or slot < minute_floor(created_at):
-            continue  # never run a slot from before the schedule existed
+        if sid in failed:
+            continue
+        try:
+            slot = slot_of(cron)
+            if slot is None or slot < minute_floor(created_at):
+                continue  # never run a slot from before the schedule existed
+        except Exception as exc:  # isolate this schedule, keep the others
+            failed[sid] = ScheduleError(sid, name, f"cron {cron!r}: {describe(exc)}")
+            continue
         key = (sid, env_id)
         if key not in latest or latest[key][1] < slot:
             latest[key] = (command_id, slot)
+    errors.extend(failed.values())
     created = utcnow()
     rows = [
         {
@@ -94,14 +132,53 @@ def due_rows(conn: sa.Connection, window_start: datetime, now: datetime) -> tupl
             "created_at": created,
         }
         for (sid, env_id), (command_id, slot) in latest.items()
+        if sid not in failed  # a schedule with a bad cron runs none of its crons this tick
     ]  # fmt: skip
     return considered, rows
 
 
-def create_due_runs(engine: sa.Engine, window_start: datetime, now: datetime) -> tuple[int, int]:
-    """(rows considered, command runs actually created) for the window ``(window_start, now]``."""
+def _insert_chunk(
+    conn: sa.Connection, stmt: sa.Insert, rows: list[dict], errors: list[ScheduleError]
+) -> int:
+    """Insert a chunk in a savepoint; if it fails, row by row, so one bad row fails only itself.
+
+    A lost connection (``OperationalError``) is not a row's fault: it propagates.
+    """
+    try:
+        with conn.begin_nested():
+            return len(conn.execute(stmt, rows).all())
+    except sa.exc.OperationalError:
+        raise
+    except sa.exc.SQLAlchemyError:
+        pass
+    created = 0
+    for row in rows:
+        try:
+            with conn.begin_nested():
+                created += len(conn.execute(stmt, [row]).all())
+        except sa.exc.OperationalError:
+            raise
+        except sa.exc.SQLAlchemyError as exc:
+            sid = row["schedule_id"]
+            name = conn.execute(sa.select(m.schedules.c.name).where(m.schedules.c.id == sid))
+            reason = describe(getattr(exc, "orig", None) or exc)
+            errors.append(ScheduleError(sid, name.scalar() or "?", f"run not created: {reason}"))
+    return created
+
+
+def create_due_runs(
+    engine: sa.Engine,
+    window_start: datetime,
+    now: datetime,
+    errors: list[ScheduleError] | None = None,
+) -> tuple[int, int]:
+    """(rows considered, command runs actually created) for the window ``(window_start, now]``.
+
+    Schedules that could not be dispatched are appended to ``errors``; the rest are created.
+    """
+    errors = [] if errors is None else errors
     with engine.begin() as conn:
-        considered, rows = due_rows(conn, window_start, now)
+        considered, rows = due_rows(conn, window_start, now, errors)
         if not rows:
             return considered, 0
         stmt = (
@@ -111,7 +188,7 @@ def create_due_runs(engine: sa.Engine, window_start: datetime, now: datetime) ->
         )
         created = 0
         for start in range(0, len(rows), 1000):
-            created += len(conn.execute(stmt, rows[start : start + 1000]).all())
+            created += _insert_chunk(conn, stmt, rows[start : start + 1000], errors)
         return considered, created
 
 
@@ -178,7 +255,7 @@ def tick(
     """One whole dispatch tick; returns every batch that should have a Dagster run."""
     now = as_utc(now)
     result = TickResult(window_start=window_start, now=now)
-    result.considered, result.created = create_due_runs(engine, window_start, now)
+    result.considered, result.created = create_due_runs(engine, window_start, now, result.errors)
     claim_batches(engine, now, batch_size=batch_size, max_runs=max_runs)
     result.batches = unlaunched_batches(engine)
     return result

@@ -5,6 +5,10 @@ at ``MAX_CATCHUP``): a dispatcher down for a while runs each schedule's latest m
 The database, not the cursor, is what guarantees one run per slot (the cursor is saved only after
 the tick's runs are submitted, so a tick may be evaluated again). Each tick also runs the reaper
 (``reaper.py``): command runs whose worker died are closed as ``lost``/``cancelled`` with an event.
+
+Nothing one part of the tick does stops the others: the reaper runs *first* (a dispatch that fails
+can never keep dead workers open) and its own failure is logged, not raised; a schedule that
+cannot be dispatched is logged by name with its error and the other schedules still run.
 """
 
 from datetime import datetime, timedelta
@@ -43,6 +47,21 @@ def _batch_time(key: str) -> datetime | None:
         return None
 
 
+def reap_dead_workers(context: dg.SensorEvaluationContext, engine, now: datetime) -> int:
+    """The reaper, isolated: its failure is one error line in the tick's log, never the tick's."""
+    try:
+        lost_runs = reaper.reap(context.instance, engine, now)
+    except Exception as exc:  # the dispatch below must run whatever happened here
+        context.log.error(f"reaper failed this tick (dispatch goes on): {dispatch.describe(exc)}")
+        return 0
+    for lost in lost_runs:
+        context.log.warning(
+            f"command run {lost.command_run_id} {lost.status}: {lost.message}"
+            + (f" ({lost.orphans})" if lost.orphans else "")
+        )
+    return len(lost_runs)
+
+
 def reap_orphans(instance: dg.DagsterInstance, engine, batches: dict[str, list[int]], now) -> int:
     """Cancel runs of a batch whose Dagster run finished without reaching them (e.g. terminated)."""
     reaped = 0
@@ -72,20 +91,18 @@ def command_dispatch_sensor(
 ) -> dg.SensorResult:
     engine = record_store.engine()
     now = utcnow()
+    reaped = reap_dead_workers(context, engine, now)
     start = dispatch.window_start_for(context.cursor, now, MAX_CATCHUP)
     result = dispatch.tick(engine, now, start, batch_size=BATCH_SIZE, max_runs=MAX_RUNS_PER_TICK)
-    reaped = reap_orphans(context.instance, engine, result.batches, now)
-    for lost in reaper.reap(context.instance, engine, now):
-        context.log.warning(
-            f"command run {lost.command_run_id} {lost.status}: {lost.message}"
-            + (f" ({lost.orphans})" if lost.orphans else "")
-        )
-        reaped += 1
+    for error in result.errors:
+        context.log.error(f"{error}; fix it in the catalog or with `set-schedule`")
+    reaped += reap_orphans(context.instance, engine, result.batches, now)
     queued = sum(len(ids) for ids in result.batches.values())
     context.log.info(
         f"window ({start.isoformat()}, {now.isoformat()}]: {result.considered} schedule row(s), "
         f"{result.created} new command run(s), {queued} queued in {len(result.batches)} batch(es)"
         + (f", {reaped} run(s) of dead workers closed" if reaped else "")
+        + (f", {len(result.errors)} schedule(s) skipped (errors above)" if result.errors else "")
     )
     requests = [batch_run_request(k, ids) for k, ids in sorted(result.batches.items())]
     if not requests:
