@@ -8,8 +8,12 @@ guessed URLs) are enforced in one place and before any request leaves the proces
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator, ValidationInfo
 
 from orchestration.errors import FinalFailure
 
@@ -19,6 +23,30 @@ SUPABASE_DEFAULT_API_URL = "https://api.supabase.com"
 
 # Where a GCP project's API lives, for environments that do not set CA_API_URL.
 API_URL_BY_GCP_PROJECT: Mapping[str, str] = {"cloudact-prod": PROD_API_URL}
+
+PLATFORM = "platform"
+SUPABASE = "supabase"
+
+
+@dataclass(frozen=True)
+class EndpointOverride:
+    """A variable that redirects a service, and so the secret sent to it, somewhere else."""
+
+    variable: str
+    service: str
+
+
+# Every variable that can point a client carrying a secret at another host. Environments with
+# fixed endpoints (prod) refuse all of them: a new override variable goes here, and only here.
+ENDPOINT_OVERRIDES: tuple[EndpointOverride, ...] = (
+    EndpointOverride("CA_API_URL", "platform API"),
+    EndpointOverride("SUPABASE_API_URL", "Supabase Management API"),
+    EndpointOverride("BIGQUERY_EMULATOR_HOST", "BigQuery"),
+)
+
+ENV_VAR_NAME_RULE = "^[A-Z_][A-Z0-9_]*$"
+ENV_VAR_NAME_MAX_LENGTH = 64
+_ENV_VAR_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
 class EnvironmentConfigError(FinalFailure):
@@ -36,18 +64,75 @@ class Environment:
     gcp_project: str | None
     secret_suffix: str
     fixed_api_url: str | None = None
+    fixed_supabase_api_url: str | None = None
 
     def secret_name(self, base: str) -> str:
         """The Secret Manager name of ``base`` here (e.g. ``ca-root-api-key-prod``)."""
         return f"{base}{self.secret_suffix}"
 
-    def api_url(self, env: Mapping[str, str] | None = None) -> str:
-        """The API base URL: fixed for prod, else ``CA_API_URL``, else from the GCP project."""
+    @property
+    def endpoints_fixed(self) -> bool:
+        """Whether this environment's endpoints are fixed (prod): no variable may move them."""
+        return self.fixed_api_url is not None
+
+    def fixed_endpoints(self) -> dict[str, str]:
+        """The fixed base URL of each service (empty for environments without fixed ones)."""
+        if not self.fixed_api_url:
+            return {}
+        return {
+            PLATFORM: self.fixed_api_url.rstrip("/"),
+            SUPABASE: (self.fixed_supabase_api_url or SUPABASE_DEFAULT_API_URL).rstrip("/"),
+        }
+
+    def refuse_endpoint_overrides(self, env: Mapping[str, str] | None = None) -> None:
+        """Fail if any :data:`ENDPOINT_OVERRIDES` variable is set while endpoints are fixed.
+
+        Refused rather than ignored: an override set for prod means the deployment is confused
+        about where it is, and ignoring it would hide that. Its value is never echoed (a URL may
+        carry credentials). A value equal to the fixed endpoint changes nothing and is allowed.
+        """
+        if not self.endpoints_fixed:
+            return
         env = os.environ if env is None else env
-        if self.fixed_api_url:
-            return self.fixed_api_url
-        if env.get("CA_API_URL"):
-            return env["CA_API_URL"].rstrip("/")
+        fixed = set(self.fixed_endpoints().values())
+        for override in ENDPOINT_OVERRIDES:
+            value = (env.get(override.variable) or "").strip().rstrip("/")
+            if value and value not in fixed:
+                where = ", ".join(f"{k} {v}" for k, v in self.fixed_endpoints().items())
+                raise EnvironmentConfigError(
+                    f"{override.variable} is set, but environment '{self.name}' has fixed "
+                    f"endpoints ({where}): it would send {self.name}'s {override.service} calls "
+                    f"and their secret elsewhere. Unset {override.variable} for {self.name} runs "
+                    "(it is for test and stage only). Nothing was sent."
+                )
+
+    def endpoint(self, service: str, env: Mapping[str, str] | None = None) -> str:
+        """The base URL a client of ``service`` (``platform`` or ``supabase``) calls.
+
+        The one source for clients and for the preflight's report, so what the run says it
+        targets is what it calls. Fixed environments refuse every override variable first.
+        """
+        env = os.environ if env is None else env
+        if self.endpoints_fixed:
+            self.refuse_endpoint_overrides(env)
+            return self.fixed_endpoints()[service]
+        if service == SUPABASE:
+            if (env.get("SUPABASE_API_URL") or "").strip():
+                return env["SUPABASE_API_URL"].strip().rstrip("/")
+            # The sandbox serves both APIs, so test follows the platform URL by default.
+            return self.endpoint(PLATFORM, env) if self.name == "test" else SUPABASE_DEFAULT_API_URL
+        if service != PLATFORM:
+            raise ValueError(f"unknown service {service!r}")
+        return self._platform_url(env)
+
+    def api_url(self, env: Mapping[str, str] | None = None) -> str:
+        """The platform API base URL (see :meth:`endpoint`)."""
+        return self.endpoint(PLATFORM, env)
+
+    def _platform_url(self, env: Mapping[str, str]) -> str:
+        """``CA_API_URL``, else from the GCP project; never a guess."""
+        if (env.get("CA_API_URL") or "").strip():
+            return env["CA_API_URL"].strip().rstrip("/")
         if self.gcp_project and self.gcp_project in API_URL_BY_GCP_PROJECT:
             return API_URL_BY_GCP_PROJECT[self.gcp_project]
         hint = (
@@ -65,7 +150,11 @@ ENVIRONMENTS: Mapping[str, Environment] = {
     "test": Environment(name="test", gcp_project=None, secret_suffix="-test"),
     "stage": Environment(name="stage", gcp_project="cloudact-testing-1", secret_suffix="-test"),
     "prod": Environment(
-        name="prod", gcp_project="cloudact-prod", secret_suffix="-prod", fixed_api_url=PROD_API_URL
+        name="prod",
+        gcp_project="cloudact-prod",
+        secret_suffix="-prod",
+        fixed_api_url=PROD_API_URL,
+        fixed_supabase_api_url=SUPABASE_DEFAULT_API_URL,
     ),
 }
 
@@ -91,12 +180,42 @@ def resolve_environment(name: str, *, confirm_prod: bool = False) -> Environment
     return ENVIRONMENTS[normalized]
 
 
+def check_env_var_name(value: object, field: str) -> str:
+    """``value`` if it is an environment variable's name, else a clear refusal naming ``field``.
+
+    Config fields such as ``api_key_env_var`` hold a variable's *name*; a value that is not one
+    is most likely the secret itself pasted in, so the refusal never shows it, not even in part.
+    """
+    if (
+        isinstance(value, str)
+        and len(value) <= ENV_VAR_NAME_MAX_LENGTH
+        and _ENV_VAR_NAME.fullmatch(value)
+    ):
+        return value
+    raise EnvironmentConfigError(
+        f"{field} must be the NAME of an environment variable ({ENV_VAR_NAME_RULE}, at most "
+        f"{ENV_VAR_NAME_MAX_LENGTH} characters), not its value: the value given does not match "
+        "and is not shown. Set the field to the variable's name and put the secret in that "
+        "variable. Nothing was sent."
+    )
+
+
+def _env_var_field(value: str, info: ValidationInfo) -> str:
+    return check_env_var_name(value, info.field_name or "an *_env_var field")
+
+
+# The type of every ``*_env_var`` config field. The check raises a dagster.Failure (not a
+# ValueError), so pydantic passes it through as is instead of quoting the input in its message.
+EnvVarName = Annotated[str, AfterValidator(_env_var_field)]
+
+
 def read_secret(env_var: str, secret_base: str, environment: Environment) -> str:
     """Read a secret from the process environment, or fail naming the variable and the secret.
 
     Secrets reach the process only as environment variables (injected from Secret Manager by the
     deployment); the error says exactly which one to inject for this environment.
     """
+    check_env_var_name(env_var, "the secret's variable name")
     value = os.environ.get(env_var, "")
     if not value.strip():
         raise EnvironmentConfigError(

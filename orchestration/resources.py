@@ -16,7 +16,7 @@ from resources.supabase import SupabaseManagementResource
 
 
 def build_resources() -> dict[str, Any]:
-    environment = PlatformEnvironment()
+    environment = PlatformEnvironment.configure_at_launch()
     return {
         "environment": environment,
         "platform_api": PlatformApiResource(environment=environment),

@@ -10,25 +10,69 @@ loopback endpoint instead and the project is ``emulator_project`` (``test`` has 
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import dagster as dg
 from dagster_gcp import BigQueryResource
+from google.auth.exceptions import DefaultCredentialsError
 from google.cloud import bigquery
 from pydantic import Field
 
-from orchestration.environments import Environment, EnvironmentConfigError
+from orchestration.environments import Environment, EnvironmentConfigError, EnvVarName
 from orchestration.errors import FinalFailure
+from resources.identifiers import display
+
+CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
 
 
 class BigQueryTarget(FinalFailure):
     """Raised for a BigQuery configuration that cannot be used (shown plainly in the UI)."""
 
 
+def check_credentials_path(env: Mapping[str, str] | None = None) -> None:
+    """Refuse a ``GOOGLE_APPLICATION_CREDENTIALS`` that the Google auth library cannot open.
+
+    The platform's rule is an absolute path: ``~`` is not expanded by gcloud or google-auth, and a
+    relative path depends on the working directory of whichever process runs the step. Checked
+    before any client is made, as a FinalFailure: no retry can fix a path. A value that is neither
+    absolute nor ``~`` is not shown (it may be the key's JSON pasted in). Unset: ADC as usual.
+    """
+    env = os.environ if env is None else env
+    value = env.get(CREDENTIALS_ENV)
+    if not value:
+        return
+    fix = f"Set {CREDENTIALS_ENV} to the absolute path of the service-account key file"
+    if value.startswith("~"):
+        raise BigQueryTarget(
+            f"{CREDENTIALS_ENV}={display(value, 80)} starts with '~', which gcloud and google-auth "
+            f"do not expand. {fix} (e.g. /home/<user>/...). Nothing was sent."
+        )
+    if not os.path.isabs(value):
+        raise BigQueryTarget(
+            f"{CREDENTIALS_ENV} is not an absolute path (value not shown). {fix}, starting with "
+            "'/'. Nothing was sent."
+        )
+    path = Path(value)
+    problem = (
+        "does not exist"
+        if not path.exists()
+        else "is not a file"
+        if not path.is_file()
+        else "is not readable by this process"
+        if not os.access(path, os.R_OK)
+        else None
+    )
+    if problem:
+        raise BigQueryTarget(
+            f"{CREDENTIALS_ENV}={display(value, 200)} {problem}. {fix}. Nothing was sent."
+        )
+
+
 class PlatformBigQueryResource(dg.ConfigurableResource):
     """Which BigQuery the run talks to; the environment comes from the ``environment`` resource."""
 
-    emulator_host_env_var: str = Field(
+    emulator_host_env_var: EnvVarName = Field(
         default="BIGQUERY_EMULATOR_HOST",
         description="Name of the variable holding an emulator host:port; when set, use it.",
     )
@@ -83,12 +127,24 @@ class PlatformBigQueryResource(dg.ConfigurableResource):
             finally:
                 client.close()
             return
+        environment.refuse_endpoint_overrides()  # prod: no other endpoint variable either
+        project = self.project_for(environment)
+        if not self.gcp_credentials:  # with a key in config, dagster-gcp writes its own file
+            check_credentials_path()
         gcp = BigQueryResource(
-            project=self.project_for(environment),
-            location=self.location,
-            gcp_credentials=self.gcp_credentials,
+            project=project, location=self.location, gcp_credentials=self.gcp_credentials
         )
-        with gcp.get_client() as client:
+        with contextlib.ExitStack() as stack:
+            try:
+                client = stack.enter_context(gcp.get_client())
+            except DefaultCredentialsError as exc:
+                text = str(exc).strip()
+                first = text.splitlines()[0][:300] if text else type(exc).__name__
+                raise BigQueryTarget(
+                    f"No usable Google credentials for BigQuery project {project}: {first}. "
+                    f"Set {CREDENTIALS_ENV} to an absolute key-file path or run as a service "
+                    "account. Nothing was sent."
+                ) from None
             try:
                 yield client
             finally:

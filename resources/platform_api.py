@@ -10,11 +10,31 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from orchestration.environments import read_secret
+from orchestration.environments import PLATFORM, EnvVarName, read_secret
+from orchestration.errors import FinalFailure
 from resources.environment import PlatformEnvironment
 from resources.http_api import ApiClient, RetryLog, RetrySettings
+from resources.identifiers import ORG_SLUG_RULE, api_path, display, is_org_slug
 
 API_KEY_SECRET = "ca-root-api-key"
+
+
+class InvalidOrgSlug(FinalFailure):
+    """An org slug from the API that breaks the slug rule: reported, never sent."""
+
+
+class OrgListingError(FinalFailure):
+    """The org listing itself cannot be followed (a cursor that repeats)."""
+
+
+def check_org_slug(slug: object) -> str:
+    """``slug`` if it follows the slug rule, else :class:`InvalidOrgSlug` naming it safely."""
+    if is_org_slug(slug):
+        return slug  # type: ignore[return-value]
+    raise InvalidOrgSlug(
+        f"org slug {display(slug)} does not match {ORG_SLUG_RULE}: not sent (the listing "
+        "returned it; fix the org's slug on the platform)"
+    )
 
 
 class PlatformApiClient:
@@ -46,20 +66,32 @@ class PlatformApiClient:
         return self.api.get_json("/admin/orgs", params=params)
 
     def iter_orgs(self, *, status: str = "active", page_size: int = 1000) -> Iterator[str]:
-        """Every org slug with ``status``, following ``next_cursor`` to the end."""
+        """Every org slug with ``status``, following ``next_cursor`` to the end.
+
+        Slugs are yielded as listed, unchecked: the caller reports bad ones by name. An entry
+        without a string ``org_slug`` yields a placeholder that no slug rule accepts.
+        """
         cursor: str | None = None
+        seen: set[str] = set()
         while True:
             page = self.list_orgs_page(status=status, limit=page_size, cursor=cursor)
             for org in page.get("orgs", []):
-                yield org["org_slug"]
+                slug = org.get("org_slug") if isinstance(org, dict) else None
+                yield slug if isinstance(slug, str) else f"<no string org_slug: {display(org)}>"
             cursor = page.get("next_cursor")
             if not cursor:
                 return
+            if cursor in seen:  # a server bug would otherwise page forever
+                raise OrgListingError(
+                    f"GET /admin/orgs returned next_cursor {display(cursor)} a second time; the "
+                    "listing would never end. Nothing was synced from it."
+                )
+            seen.add(cursor)
 
     def sync_org(self, org_slug: str, *, idempotency_key: str) -> dict[str, Any]:
-        return self.api.post_json(
-            f"/admin/orgs/{org_slug}/sync", {}, idempotency_key=idempotency_key
-        )
+        """Refuses a slug outside the rule before sending; the slug is one escaped segment."""
+        path = api_path("admin", "orgs", check_org_slug(org_slug), "sync")
+        return self.api.post_json(path, {}, idempotency_key=idempotency_key)
 
     def reset_daily_quota(self, date: str, *, idempotency_key: str) -> dict[str, Any]:
         return self.api.post_json(
@@ -89,7 +121,7 @@ class PlatformApiResource(dg.ConfigurableResource):
     """
 
     environment: PlatformEnvironment
-    api_key_env_var: str = Field(
+    api_key_env_var: EnvVarName = Field(
         default="CA_ROOT_API_KEY",
         description="Name of the environment variable holding the root API key (not the key).",
     )
@@ -102,14 +134,21 @@ class PlatformApiResource(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._run_id = context.run_id  # links API-call spans to the run (tracing)
+        # Fail at resource init, before any op: prod refuses every endpoint override.
+        self.environment.environment.refuse_endpoint_overrides()
+
+    def endpoint(self) -> str:
+        """The base URL the client calls (the preflight reports this same value)."""
+        return self.environment.environment.endpoint(PLATFORM)
 
     def client(self, on_retry: RetryLog | None = None) -> PlatformApiClient:
         env = self.environment.environment
+        base_url = self.endpoint()
         key = read_secret(self.api_key_env_var, API_KEY_SECRET, env)
         return PlatformApiClient(
             ApiClient(
                 service=f"platform API ({env.name})",
-                base_url=env.api_url(),
+                base_url=base_url,
                 headers={"X-CA-Root-Key": key, "Accept": "application/json"},
                 secrets=[key],
                 timeout_seconds=self.timeout_seconds,

@@ -10,9 +10,10 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from orchestration.environments import SUPABASE_DEFAULT_API_URL, EnvironmentConfigError, read_secret
+from orchestration.environments import SUPABASE, EnvironmentConfigError, EnvVarName, read_secret
 from resources.environment import PlatformEnvironment
 from resources.http_api import ApiClient, ApiError, RetryLog, RetrySettings
+from resources.identifiers import PROJECT_REF_RULE, api_path, is_project_ref
 
 ACCESS_TOKEN_SECRET = "supabase-access-token"
 
@@ -38,7 +39,7 @@ class SupabaseSqlClient:
         self.close()
 
     def query(self, sql: str, *, idempotency_key: str | None = None) -> list[dict[str, Any]]:
-        path = f"/v1/projects/{self.project_ref}/database/query"
+        path = api_path("v1", "projects", self.project_ref, "database", "query")
         try:
             response = self.api.request(
                 "POST", path, json={"query": sql}, idempotency_key=idempotency_key
@@ -63,11 +64,11 @@ class SupabaseManagementResource(dg.ConfigurableResource):
     """Supabase Management API access for the run's environment."""
 
     environment: PlatformEnvironment
-    access_token_env_var: str = Field(
+    access_token_env_var: EnvVarName = Field(
         default="SUPABASE_ACCESS_TOKEN",
         description="Name of the env var holding the management token (not the token itself).",
     )
-    project_ref_env_var: str = Field(
+    project_ref_env_var: EnvVarName = Field(
         default="SUPABASE_PROJECT_REF",
         description="Name of the environment variable holding the Supabase project ref.",
     )
@@ -75,23 +76,25 @@ class SupabaseManagementResource(dg.ConfigurableResource):
     max_attempts: int = Field(default=5, description="Attempts per call, first one included.")
     initial_backoff_seconds: float = Field(default=0.5, description="First retry delay.")
 
+    def endpoint(self) -> str:
+        """The base URL the client calls: fixed for prod, else ``SUPABASE_API_URL``, else the
+        default (for ``test``: the sandbox, which serves both APIs). The preflight reports this
+        same value."""
+        return self.environment.environment.endpoint(SUPABASE)
+
     def api_url(self) -> str:
-        """``SUPABASE_API_URL``; for ``test`` the sandbox (which serves both APIs) by default."""
-        env = self.environment.environment
-        if os.environ.get("SUPABASE_API_URL"):
-            return os.environ["SUPABASE_API_URL"].rstrip("/")
-        if env.name == "test":
-            return env.api_url()
-        return SUPABASE_DEFAULT_API_URL
+        return self.endpoint()
 
     _run_id: str | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self._run_id = context.run_id  # links API-call spans to the run (tracing)
+        # Fail at resource init, before any op: prod refuses every endpoint override.
+        self.environment.environment.refuse_endpoint_overrides()
 
-    def client(self, on_retry: RetryLog | None = None) -> SupabaseSqlClient:
+    def project_ref(self) -> str:
+        """The project ref from its variable, checked: it becomes a segment of every path."""
         env = self.environment.environment
-        token = read_secret(self.access_token_env_var, ACCESS_TOKEN_SECRET, env)
         project_ref = os.environ.get(self.project_ref_env_var, "").strip()
         if not project_ref:
             if env.name != "test":
@@ -99,11 +102,24 @@ class SupabaseManagementResource(dg.ConfigurableResource):
                     f"{self.project_ref_env_var} is not set: name the Supabase project of "
                     f"environment '{env.name}'."
                 )
-            project_ref = "sandbox"
+            return "sandbox"
+        if not is_project_ref(project_ref):
+            raise EnvironmentConfigError(
+                f"{self.project_ref_env_var} does not hold a Supabase project ref "
+                f"({PROJECT_REF_RULE}, e.g. the 20 lowercase letters in the project's URL); "
+                "the value is not shown. Nothing was sent."
+            )
+        return project_ref
+
+    def client(self, on_retry: RetryLog | None = None) -> SupabaseSqlClient:
+        env = self.environment.environment
+        base_url = self.api_url()
+        token = read_secret(self.access_token_env_var, ACCESS_TOKEN_SECRET, env)
+        project_ref = self.project_ref()
         return SupabaseSqlClient(
             ApiClient(
                 service=f"Supabase Management API ({env.name})",
-                base_url=self.api_url(),
+                base_url=base_url,
                 headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
                 secrets=[token],
                 timeout_seconds=self.timeout_seconds,

@@ -235,9 +235,9 @@ class SandboxServer:
         """Create prefix-0001..prefix-n (existing ones untouched); returns the slugs."""
         return self._state.seed_orgs(n, prefix=prefix, status=status)
 
-    def add_org(self, slug: str, status: str = "active") -> None:
-        """Create one org, or set the status of an existing one."""
-        self._state.add_org(slug, status=status)
+    def add_org(self, slug: str, status: str = "active", *, any_slug: bool = False) -> None:
+        """Create one org, or set the status of an existing one (``any_slug``: unchecked)."""
+        self._state.add_org(slug, status=status, any_slug=any_slug)
 
     def add_stale_counters(self, n: int) -> list[str]:
         """Add n stuck quota counters for cleanup-stale to fix."""

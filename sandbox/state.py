@@ -250,9 +250,12 @@ class SandboxState:
             )
         return slugs
 
-    def add_org(self, slug: str, status: str = "active") -> None:
-        """Create an org, or change the status of an existing one (e.g. to suspend it)."""
-        if not slug or "/" in slug:
+    def add_org(self, slug: str, status: str = "active", *, any_slug: bool = False) -> None:
+        """Create an org, or change the status of an existing one (e.g. to suspend it).
+
+        ``any_slug`` stores even a slug no platform would accept, so tests can list hostile ones.
+        """
+        if not any_slug and (not slug or "/" in slug):
             raise ValueError(f"invalid org slug: {slug!r}")
         with self.transaction() as conn:
             conn.execute(

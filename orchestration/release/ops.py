@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from orchestration.environments import PLATFORM, SUPABASE
 from orchestration.policies import children as children_lib
 from orchestration.release import bootstrap as bootstrap_lib
 from orchestration.release import migrations as migrations_lib
@@ -29,8 +30,15 @@ def release_preflight(context: dg.OpExecutionContext, environment: PlatformEnvir
         context.instance.add_run_tags(context.run_id, {ENVIRONMENT_TAG: env.name})
     if context.run.tags.get(KIND_TAG) == "release":  # the parts may run side by side
         ensure_single_release(context.instance, context.run_id, context.job_name, env.name)
-    context.log.info(f"Release targets environment '{env.name}' at {env.api_url()}")
-    context.add_output_metadata({"environment": env.name, "api_url": env.api_url()})
+    # The same Environment.endpoint() the clients call, so this is where the run's calls go.
+    api_url, supabase_url = env.endpoint(PLATFORM), env.endpoint(SUPABASE)
+    context.log.info(
+        f"Release targets environment '{env.name}': platform API {api_url}, "
+        f"Supabase Management API {supabase_url}"
+    )
+    context.add_output_metadata(
+        {"environment": env.name, "api_url": api_url, "supabase_api_url": supabase_url}
+    )
 
 
 class MigrateConfig(dg.Config):
@@ -183,7 +191,10 @@ def sync_org_batch(
             "| org | result |",
             "|---|---|",
             *(f"| {o} | synced {n} dataset(s) |" for o, n in sorted(outcome.synced.items())),
-            *(f"| {o} | FAILED: {e} |" for o, e in sorted(outcome.failed.items())),
+            *(
+                f"| {org_sync_lib.org_name(o)} | FAILED: {e} |"
+                for o, e in sorted(outcome.failed.items())
+            ),
             *(f"| {o} | skipped (synced earlier) |" for o in outcome.skipped),
         ]
     )
@@ -195,12 +206,14 @@ def sync_org_batch(
         "seconds": round(outcome.seconds, 3),
     }
     if outcome.failed:
-        names = ", ".join(sorted(outcome.failed))
+        names = ", ".join(org_sync_lib.org_name(o) for o in sorted(outcome.failed))
         raise dg.Failure(
             description=(
                 f"{len(outcome.failed)} of {len(orgs)} org(s) failed to sync: {names}. "
                 "Re-execute from failure to retry only these.\n"
-                + "\n".join(f"- {o}: {e}" for o, e in sorted(outcome.failed.items()))
+                + "\n".join(
+                    f"- {org_sync_lib.org_name(o)}: {e}" for o, e in sorted(outcome.failed.items())
+                )
             ),
             metadata=metadata,
             # Retrying the step helps only if some org failed transiently; replays are no-ops

@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 
 from orchestration.policies.progress import Progress
 from resources.http_api import ApiError, is_transient
+from resources.identifiers import ORG_SLUG_RULE, display, is_org_slug
 from resources.platform_api import PlatformApiClient
+
+INVALID_SLUG = f"slug does not match {ORG_SLUG_RULE}; not sent (fix the org's slug on the platform)"
+
+
+def org_name(slug: str) -> str:
+    """How an org is named in messages and tables: as is when valid, else safely escaped."""
+    return slug if is_org_slug(slug) else display(slug)
 
 
 @dataclass(frozen=True)
@@ -61,12 +69,23 @@ def sync_batch(
     key_for: Callable[[str], str],
     progress: Progress | None = None,
 ) -> BatchOutcome:
-    """Sync ``orgs`` with at most ``concurrency`` calls in flight; collect every failure."""
+    """Sync ``orgs`` with at most ``concurrency`` calls in flight; collect every failure.
+
+    A slug outside the slug rule is a failed org (not transient: a retry lists it again) and is
+    never sent: it is API data, and pasted into a path it could address another endpoint.
+    """
     outcome = BatchOutcome()
     started = time.monotonic()
+    for slug in orgs:
+        if not is_org_slug(slug):
+            outcome.failed[slug] = INVALID_SLUG
+            if progress:
+                progress.tick()
+    valid = [slug for slug in orgs if is_org_slug(slug)]
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="org-sync") as pool:
         futures = {
-            pool.submit(client.sync_org, slug, idempotency_key=key_for(slug)): slug for slug in orgs
+            pool.submit(client.sync_org, slug, idempotency_key=key_for(slug)): slug
+            for slug in valid
         }
         for future in as_completed(futures):
             slug = futures[future]

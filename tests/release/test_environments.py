@@ -17,7 +17,11 @@ def test_table_matches_contract(monkeypatch):
     assert stage.gcp_project == "cloudact-testing-1"
     assert stage.secret_name("ca-root-api-key") == "ca-root-api-key-test"
     prod = resolve_environment("prod", confirm_prod=True)
-    assert prod.api_url({"CA_API_URL": "http://127.0.0.1:1"}) == PROD_API_URL
+    assert prod.api_url({}) == PROD_API_URL
+    # prod's endpoints are fixed: an override is refused, not followed (tests/release/
+    # test_prod_endpoints.py covers every override variable through real runs).
+    with pytest.raises(EnvironmentConfigError, match="CA_API_URL is set"):
+        prod.api_url({"CA_API_URL": "http://127.0.0.1:1"})
     assert prod.secret_name("ca-root-api-key") == "ca-root-api-key-prod"
     assert resolve_environment("test").api_url({"CA_API_URL": "http://127.0.0.1:9/"}) == (
         "http://127.0.0.1:9"

@@ -160,10 +160,13 @@ def test_local_is_refused_before_any_request(instance, platform_env):
 
 def test_prod_without_confirmation_refused_before_any_request(instance, platform_env, monkeypatch):
     # Point "prod" at the sandbox so that a broken guard would show up as requests here,
-    # never as traffic to the real service.
+    # never as traffic to the real service. Prod endpoints are fixed: no CA_API_URL override.
+    base = platform_env.base_url
     monkeypatch.setitem(
-        ENVIRONMENTS, "prod", Environment("prod", "cloudact-prod", "-prod", platform_env.base_url)
+        ENVIRONMENTS, "prod", Environment("prod", "cloudact-prod", "-prod", base, base)
     )
+    monkeypatch.delenv("CA_API_URL")
+    monkeypatch.setenv("SUPABASE_PROJECT_REF", "sandbox")
     result = _execute(instance, config=run_config("prod"))
     assert not result.success
     assert "confirm_prod: true" in _failure_text(result)
