@@ -17,6 +17,7 @@ from typing import Any
 
 import dagster as dg
 from dagster._serdes import deserialize_value, serialize_value
+from dagster_shared.serdes.errors import DeserializationError
 
 from orchestration.policies import checked_jsonl
 
@@ -77,17 +78,27 @@ def export_run(instance: dg.DagsterInstance, run_id: str, root: Path) -> tuple[P
 
 
 def read_archive(path: Path) -> ArchivedRun:
-    """Read an archive back, checking its trailer (count and checksum)."""
+    """Read an archive back, checking its trailer (count and checksum).
+
+    Any damage is an ``ArchiveError`` naming the file (``checked_jsonl.read``), and so is a
+    record that passes the checksum but does not deserialize (an edited file): a reader gets one
+    clear error, never a bare ``EOFError`` or ``DeserializationError``. The run archive has no
+    ``.pending`` stage to resume (a run is exported straight to its final name and deleted from
+    the instance only after this read succeeded), so nothing here is quarantined: a damaged
+    file of a run still in the instance is overwritten by the next pass's export.
+    """
     items = checked_jsonl.read(path, FORMAT, "event", "events", ArchiveError)
-    runs = [deserialize_value(i["run"], dg.DagsterRun) for i in items if i["kind"] == "run"]
+    try:
+        runs = [deserialize_value(i["run"], dg.DagsterRun) for i in items if i["kind"] == "run"]
+        events = [i for i in items if i["kind"] == "event"]
+        entries = [deserialize_value(i["entry"], dg.EventLogEntry) for i in events]
+        storage_ids = [i["storage_id"] for i in events]
+    except (DeserializationError, ValueError, KeyError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ArchiveError(f"{path}: a record does not read back as Dagster data: {first}") from exc
     if len(runs) != 1:
         raise ArchiveError(f"{path}: {len(runs)} run records in one archive")
-    events = [i for i in items if i["kind"] == "event"]
-    return ArchivedRun(
-        runs[0],
-        [deserialize_value(i["entry"], dg.EventLogEntry) for i in events],
-        [i["storage_id"] for i in events],
-    )
+    return ArchivedRun(runs[0], entries, storage_ids)
 
 
 def find_archive(root: Path, run_id: str) -> Path | None:

@@ -133,6 +133,7 @@ def archive_old_records(
             report = record_archive.archive_records(
                 engine, root, cutoff, batch_size=config.batch_size, sink=sink,
                 on_progress=progress.tick,
+                on_quarantine=lambda q: context.log.warning(q.message()),
             )  # fmt: skip
     except record_archive.RecordArchiveError as exc:
         raise dg.Failure(
@@ -147,6 +148,9 @@ def archive_old_records(
             "archive_dir": dg.MetadataValue.path(str(root / "records")),
             "cutoff": cutoff.isoformat(),
             "bigquery_rows": sink.rows_loaded if sink else 0,
+            # damaged .pending files moved to <archive_dir>/quarantine (see docs/policies.md)
+            "quarantined": len(report.quarantined),
+            "quarantined_files": dg.MetadataValue.json([q.as_dict() for q in report.quarantined]),
             **progress.metadata(),
         }
     )

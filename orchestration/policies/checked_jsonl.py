@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import json
 import os
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -44,25 +45,77 @@ def read(
 ) -> list[dict[str, Any]]:
     """The lines of ``path`` before its trailer (header first), after checking all of it.
 
-    Raises ``error`` for another format, a missing header or trailer, or a count or checksum
-    that does not match (a truncated or edited file).
+    Every kind of damage raises ``error`` with one line naming the file and what is wrong (never
+    a bare ``EOFError``/``zlib.error``/``JSONDecodeError``): so a caller can set the file aside
+    and a CLI can print one line. Refused: an empty file, a cut or corrupt gzip stream, bytes
+    that are not UTF-8 JSON objects with a ``kind``, another format, a missing header or trailer,
+    anything after the trailer, a count or checksum that does not match (a truncated or edited
+    file). An ``OSError`` of the file itself (missing, unreadable) is not damage and propagates.
     """
+    if path.stat().st_size == 0:
+        raise error(f"{path}: empty file (0 bytes)")
+    try:
+        items, trailer, digest = _parse(path)
+    except _Damage as exc:
+        raise error(f"{path}: {exc}") from exc
+    if not items or items[0].get("kind") != "header":
+        raise error(f"{path}: no header line (not an archive file, or its start is damaged)")
+    if items[0].get("format") != fmt:
+        raise error(f"{path}: unknown format {items[0].get('format')!r} (expected {fmt!r})")
+    if trailer is None:
+        raise error(f"{path}: no trailer (the file was cut short)")
+    counted = sum(1 for item in items if item["kind"] == counted_kind)
+    if trailer.get(count_key) != counted:
+        raise error(
+            f"{path}: {count_key} count mismatch: the trailer says {trailer.get(count_key)!r}, "
+            f"the file holds {counted}"
+        )
+    if trailer.get("sha256") != digest:
+        raise error(f"{path}: checksum mismatch: the content is not what was written (edited?)")
+    return items
+
+
+class _Damage(Exception):
+    """What is wrong with a file, as one line (the path is added by ``read``)."""
+
+
+def _parse(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]:
+    """(items before the trailer, the trailer, sha256 of those lines), or ``_Damage``."""
     items: list[dict[str, Any]] = []
     digest = hashlib.sha256()
     trailer = None
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            item = json.loads(line)
-            if item["kind"] == "end":
-                trailer = item
-                continue
-            digest.update(line.encode())
-            items.append(item)
-    if not items or items[0].get("kind") != "header" or trailer is None:
-        raise error(f"{path}: truncated file (no header or no trailer)")
-    if items[0].get("format") != fmt:
-        raise error(f"{path}: unknown format {items[0].get('format')!r}")
-    counted = sum(1 for item in items if item["kind"] == counted_kind)
-    if trailer.get(count_key) != counted or trailer.get("sha256") != digest.hexdigest():
-        raise error(f"{path}: checksum or {count_key} count mismatch")
-    return items
+    number = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                item = _item(raw, number)
+                if trailer is not None:
+                    raise _Damage(f"line {number} follows the trailer")
+                if item["kind"] == "end":
+                    trailer = item
+                    continue
+                digest.update(raw)
+                items.append(item)
+    except EOFError as exc:
+        raise _Damage(f"gzip stream cut short after line {number} (truncated file)") from exc
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        raise _Damage(f"not a valid gzip stream after line {number} ({_first_line(exc)})") from exc
+    return items, trailer, digest.hexdigest()
+
+
+def _item(raw: bytes, number: int) -> dict[str, Any]:
+    """One line as a JSON object with a ``kind``, or ``_Damage`` naming the line."""
+    try:
+        item = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise _Damage(f"line {number} is not UTF-8 text") from exc
+    except json.JSONDecodeError as exc:
+        raise _Damage(f"line {number} is not JSON ({exc.msg})") from exc
+    if not isinstance(item, dict) or not isinstance(item.get("kind"), str):
+        raise _Damage(f"line {number} is not an archive record (no 'kind')")
+    return item
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

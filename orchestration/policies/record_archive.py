@@ -15,6 +15,11 @@ renamed to its final name. A pass first finishes every ``.pending`` file it find
 it, re-checks the rows still present against it and deletes them. So a crash at any point loses
 nothing, and no row ever lands in two files.
 
+A ``.pending`` file that no longer reads back (cut short, not gzip, bad JSON, bad header, bad or
+missing trailer, another table's rows) is moved to ``<root>/quarantine/<its relative
+path>.<UTC timestamp>``, named with the reason in the report, and the pass goes on; see
+``quarantine_pending`` for why no row is lost that way.
+
 Keyset scan by primary key: old rows sit at low ids, so each batch reads only what it returns
 until the last query, which walks the (younger) rest of the table once per pass; no extra index
 is needed for a daily job. A command run that a younger retry still references (``retry_of``)
@@ -40,6 +45,7 @@ from resources.db import as_utc
 
 FORMAT = "platform-ops-record-archive/1"
 PENDING = ".pending"
+QUARANTINE = "quarantine"
 
 
 class RecordArchiveError(ArchiveError):
@@ -85,6 +91,41 @@ class Sink(Protocol):
     def load(self, table: str, rows: Sequence[dict[str, Any]]) -> None: ...
 
 
+@dataclass(frozen=True)
+class Quarantined:
+    """A ``.pending`` file that did not read back, and where it was moved."""
+
+    table: str
+    file: str
+    moved_to: str
+    reason: str
+    rows_in_store: int | None  # rows of its id range still in the store; None: name unparsable
+
+    def message(self) -> str:
+        """One line for the run log: the file, why, where it went, what it means for its rows."""
+        if self.rows_in_store is None:
+            rows = "its id range is unknown (unexpected file name)"
+        else:
+            rows = (
+                f"{self.rows_in_store} row(s) of its id range are still in the record store "
+                "(archived again from there)"
+            )
+        return (
+            f"{self.table}: damaged archive file {self.file} set aside as {self.moved_to}: "
+            f"{self.reason}; {rows}; any row of its range no longer in the store exists only "
+            "in the quarantined file (kept, never deleted)"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "file": self.file,
+            "moved_to": self.moved_to,
+            "reason": self.reason,
+            "rows_in_store": self.rows_in_store,
+        }
+
+
 @dataclass
 class TableReport:
     archived: int = 0
@@ -92,6 +133,7 @@ class TableReport:
     files: list[str] = field(default_factory=list)
     resumed: int = 0  # pending files finished from an interrupted pass
     skipped: int = 0  # still referenced by a younger row (next pass)
+    quarantined: list[Quarantined] = field(default_factory=list)
 
     def summary(self) -> dict[str, int]:
         return {
@@ -100,6 +142,7 @@ class TableReport:
             "files": len(self.files),
             "resumed": self.resumed,
             "held_for_next_pass": self.skipped,
+            "quarantined": len(self.quarantined),
         }
 
 
@@ -111,6 +154,10 @@ class RecordReport:
     @property
     def archived(self) -> int:
         return sum(t.archived for t in self.tables.values())
+
+    @property
+    def quarantined(self) -> list[Quarantined]:
+        return [q for t in self.tables.values() for q in t.quarantined]
 
 
 def _value(value: Any) -> Any:
@@ -224,12 +271,23 @@ def resume_pending(
     cutoff: datetime,
     report: TableReport,
     sink: Sink | None = None,
+    on_quarantine: Callable[[Quarantined], None] | None = None,
 ) -> None:
-    """Finish batches an interrupted pass exported but did not (fully) delete."""
+    """Finish batches an interrupted pass exported but did not (fully) delete.
+
+    A file that does not read back is quarantined (``quarantine_pending``) and the pass goes on.
+    """
     for pending in sorted((root / "records" / spec.name).glob(f"*/*{PENDING}")):
-        table, rows = read_batch(pending)
-        if table != spec.name:
-            raise RecordArchiveError(f"{pending}: holds {table}, not {spec.name}")
+        try:
+            table, rows = read_batch(pending)
+            if table != spec.name:
+                raise RecordArchiveError(f"{pending}: holds {table} rows, not {spec.name}")
+        except RecordArchiveError as exc:
+            moved = quarantine_pending(engine, root, spec, pending, str(exc))
+            report.quarantined.append(moved)
+            if on_quarantine:
+                on_quarantine(moved)
+            continue
         ids = [r["id"] for r in rows]
         with engine.connect() as conn:
             present = _fetch(
@@ -247,6 +305,51 @@ def resume_pending(
         report.resumed += 1
         report.archived += len(present)
         report.files.append(str(final))
+
+
+def quarantine_pending(
+    engine: sa.Engine, root: Path, spec: HistoryTable, pending: Path, error: str
+) -> Quarantined:
+    """Move a ``.pending`` file that does not read back out of the way; never delete it.
+
+    Were its rows deleted from the store? ``.pending`` only ever appears by an atomic rename of
+    a complete, fsynced file (``checked_jsonl.write``; a crash while writing leaves ``.tmp``),
+    and rows are deleted only after that very file has been read back and verified (``_verify``
+    in ``archive_table``, ``read_batch`` in ``resume_pending``). So a damaged ``.pending`` is
+    either (a) damaged before any verification passed: that pass stopped, nothing was deleted,
+    every row is still in the store; or (b) damaged after a verification passed, while it sat
+    between the delete and the rename (a crash in that window, then a disk error, an edit, a
+    copy cut short): its rows may be gone from the store and this file is their only copy. The
+    file cannot tell (a) from (b), so it is moved, never deleted, to
+    ``<root>/quarantine/<relative path>.<UTC timestamp>`` (same file system: an atomic rename),
+    and the rows of its id range still in the store are counted: those stay in the store and
+    the keyset scan archives them again into a fresh file. Nothing reads the quarantine
+    directory, so no row is read back twice.
+    """
+    relative = pending.relative_to(root)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    dest = root / QUARANTINE / relative.parent / f"{relative.name}.{stamp}"
+    n = 0
+    while dest.exists():  # never overwrite an earlier quarantined copy
+        n += 1
+        dest = dest.with_name(f"{relative.name}.{stamp}-{n}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(pending, dest)
+    reason = error.removeprefix(f"{pending}: ")
+    in_store = _rows_in_range(engine, spec, pending)
+    return Quarantined(spec.name, str(pending), str(dest), reason, in_store)
+
+
+def _rows_in_range(engine: sa.Engine, spec: HistoryTable, pending: Path) -> int | None:
+    """Rows of the store whose id lies in the file's ``<first>-<last>`` name; None: no range."""
+    first, sep, rest = pending.name.partition("-")
+    last = rest.split(".", 1)[0].split("~", 1)[0]
+    if not (sep and first.isdigit() and last.isdigit()):
+        return None
+    ids = spec.table.c.id
+    query = sa.select(sa.func.count()).where(ids >= int(first), ids <= int(last))
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
 
 
 def _finish_rename(pending: Path) -> Path:
@@ -275,11 +378,12 @@ def archive_table(
     sink: Sink | None = None,
     on_progress: Callable[[int], None] | None = None,
     after_export: Callable[[Path], None] | None = None,
+    on_quarantine: Callable[[Quarantined], None] | None = None,
 ) -> TableReport:
     """Move every archivable row of one table out, batch by batch (see the module doc)."""
     cutoff = as_utc(cutoff)
     report = TableReport()
-    resume_pending(engine, root, spec, cutoff, report, sink)
+    resume_pending(engine, root, spec, cutoff, report, sink, on_quarantine)
     after = 0
     while True:
         query = (
@@ -319,23 +423,28 @@ def archive_records(
     sink: Sink | None = None,
     on_progress: Callable[[int], None] | None = None,
     after_export: Callable[[Path], None] | None = None,
+    on_quarantine: Callable[[Quarantined], None] | None = None,
 ) -> RecordReport:
     report = RecordReport()
     for spec in tables:
         table_report = archive_table(
             engine, root, spec, cutoff, batch_size=batch_size, sink=sink,
-            on_progress=on_progress, after_export=after_export,
+            on_progress=on_progress, after_export=after_export, on_quarantine=on_quarantine,
         )  # fmt: skip
         report.tables[spec.name] = table_report
         report.bytes_written += sum(Path(f).stat().st_size for f in table_report.files)
     return report
 
 
+def _first_id(path: Path) -> tuple[int, int, str]:
+    """Sort key: files by their first id; a file not named ``<first>-…`` sorts after, by name
+    (and is then read and checked like any other) instead of failing the sort."""
+    first = path.name.split("-", 1)[0]
+    return (0, int(first), path.name) if first.isdigit() else (1, 0, path.name)
+
+
 def read_records(root: Path, table: str) -> Iterator[dict[str, Any]]:
     """Every archived row of ``table``, file by file in id order (for read-back and tests)."""
-    files = sorted(
-        (root / "records" / table).glob("*/*.jsonl.gz"),
-        key=lambda p: int(p.name.split("-", 1)[0]),
-    )
+    files = sorted((root / "records" / table).glob("*/*.jsonl.gz"), key=_first_id)
     for path in files:
         yield from read_batch(path)[1]
