@@ -7,9 +7,9 @@ still be the start of a secret (at most ``len(longest secret) - 1`` characters, 
 waiting for the character that decides whether it is a whole token), so everything it emits is
 final and the concatenation of its outputs is the same as masking the whole text at once.
 
-What is masked (``mask_spans``): every character covered by any occurrence of any secret, so
-overlapping or adjacent secrets are masked whole whatever their order; each run of masked
-characters becomes one ``****``.
+What is masked: every character covered by any occurrence of any secret, so overlapping secrets
+are masked whole whatever their order; overlapping occurrences become one ``****``, each of two
+adjacent ones its own.
 
 - Secrets of ``MIN_ANYWHERE`` (4) characters or more are masked wherever they occur.
 - Shorter secrets (1-3 characters) are masked only as a whole token (not preceded or followed by a
@@ -57,18 +57,11 @@ class _Secrets:
 
         ``text[:start]`` is context only: it decides whether a short secret is a whole token.
         """
-        found = sorted(
+        return _merge(
             (m.start(1), m.end(1))
             for pattern in self.patterns
             for m in pattern.finditer(text, start)
         )  # fmt: skip
-        merged: list[tuple[int, int]] = []
-        for a, b in found:
-            if merged and a <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-            else:
-                merged.append((a, b))
-        return merged
 
     def pending_start(self, text: str, start: int) -> int:
         """Earliest index from which ``text`` could still turn into a secret once more arrives.
@@ -140,16 +133,17 @@ class StreamMasker:
         spans = self._secrets.spans(buf, ctx)
         cut = self._secrets.partial_tail(buf, ctx)
         if cut < len(buf):
-            spans = [(a, b) for a, b in spans if b <= cut] + [(cut, len(buf))]
-            spans = _merge(spans)
+            spans = _merge([*spans, (cut, len(buf))])
         self._buf, self._before = "", ""
         return _render(buf, ctx, len(buf), spans)
 
 
-def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def _merge(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping spans joined (adjacent ones stay apart: one MASK per secret, as a cut between
+    two adjacent secrets of a stream would give anyway)."""
     merged: list[tuple[int, int]] = []
     for a, b in sorted(spans):
-        if merged and a <= merged[-1][1]:
+        if merged and a < merged[-1][1]:
             merged[-1] = (merged[-1][0], max(merged[-1][1], b))
         else:
             merged.append((a, b))

@@ -1,0 +1,424 @@
+"""Issue 14, 1b and 5c: output masked over the stream; every process of a run ends with it.
+
+Masking: an exhaustive loop (every secret length 1..64, the secret at every offset around the read
+boundary, multi-byte characters split across reads) on the stream pipeline, and a few cases
+through a real subprocess, the real record store and a real Dagster run. Processes: real
+``setsid`` / double-fork escapes under a timeout, a clean exit and a SIGKILLed worker + reaper.
+"""
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from orchestration.commands import actions, reaper, runner, store
+from orchestration.commands import models as m
+from orchestration.commands.jobs import run_command_now_job
+from orchestration.commands.masking import MASK, MIN_ANYWHERE, MaskedLines, StreamMasker, mask_text
+from orchestration.commands.pool import CommandPool
+from orchestration.commands.resources import CommandRunnerResource
+from orchestration.commands.timeutil import utcnow
+from resources.record_store import RecordStoreResource
+from tests.commands.helpers import engine_for, seed
+from tests.job_cli import REPO, dagster_home, job_env, job_execute_cmd
+
+# Secret characters: ASCII letters/digits plus 2-, 3- and 4-byte UTF-8 characters, none of which
+# occur in the filler (spaces, dots, newlines), so any survivor is the secret's own.
+ALPHABET = "Kq7é€Zx𝄞Rm2ßw9Ω"
+FILLER = "..  .\n. ."
+
+
+def _secret(length: int, shift: int = 0) -> str:
+    return "".join(ALPHABET[(i * 4 + shift) % len(ALPHABET)] for i in range(length))
+
+
+def _leaks(secret: str, text: str) -> list[str]:
+    """Every piece of ``secret`` of length >= 4 found in ``text`` (any longer piece contains one);
+    the whole secret when it is shorter than that."""
+    n = min(MIN_ANYWHERE, len(secret))
+    return sorted({secret[i : i + n] for i in range(len(secret) - n + 1)} & _grams(text, n))
+
+
+def _grams(text: str, n: int) -> set[str]:
+    return {text[i : i + n] for i in range(len(text) - n + 1)}
+
+
+def _filler(n: int) -> str:
+    return (FILLER * (n // len(FILLER) + 1))[:n]
+
+
+def _through_stream(text: str, secrets: list[str], read_size: int) -> list[str]:
+    """``text`` as UTF-8 bytes in reads of ``read_size`` through the runner's stream pipeline."""
+    raw = text.encode()
+    stream = MaskedLines(secrets, max_line=read_size)
+    lines = []
+    for start in range(0, len(raw), read_size):
+        lines += stream.feed(raw[start : start + read_size])
+    return lines + stream.close()
+
+
+# --- masking: the exhaustive loop on the stream pipeline ----------------------------------------
+
+
+def test_every_secret_length_at_every_offset_around_the_read_boundary_is_masked():
+    cases = 0
+    for read_size in (64, 13):
+        for length in range(1, 65):
+            secret = _secret(length)
+            size = len(secret.encode())
+            boundary = read_size * (size // read_size + 1)  # past the secret
+            for offset in range(boundary - size - 2, boundary + 3):  # every straddle, and around
+                text = _filler(offset) + secret + _filler(read_size + 7)
+                lines = _through_stream(text, [secret], read_size)
+                out = "".join(lines)
+                assert not _leaks(secret, out), (read_size, length, offset, out)
+                # exactly whole-text masking: nothing else is touched, nothing is lost or doubled
+                assert out == text.replace(secret, MASK), (read_size, length, offset)
+                assert all(len(line) <= read_size for line in lines)
+                cases += 1
+    assert cases > 6000  # 2 read sizes x 64 lengths x every byte offset of a straddle
+
+
+def test_a_secret_split_anywhere_between_two_feeds_is_masked_and_the_rest_is_kept():
+    """The masker itself, text-level: every split point inside every secret length."""
+    for length in range(1, 65):
+        secret = _secret(length, shift=3)
+        text = f"a {secret} b"
+        for cut in range(len(text) + 1):
+            masker = StreamMasker([secret])
+            out = masker.feed(text[:cut]) + masker.feed(text[cut:]) + masker.flush()
+            assert out == f"a {MASK} b", (length, cut, out)
+
+
+def test_short_secrets_are_masked_as_whole_tokens_only():
+    for secret in ("7", "ab", "x9Z"):
+        out = "".join(_through_stream(f"PIN={secret}\n{secret} {secret}.", [secret], 2))
+        assert out == f"PIN={MASK}\n{MASK} {MASK}.", out
+        # inside a longer word it is not a secret's printing: left alone
+        word = f"w{secret}w {secret}_"
+        assert "".join(_through_stream(word, [secret], 2)) == word
+
+
+def test_overlapping_and_adjacent_secrets_are_masked_whole_in_any_order():
+    a, b = "abcdefgh", "efghijkl"  # overlap by 4: masking one first must not leave the other's end
+    for secrets in ([a, b], [b, a]):
+        for read_size in range(1, 14):
+            out = "".join(_through_stream(f"<{a[:4]}{b}>{a}{b}|{b}{a}", secrets, read_size))
+            assert out == f"<{MASK}>{MASK}{MASK}|{MASK}{MASK}", (secrets, read_size, out)
+
+
+def test_a_partial_secret_at_the_end_of_the_stream_is_masked_from_four_characters():
+    for length in range(5, 65):
+        secret = _secret(length, shift=1)
+        for keep in range(1, length):
+            out = "".join(_through_stream("out: " + secret[:keep], [secret], 16))
+            if keep >= MIN_ANYWHERE:
+                assert out == "out: " + MASK, (length, keep)
+            else:  # 1-3 leading characters of a secret: not a secret's printing (documented)
+                assert out == "out: " + secret[:keep]
+
+
+def test_the_tail_cap_never_reveals_part_of_a_secret():
+    cap = 256
+    for length in (4, 5, 19, 40, 64):
+        secret = _secret(length, shift=2)
+        for offset in range(cap - 80, cap + 80):
+            for one_line in (True, False):
+                filler = _filler(offset).replace("\n", " ") if one_line else _filler(offset)
+                text = secret + filler + _filler(cap // 2)  # the cap cuts around the secret
+                tail = runner.Tail(cap)
+                for line in _through_stream(text, [secret], 64):
+                    tail.add(line)
+                assert not _leaks(secret, tail.text()), (length, offset, one_line)
+                assert len(tail.text().encode()) <= cap
+
+
+def test_messages_are_masked_whole():
+    secret = _secret(19)
+    assert mask_text(f"could not start: {secret}: no such file", [secret]) == (
+        f"could not start: {MASK}: no such file"
+    )
+    assert runner.Masker([secret])(f"x{secret[:10]}") == f"x{MASK}"
+
+
+# --- masking: real subprocesses, the real store, a real Dagster run ----------------------------
+
+
+def _spec(command: str, timeout: float = 20, **kw) -> runner.CommandSpec:
+    return runner.CommandSpec(1, "c", "staging", command, timeout, **kw)
+
+
+@pytest.mark.parametrize("read_size", [64, None])  # None: the real 64 KiB
+def test_printf_output_straddling_reads_is_masked_in_tails_and_streamed_lines(read_size):
+    size = read_size or runner.READ_SIZE
+    for secret in (_secret(19), _secret(64, shift=4), "hunter2-xyz-0123456"):
+        secret_bytes = len(secret.encode())
+        boundary = size * (secret_bytes // size + 1)  # a read boundary past the secret's size
+        for offset in (boundary - secret_bytes + 1, boundary - secret_bytes // 2, boundary - 1):
+            lines: list[tuple[str, str]] = []
+            result = runner.run(
+                _spec('printf "%${N}s%s%s\\n" "" "$S" "$PAD"; printf "%${N}s%s\\n" "" "$S" >&2',
+                      variables={"N": str(offset), "S": secret, "PAD": "." * 70},
+                      secrets=[secret]),
+                on_line=lambda stream, line, into=lines: into.append((stream, line)),
+                read_size=read_size,
+            )  # fmt: skip
+            assert result.status == m.SUCCEEDED, result
+            seen = result.stdout_tail + result.stderr_tail + "".join(line for _, line in lines)
+            assert not _leaks(secret, seen), (secret, offset)
+            # the streamed pieces joined are the whole text masked (nothing lost or doubled)
+            for stream, rest in (("stdout", "." * 70), ("stderr", "")):
+                joined = "".join(line for name, line in lines if name == stream)
+                assert joined == " " * offset + MASK + rest, (stream, secret, offset)
+
+
+def test_the_store_the_run_log_and_the_metadata_never_hold_part_of_a_secret(store_url, instance):
+    """A real Dagster run (run_command_now) whose command prints a secret across the 64 KiB read
+    boundary: stdout_tail in command_run_events, every event-log entry (the streamed run-log lines,
+    the step's output metadata) are checked for any 4-character piece of it."""
+    engine = engine_for(store_url)
+    secret = "sk-live-9f8e7d6c5b4"  # 19 characters, as in the issue
+    offsets = [runner.READ_SIZE - k for k in (1, 5, 9, 14, 18)]
+    seed(engine, {
+        "environments": [{"name": "staging",
+                          "variables": {"KEY": {"value": secret, "secret": True}}}],
+        "commands": [{"name": "leaky", "command": " ; ".join(
+            f'printf "%{n}s%s tail\\n" "" "$KEY"; printf "%{n}s%s\\n" "" "$KEY" >&2'
+            for n in offsets)}],
+    })  # fmt: skip
+    result = run_command_now_job.execute_in_process(
+        run_config={"ops": {"request_command_run": {"config": {
+            "command": "leaky", "environment": "staging"}}}},
+        instance=instance,
+        resources={"record_store": RecordStoreResource(url=store_url, auto_upgrade=False),
+                   "commands_runner": CommandRunnerResource(kill_grace_seconds=0.2)},
+    )  # fmt: skip
+    assert result.success
+    run_id = result.output_for_node("request_command_run", "command_run_id")
+    final = store.events_for(engine, run_id)[-1]
+    assert final["kind"] == m.SUCCEEDED
+    assert final["stdout_tail"].endswith(MASK + " tail\n")  # the 64 KiB tail holds the last line
+    assert final["stderr_tail"].endswith(MASK + "\n")
+    assert not _leaks(secret, final["stdout_tail"] + final["stderr_tail"])
+    entries = instance.all_logs(result.run_id)
+    logged = "\n".join(repr(e) for e in entries)
+    assert "[stdout]" in logged and "stdout_tail" in logged  # the lines and the metadata are there
+    assert logged.count(MASK) >= 2 * len(offsets)
+    assert not _leaks(secret, logged)
+
+
+def test_the_pool_masks_across_reads_into_the_real_store(store_url):
+    engine = engine_for(store_url)
+    secret = _secret(33, shift=5)  # non-ASCII, 2-4 bytes per character
+    seed(engine, {
+        "environments": [{"name": "staging",
+                          "variables": {"KEY": {"value": secret, "secret": True}}}],
+        "commands": [{"name": "leaky", "command": 'for n in 1 9 17 30; do '
+                      'printf "%${n}s%s|\\n" "" "$KEY"; done'}],
+    })  # fmt: skip
+    run_id = actions.request_run(engine, "leaky", "staging", status=m.QUEUED)
+    pool = CommandPool(engine, "dagster-run-mask", read_size=16)
+    handle = pool.ensure(run_id)
+    outcome = handle.future.result(timeout=30)
+    pool.shutdown(cancel=False)
+    assert outcome.result.status == m.SUCCEEDED
+    final = store.events_for(engine, run_id)[-1]
+    assert final["stdout_tail"].count(MASK + "|") == 4
+    streamed = []
+    while not handle.lines.empty():
+        streamed.append(handle.lines.get_nowait()[1])
+    assert not _leaks(secret, final["stdout_tail"] + "".join(streamed))
+
+
+# --- every process of a run ends with it --------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (a killed orphan may wait for a reaper that the container lacks)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _carrying(token: str) -> list[int]:
+    """Processes whose environment holds the token (read here, not through the code under test)."""
+    needle = f"COMMAND_RUN_TOKEN={token}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _gone_soon(pids: list[int], token: str | None = None, within: float = 3.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not any(_alive(p) for p in pids) and not (token and _carrying(token)):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _read_pids(files: list[Path], within: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if all(f.exists() and f.read_text().strip() for f in files):
+            return [int(f.read_text()) for f in files]
+        time.sleep(0.05)
+    raise AssertionError(f"the escaped processes never wrote {files}")
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _escaping(tmp_path: Path, then: str) -> tuple[str, list[Path]]:
+    """A command that leaves two processes outside its group, then runs ``then``: one ``setsid``
+    in the background keeping the output pipes, one double fork (``setsid -f``) detached."""
+    a, b = tmp_path / "setsid.pid", tmp_path / "double-fork.pid"
+    command = (
+        f"setsid sh -c 'echo $$ > {a}; exec sleep 300' & "
+        f"setsid -f sh -c 'echo $$ > {b}; exec sleep 300' </dev/null >/dev/null 2>&1; {then}"
+    )
+    return command, [a, b]
+
+
+@pytest.mark.parametrize(
+    ("then", "status"),
+    [("sleep 300", m.TIMED_OUT), ("trap '' TERM; sleep 300", m.TIMED_OUT), ("true", m.SUCCEEDED)],
+)
+def test_processes_that_left_the_group_end_with_the_run(tmp_path, then, status):
+    command, pidfiles = _escaping(tmp_path, then)
+    spec = _spec(command, timeout=1)
+    pids: list[int] = []
+    try:
+        started = time.monotonic()
+        result = runner.run(spec, grace_seconds=0.3)
+        pids = _read_pids(pidfiles)
+        assert result.status == status
+        assert time.monotonic() - started < 10  # bounded: no 5 s reader joins on a held pipe
+        assert _gone_soon(pids, spec.run_token), f"escaped processes survived: {pids}"
+    finally:
+        _kill(pids + _carrying(spec.run_token))
+
+
+def test_cancel_ends_processes_that_left_the_group(tmp_path):
+    command, pidfiles = _escaping(tmp_path, "sleep 300")
+    spec = _spec(command)
+    pids: list[int] = []
+    try:
+        running = runner.RunningCommand(spec, grace_seconds=0.3)
+        pids = _read_pids(pidfiles)
+        running.cancel()
+        assert running.wait().status == m.CANCELLED
+        assert _gone_soon(pids, spec.run_token), f"escaped processes survived: {pids}"
+    finally:
+        _kill(pids + _carrying(spec.run_token))
+
+
+def test_only_the_exact_token_is_ended():
+    token = runner.run_token("0f0f0f0f-aaaa-bbbb-cccc-123456789abc", 7)
+    base = {"PATH": os.environ["PATH"]}
+    others = [
+        subprocess.Popen(["sleep", "30"], env={**base, "COMMAND_RUN_TOKEN": value},
+                         start_new_session=True)
+        for value in (token + "0", token[:-1], "x" + token)
+    ] + [subprocess.Popen(["sleep", "30"], env={**base, "COMMAND_RUN_ID": "7"},
+                          start_new_session=True)]  # fmt: skip
+    mine = subprocess.Popen(["sleep", "30"], env={**base, "COMMAND_RUN_TOKEN": token},
+                            start_new_session=True)  # fmt: skip
+    try:
+        ended = runner.end_processes(None, token, 0.5)
+        assert ended.escaped == 1 and not ended.killed
+        assert mine.wait(timeout=5) == -signal.SIGTERM
+        assert all(p.poll() is None for p in others)
+    finally:
+        for p in [*others, mine]:
+            p.kill()
+            p.wait()
+
+
+def _wait_running(engine, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            row = conn.execute(
+                sa.select(m.command_runs).where(
+                    m.command_runs.c.status == m.RUNNING, m.command_runs.c.pgid.is_not(None)
+                )
+            ).mappings().first()  # fmt: skip
+        if row is not None:
+            return dict(row)
+        time.sleep(0.1)
+    raise AssertionError("the command never showed up running")
+
+
+@pytest.mark.slow
+def test_the_reaper_ends_processes_that_left_the_group_of_a_sigkilled_worker(
+    sqlite_store_url, tmp_path, monkeypatch
+):
+    """A real `dagster job execute` worker runs a command that escapes its group twice; the worker
+    is SIGKILLed, run monitoring's verdict is recorded, one sensor-tick reap ends all of it."""
+    url = sqlite_store_url
+    engine = engine_for(url)
+    command, pidfiles = _escaping(tmp_path, "sleep 300")
+    seed(
+        engine,
+        {
+            "environments": [{"name": "staging"}],
+            "commands": [{"name": "escapes", "command": command, "timeout_seconds": 600}],
+        },
+    )
+    home = dagster_home(tmp_path)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "ops:\n  request_command_run:\n    config: {command: escapes, environment: staging}\n"
+    )
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    dg.DagsterInstance.get().dispose()
+    worker = subprocess.Popen(
+        job_execute_cmd("run_command_now", config), cwd=REPO,
+        env=job_env(home, {"RECORD_STORE_URL": url}),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    pids: list[int] = []
+    token = ""
+    try:
+        try:
+            row = _wait_running(engine)
+            pids = _read_pids(pidfiles)
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=10)
+        token = runner.run_token(row["dagster_run_id"], row["id"])
+        assert all(_alive(p) for p in pids) and set(pids) <= set(_carrying(token))
+        with dg.DagsterInstance.get() as instance:
+            instance.report_run_failed(instance.get_run_by_id(row["dagster_run_id"]))
+            stale = utcnow() - reaper.STALE_AFTER - timedelta(seconds=1)
+            with engine.begin() as conn:
+                conn.execute(m.command_runs.update().where(m.command_runs.c.id == row["id"])
+                             .values(heartbeat_at=stale))  # fmt: skip
+            (reaped,) = reaper.reap(instance, engine, utcnow(), kill_grace_seconds=1.0)
+        assert reaped.command_run_id == row["id"] and reaped.status == m.LOST
+        assert f"orphaned process group {row['pgid']} terminated" in reaped.orphans
+        assert "2 process(es) that left the group (same COMMAND_RUN_TOKEN) terminated" in (
+            reaped.orphans
+        )
+        assert _gone_soon(pids, token), f"escaped processes survived the reaper: {pids}"
+        assert store.events_for(engine, row["id"])[-1]["message"] == reaped.orphans
+    finally:
+        _kill(pids + (_carrying(token) if token else []))
