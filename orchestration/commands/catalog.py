@@ -1,8 +1,19 @@
 """The operator catalog: commands, environments (with variables) and schedules, as YAML or CLI.
 
-Everything is validated before anything is written, and applied in one transaction: an invalid
-cron, an unknown command or environment, or a duplicate name is a ``CatalogError`` listing every
-problem, and the database is left exactly as it was.
+Everything is validated before anything is written, and applied in one transaction. Validation is
+a strict pydantic schema (``CatalogIn``) plus the checks across entries (duplicate names, a
+schedule's unknown command or environment): a ``CatalogError`` lists *every* problem of the file
+at once, YAML ones with their line, each naming the entry and the field, and the database is left
+exactly as it was.
+
+Why strict: YAML guesses types, and a lax reading turned ``shell: "false"`` into a shell command,
+``enabled: "false"`` into enabled and ``timeout_seconds: 1.9`` (or ``true``) into 1. Every value
+must already have its type. Why the string checks: a value ``execve`` cannot take (a NUL byte, an
+environment-variable name with ``=``) used to be stored and then fail only when its run started,
+leaving it ``running`` until the reaper called it ``lost``; the values go through the same checks
+here, so nothing that cannot start is ever stored. The CLI ``set-*`` paths build the same specs
+and go through the same ``validate`` (no path writes an unvalidated value). Variable values are
+never echoed in an error (they may be secrets): an error names the environment and the variable.
 
 ``sync`` makes the database match a whole catalog (names missing from it are *disabled*, never
 deleted: their run history stays); ``merge`` upserts only what is given (the CLI ``set-*``).
@@ -12,27 +23,202 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import pydantic
 import sqlalchemy as sa
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from orchestration.commands import models as m
-from orchestration.commands.cron import InvalidCron, validate_cron
+from orchestration.commands.cron import validate_cron
 from orchestration.commands.timeutil import utcnow
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
-VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_NAME_CHARS = 200  # the String(200) columns (PostgreSQL enforces it; SQLite does not)
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
+MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_YAML_NODES = 200_000  # after alias expansion: an alias bomb is refused, not expanded
+# Set by the runner for every command (they would silently replace an operator's value).
+RESERVED_VARIABLES = ("COMMAND_RUN_ID", "COMMAND_NAME", "COMMAND_ENVIRONMENT", "COMMAND_RUN_TOKEN")
+SECTIONS = {"commands": "command", "environments": "environment", "schedules": "schedule"}
 
 
 class CatalogError(ValueError):
-    """Every validation problem of a catalog, one per line."""
+    """Every validation problem of a catalog, one per line; ``str()`` is the whole message."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
         self.problems = problems
-        super().__init__("invalid catalog:\n" + "\n".join(f"- {p}" for p in problems))
+        self.source = source
+        where = f" {source}" if source else ""
+        super().__init__(
+            f"invalid catalog{where}: {len(problems)} problem(s), nothing was changed:\n"
+            + "\n".join(f"- {p}" for p in problems)
+        )
+
+
+# ---- value rules shared by every path ---------------------------------------------------------
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``execve`` / the record store cannot take this string, or None. Never quotes it."""
+    if "\x00" in value:
+        return "contains a NUL byte (\\0), which no process can receive: remove it"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a character that is not valid UTF-8 (a lone surrogate such as \\ud800)"
+    return None
+
+
+def _text(value: str) -> str:
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _name(value: str) -> str:
+    _text(value)
+    if not NAME_RE.fullmatch(value):
+        raise ValueError(
+            f"invalid name {value!r}: use 1-{MAX_NAME_CHARS} letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _var_name(value: str) -> str:
+    _text(value)
+    if len(value) > MAX_NAME_CHARS or not VAR_RE.fullmatch(value):
+        raise ValueError(
+            f"invalid variable name {value!r}: an environment variable name is letters, digits "
+            f"and '_' ([A-Za-z_][A-Za-z0-9_]*, at most {MAX_NAME_CHARS})"
+        )
+    if value in RESERVED_VARIABLES:
+        raise ValueError(f"variable name {value!r} is set by the runner itself: choose another")
+    return value
+
+
+def _env_source(value: str) -> str:
+    _text(value)
+    if not VAR_RE.fullmatch(value):
+        raise ValueError(f"from_env {value!r} is not an environment variable name")
+    return value
+
+
+def _cron(value: str) -> str:
+    _text(value)
+    if len(value) > MAX_NAME_CHARS:
+        raise ValueError(f"cron longer than {MAX_NAME_CHARS} characters")
+    return validate_cron(value)
+
+
+Text = Annotated[str, AfterValidator(_text)]
+Name = Annotated[str, AfterValidator(_name)]
+VarName = Annotated[str, AfterValidator(_var_name)]
+EnvSource = Annotated[str, AfterValidator(_env_source)]
+Cron = Annotated[str, AfterValidator(_cron)]
+
+
+def _listify(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+# ---- the schema -------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    # strict: no coercion at all (bool is not an int, "false" is not a bool, 1.9 is not an int)
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class VariableIn(_Strict):
+    value: Text | None = None
+    from_env: EnvSource | None = None
+    secret: bool = False
+
+    @pydantic.model_validator(mode="after")
+    def _one_source(self) -> VariableIn:
+        if (self.value is None) == (self.from_env is None):
+            raise ValueError("needs exactly one of value or from_env")
+        return self
+
+
+class EnvironmentIn(_Strict):
+    name: Name
+    enabled: bool = True
+    variables: dict[VarName, VariableIn] = Field(default_factory=dict)
+
+    @field_validator("variables", mode="before")
+    @classmethod
+    def _short_form(cls, raw: Any) -> Any:
+        """``NAME: text`` is ``NAME: {value: text}``; any non-mapping is checked as a value."""
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            return raw
+        return {k: v if isinstance(v, dict) else {"value": v} for k, v in raw.items()}
+
+
+class CommandIn(_Strict):
+    name: Name
+    shell: bool = True  # before ``command``: its check reads it
+    command: Text
+    enabled: bool = True
+    timeout_seconds: Annotated[int, Field(gt=0, le=MAX_TIMEOUT_SECONDS)] = 3600
+    working_dir: Text | None = None
+    description: Text | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _startable(cls, command: str, info: pydantic.ValidationInfo) -> str:
+        """What the runner will exec: a non-empty line; with ``shell: false``, a valid argv."""
+        if not command.strip():
+            raise ValueError("empty command line")
+        if info.data.get("shell") is False:
+            try:
+                argv = shlex.split(command)
+            except ValueError as exc:
+                raise ValueError(
+                    f"with shell: false it must split into arguments ({exc})"
+                ) from None
+            if not argv:
+                raise ValueError("with shell: false it must name a program")
+        return command
+
+
+class ScheduleIn(_Strict):
+    name: Name
+    command: Name
+    environments: Annotated[list[Name], Field(min_length=1)]
+    cron: Annotated[list[Cron], Field(min_length=1)]
+    enabled: bool = True
+
+    @field_validator("environments", "cron", mode="before")
+    @classmethod
+    def _one_or_many(cls, raw: Any) -> Any:
+        """``cron: "0 3 * * *"`` is a list of one."""
+        return _listify(raw)
+
+
+class CatalogIn(_Strict):
+    commands: list[CommandIn] = Field(default_factory=list)
+    environments: list[EnvironmentIn] = Field(default_factory=list)
+    schedules: list[ScheduleIn] = Field(default_factory=list)
+
+    @field_validator("commands", "environments", "schedules", mode="before")
+    @classmethod
+    def _empty_section(cls, raw: Any) -> Any:
+        return [] if raw is None else raw
+
+
+# ---- the specs the rest of the code uses --------------------------------------------------------
 
 
 @dataclass
@@ -76,101 +262,107 @@ class Catalog:
     schedules: list[ScheduleSpec] = field(default_factory=list)
 
 
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list | tuple) else [value]
+# ---- error messages ---------------------------------------------------------------------------
+
+_HINTS = {
+    "bool_type": "must be true or false, unquoted",
+    "int_type": "must be a whole number, unquoted (e.g. 600)",
+    "string_type": "must be text (quote it in YAML, e.g. '8080')",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping (key: value)",
+    "model_type": "must be a mapping (key: value)",
+    "missing": "is required",
+    "too_short": "needs at least one",
+    "greater_than": "must be greater than {gt}",
+    "less_than_equal": "must be at most {le}",
+}
 
 
-def _parse_variable(env: str, name: str, raw: Any, problems: list[str]) -> Variable | None:
-    if not VAR_RE.match(str(name)):
-        problems.append(f"environment {env!r}: invalid variable name {name!r}")
+def _allowed_keys(loc: tuple) -> str:
+    model: type[BaseModel] = CatalogIn
+    if len(loc) >= 3 and loc[0] in SECTIONS:
+        model = {"commands": CommandIn, "environments": EnvironmentIn, "schedules": ScheduleIn}[
+            loc[0]
+        ]
+        if loc[0] == "environments" and len(loc) >= 5 and loc[2] == "variables":
+            model = VariableIn
+    return ", ".join(model.model_fields)
+
+
+def _field(path: tuple) -> str:
+    """``variables.PORT.value``, ``cron[1]``; odd keys (a NUL, spaces) as their repr."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            text = part if re.fullmatch(r"[\w.-]+", str(part)) else repr(part)
+            out += f".{text}" if out else text
+    return out
+
+
+class _Located:
+    """Names a place in the raw data: "line 12: command 'backup' (commands[1])"."""
+
+    def __init__(self, data: Any, lines: dict[tuple, int] | None) -> None:
+        self.data = data if isinstance(data, dict) else {}
+        self.lines = lines or {}
+
+    def line(self, path: tuple) -> int | None:
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
         return None
-    if isinstance(raw, dict):
-        secret = bool(raw.get("secret", False))
-        if "from_env" in raw:
-            source = str(raw["from_env"])
-            if source not in os.environ:
-                problems.append(
-                    f"environment {env!r}: variable {name} reads ${source}, which is not set"
-                )
-                return None
-            return Variable(str(name), os.environ[source], secret)
-        if "value" not in raw:
-            problems.append(f"environment {env!r}: variable {name} needs value or from_env")
-            return None
-        return Variable(str(name), str(raw["value"]), secret)
-    if raw is None:
-        problems.append(f"environment {env!r}: variable {name} has no value")
-        return None
-    return Variable(str(name), str(raw), False)
+
+    def entry(self, section: str, index: int) -> str:
+        kind = SECTIONS[section]
+        items = self.data.get(section)
+        raw = items[index] if isinstance(items, list) and index < len(items) else None
+        name = raw.get("name") if isinstance(raw, dict) else None
+        return f"{kind} {name!r}" if isinstance(name, str) else f"{section}[{index}]"
+
+    def where(self, path: tuple) -> tuple[str, tuple]:
+        """(the entry's label with its line, the rest of the path: the field)."""
+        line = self.line(path)
+        at = f"line {line}: " if line else ""
+        if len(path) >= 2 and path[0] in SECTIONS and isinstance(path[1], int):
+            return at + self.entry(path[0], path[1]), path[2:]
+        return at + "catalog", path
+
+    def problem(self, path: tuple, message: str) -> str:
+        label, rest = self.where(path)
+        field_name = _field(rest)
+        return f"{label}: {field_name}: {message}" if field_name else f"{label}: {message}"
 
 
-def parse_catalog(data: Any) -> Catalog:
-    """A ``Catalog`` from the YAML structure; ``CatalogError`` for anything malformed."""
-    problems: list[str] = []
+def _message(err: Any, loc: tuple) -> str:
+    kind = err["type"]
+    if kind == "value_error":
+        return str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
+    if kind == "extra_forbidden":
+        return f"unknown key; allowed: {_allowed_keys(loc)}"
+    text = _HINTS.get(kind, err["msg"][:1].lower() + err["msg"][1:]).format(**err.get("ctx", {}))
+    value = err.get("input")
+    if kind in ("missing", "too_short") or "variables" in loc:
+        return text  # a variable's value may be a secret: its type at most
+    shown = f" {value!r}" if isinstance(value, bool | int | float) or value is None else ""
+    return f"{text} (got {type(value).__name__}{shown})"
+
+
+def _schema_problems(data: Any, where: _Located) -> tuple[CatalogIn | None, list[str]]:
     if not isinstance(data, dict):
-        raise CatalogError(["the catalog must be a mapping with commands/environments/schedules"])
-    unknown = set(data) - {"commands", "environments", "schedules"}
-    if unknown:
-        problems.append(f"unknown top-level key(s): {', '.join(sorted(unknown))}")
-    catalog = Catalog()
-    for raw in _as_list(data.get("environments")):
-        if not isinstance(raw, dict) or "name" not in raw:
-            problems.append(f"environment entry without a name: {raw!r}")
-            continue
-        name = str(raw["name"])
-        env = EnvironmentSpec(name=name, enabled=bool(raw.get("enabled", True)))
-        for var_name, value in (raw.get("variables") or {}).items():
-            var = _parse_variable(name, var_name, value, problems)
-            if var:
-                env.variables.append(var)
-        catalog.environments.append(env)
-    for raw in _as_list(data.get("commands")):
-        if not isinstance(raw, dict) or "name" not in raw or "command" not in raw:
-            problems.append(f"command entry needs name and command: {raw!r}")
-            continue
-        try:
-            timeout = int(raw.get("timeout_seconds", 3600))
-        except (TypeError, ValueError):
-            timeout = -1
-        if timeout <= 0:
-            problems.append(f"command {raw['name']!r}: timeout_seconds must be a positive integer")
-        catalog.commands.append(
-            CommandSpec(
-                name=str(raw["name"]),
-                command=str(raw["command"]),
-                enabled=bool(raw.get("enabled", True)),
-                timeout_seconds=timeout,
-                working_dir=raw.get("working_dir"),
-                use_shell=bool(raw.get("shell", True)),
-                description=raw.get("description"),
-            )
-        )
-    for raw in _as_list(data.get("schedules")):
-        if not isinstance(raw, dict) or "name" not in raw or "command" not in raw:
-            problems.append(f"schedule entry needs name and command: {raw!r}")
-            continue
-        catalog.schedules.append(
-            ScheduleSpec(
-                name=str(raw["name"]),
-                command=str(raw["command"]),
-                environments=[str(e) for e in _as_list(raw.get("environments"))],
-                crons=[str(c) for c in _as_list(raw.get("cron"))],
-                enabled=bool(raw.get("enabled", True)),
-            )
-        )
-    if problems:
-        raise CatalogError(problems)
-    return catalog
-
-
-def load_catalog(path: str | Path) -> Catalog:
+        return None, [
+            "the catalog must be a mapping with commands / environments / schedules "
+            f"(got {type(data).__name__})"
+        ]
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as exc:
-        raise CatalogError([f"{path}: not valid YAML: {exc}"]) from exc
-    return parse_catalog(data)
+        return CatalogIn.model_validate(data), []
+    except pydantic.ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if p != "[key]")
+            problems.append(where.problem(loc, _message(err, loc)))
+        return None, problems
 
 
 def _dupes(names: list[str]) -> list[str]:
@@ -178,44 +370,258 @@ def _dupes(names: list[str]) -> list[str]:
     return sorted({n for n in names if n in seen or seen.add(n)})
 
 
-def validate(catalog: Catalog, known_commands: set[str], known_envs: set[str]) -> None:
+def _names(data: dict, section: str) -> Iterator[tuple[int, Any]]:
+    items = data.get(section)
+    for index, raw in enumerate(items if isinstance(items, list) else []):
+        if isinstance(raw, dict):
+            yield index, raw
+
+
+def _cross_problems(
+    data: dict, where: _Located, known_commands: set[str], known_envs: set[str], *, merge: bool
+) -> list[str]:
+    """Duplicates and references, from whatever entries have a usable name (even invalid ones)."""
+    problems = []
+    for section, kind in SECTIONS.items():
+        named = [(i, r["name"]) for i, r in _names(data, section) if isinstance(r.get("name"), str)]
+        for dup in _dupes([name for _, name in named]):
+            at = [where.line((section, i)) for i, name in named if name == dup]
+            lines = ", ".join(str(n) for n in at if n)
+            problems.append(
+                f"duplicate {kind} name {dup!r}" + (f" (lines {lines})" if lines else "")
+            )
+    commands = known_commands | {
+        raw["name"] for _, raw in _names(data, "commands") if isinstance(raw.get("name"), str)
+    }
+    envs = known_envs | {
+        raw["name"] for _, raw in _names(data, "environments") if isinstance(raw.get("name"), str)
+    }
+    scope = "not in the store" if merge else "not in this catalog"
+    for index, raw in _names(data, "schedules"):
+        command = raw.get("command")
+        if isinstance(command, str) and command not in commands:
+            problems.append(
+                where.problem(("schedules", index, "command"),
+                              f"unknown command {command!r} ({scope})")
+            )  # fmt: skip
+        env_list = _listify(raw.get("environments"))
+        for env in env_list if isinstance(env_list, list) else []:
+            if isinstance(env, str) and env not in envs:
+                problems.append(
+                    where.problem(("schedules", index, "environments"),
+                                  f"unknown environment {env!r} ({scope})")
+                )  # fmt: skip
+    return problems
+
+
+def _check(
+    data: Any,
+    lines: dict[tuple, int] | None = None,
+    known_commands: frozenset[str] | set[str] = frozenset(),
+    known_envs: frozenset[str] | set[str] = frozenset(),
+    *,
+    merge: bool = False,
+) -> tuple[CatalogIn | None, list[str]]:
+    """The schema and the cross-entry checks together: every problem, in one list."""
+    where = _Located(data, lines)
+    model, problems = _schema_problems(data, where)
+    if isinstance(data, dict):
+        problems += _from_env_problems(data, where)
+        problems += _cross_problems(data, where, set(known_commands), set(known_envs), merge=merge)
+    return model, sorted(problems, key=_line_of)
+
+
+def _line_of(problem: str) -> int:
+    """Problems in file order (those without a line last, in the order found)."""
+    found = re.match(r"line (\d+)", problem)
+    return int(found.group(1)) if found else 1 << 30
+
+
+def _from_env_problems(data: dict, where: _Located) -> list[str]:
+    """``from_env`` sources that are unset or hold what no process can receive (never quoted)."""
+    problems = []
+    for index, raw in _names(data, "environments"):
+        variables = raw.get("variables")
+        for name, var in variables.items() if isinstance(variables, dict) else ():
+            source = var.get("from_env") if isinstance(var, dict) else None
+            if not isinstance(source, str) or not VAR_RE.fullmatch(source):
+                continue
+            path = ("environments", index, "variables", name)
+            value = os.environ.get(source)
+            if value is None:
+                problems.append(
+                    where.problem(path, f"reads ${source}, which is not set: export it, then sync")
+                )
+            elif text_problem(value):
+                problems.append(
+                    where.problem(path, f"the value of ${source} {text_problem(value)}")
+                )
+    return problems
+
+
+def _resolve(model: CatalogIn, where: _Located, problems: list[str]) -> Catalog:
+    """The specs; ``from_env`` values are read now (a problem when unset or unusable)."""
+    catalog = Catalog()
+    for index, env in enumerate(model.environments):
+        spec = EnvironmentSpec(env.name, env.enabled)
+        for var_name, var in env.variables.items():
+            # from_env was checked in _check; read it again here, at the moment of use
+            value = var.value if var.from_env is None else os.environ.get(var.from_env)
+            if value is None or text_problem(value):
+                path = ("environments", index, "variables", var_name)
+                problems.append(where.problem(path, f"${var.from_env} changed while syncing"))
+                continue
+            spec.variables.append(Variable(var_name, value, var.secret))
+        catalog.environments.append(spec)
+    catalog.commands = [
+        CommandSpec(c.name, c.command, c.enabled, c.timeout_seconds, c.working_dir, c.shell,
+                    c.description)
+        for c in model.commands
+    ]  # fmt: skip
+    catalog.schedules = [
+        ScheduleSpec(s.name, s.command, list(s.environments), list(s.cron), s.enabled)
+        for s in model.schedules
+    ]
+    return catalog
+
+
+def parse_catalog(
+    data: Any, *, lines: dict[tuple, int] | None = None, source: str | None = None,
+    problems: list[str] | None = None,
+) -> Catalog:  # fmt: skip
+    """A ``Catalog`` from the YAML structure; ``CatalogError`` with every problem otherwise.
+
+    ``problems`` are earlier (YAML-stage) ones to report together with these.
+    """
+    found = list(problems or [])
+    model, schema = _check(data, lines)
+    found += schema
+    catalog = _resolve(model, _Located(data, lines), found) if model is not None else None
+    if found or catalog is None:
+        raise CatalogError(found, source)
+    return catalog
+
+
+# ---- YAML with line numbers -------------------------------------------------------------------
+
+
+@dataclass
+class _Walk:
+    """What one pass over the YAML node tree finds (before any value is constructed)."""
+
+    lines: dict[tuple, int] = field(default_factory=dict)  # path -> 1-based line
+    dupes: list[tuple[tuple, str, int, int]] = field(default_factory=list)  # path, key, lines
+    budget: int = MAX_YAML_NODES
+
+    def visit(self, node: yaml.Node, path: tuple = ()) -> None:
+        self.budget -= 1
+        if self.budget < 0:
+            return  # an alias bomb (or a cycle) stops here; reported by the caller
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                    continue
+                line = key.start_mark.line + 1
+                if key.value in first:
+                    self.dupes.append((path, key.value, first[key.value], line))
+                first.setdefault(key.value, line)
+                self.visit(value, (*path, key.value))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self.visit(item, (*path, index))
+
+
+def loads_catalog(text: str, source: str = "<catalog>") -> Catalog:
+    """Parse YAML text: syntax errors with their line, then every schema/cross-entry problem."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            empty = "the file is empty (a sync of nothing would disable everything)"
+            raise CatalogError([empty], source)
+        walk = _Walk()
+        walk.visit(node)
+        if walk.budget < 0:
+            raise CatalogError(
+                [f"more than {MAX_YAML_NODES} values once YAML aliases are expanded"], source
+            )
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = " ".join(filter(None, [exc.context, exc.problem]))
+        raise CatalogError([f"{at}not valid YAML: {what}"], source) from None
+    except yaml.YAMLError as exc:
+        raise CatalogError([f"not valid YAML: {exc}"], source) from None
+    finally:
+        loader.dispose()
+    where = _Located(data, walk.lines)
+    problems = [
+        where.problem(path, f"duplicate key {key!r} on lines {first} and {again}; YAML would "
+                            "keep only the last: remove one")
+        for path, key, first, again in walk.dupes
+    ]  # fmt: skip
+    return parse_catalog(data, lines=walk.lines, source=source, problems=problems)
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """The catalog file at ``path``; every problem (unreadable, YAML, schema) as a CatalogError."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise CatalogError([f"{size} bytes, over the {MAX_FILE_BYTES} byte limit"], str(path))
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CatalogError([f"cannot read the file: {exc.strerror or exc}"], str(path)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CatalogError(
+            [f"not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x})"], str(path)
+        ) from None
+    return loads_catalog(text, str(path))
+
+
+# ---- validation of specs (every write path) ---------------------------------------------------
+
+
+def _as_data(catalog: Catalog) -> dict:
+    """The specs back in the schema's shape, so CLI-built specs get the very same checks."""
+    return {
+        "commands": [
+            {"name": c.name, "command": c.command, "enabled": c.enabled,
+             "timeout_seconds": c.timeout_seconds, "working_dir": c.working_dir,
+             "shell": c.use_shell, "description": c.description}
+            for c in catalog.commands
+        ],
+        "environments": [
+            {"name": e.name, "enabled": e.enabled,
+             "variables": {v.name: {"value": v.value, "secret": v.secret} for v in e.variables}}
+            for e in catalog.environments
+        ],
+        "schedules": [
+            {"name": s.name, "command": s.command, "environments": list(s.environments),
+             "cron": list(s.crons), "enabled": s.enabled}
+            for s in catalog.schedules
+        ],
+    }  # fmt: skip
+
+
+def validate(
+    catalog: Catalog, known_commands: set[str], known_envs: set[str], *, merge: bool = False
+) -> None:
     """Every problem at once; ``known_*`` are names already in the database (merge mode)."""
-    problems: list[str] = []
-    for kind, items in (
-        ("command", catalog.commands),
-        ("environment", catalog.environments),
-        ("schedule", catalog.schedules),
-    ):
-        for dup in _dupes([i.name for i in items]):
-            problems.append(f"duplicate {kind} name {dup!r}")
-        for item in items:
-            if not NAME_RE.match(item.name):
-                problems.append(f"invalid {kind} name {item.name!r}")
+    problems = []
     for env in catalog.environments:
-        for dup in _dupes([v.name for v in env.variables]):
-            problems.append(f"environment {env.name!r}: duplicate variable {dup!r}")
-    for cmd in catalog.commands:
-        if not cmd.command.strip():
-            problems.append(f"command {cmd.name!r}: empty command line")
-        if cmd.timeout_seconds <= 0:
-            problems.append(f"command {cmd.name!r}: timeout_seconds must be positive")
-    commands = known_commands | {c.name for c in catalog.commands}
-    envs = known_envs | {e.name for e in catalog.environments}
-    for sched in catalog.schedules:
-        if sched.command not in commands:
-            problems.append(f"schedule {sched.name!r}: unknown command {sched.command!r}")
-        if not sched.environments:
-            problems.append(f"schedule {sched.name!r}: needs at least one environment")
-        for env in sched.environments:
-            if env not in envs:
-                problems.append(f"schedule {sched.name!r}: unknown environment {env!r}")
-        if not sched.crons:
-            problems.append(f"schedule {sched.name!r}: needs at least one cron expression")
-        for expr in sched.crons:
-            try:
-                validate_cron(expr)
-            except InvalidCron as exc:
-                problems.append(f"schedule {sched.name!r}: {exc}")
+        problems += [
+            f"environment {env.name!r}: duplicate variable {d!r}"
+            for d in _dupes([v.name for v in env.variables])
+        ]
+    _, found = _check(_as_data(catalog), None, known_commands, known_envs, merge=merge)
+    problems += found
     if problems:
         raise CatalogError(problems)
 
@@ -264,7 +670,7 @@ def apply(engine: sa.Engine, catalog: Catalog, *, prune: bool) -> SyncResult:
         sched_ids = _ids(conn, m.schedules)
         known_cmds = set() if prune else set(cmd_ids)
         known_envs = set() if prune else set(env_ids)
-        validate(catalog, known_cmds, known_envs)
+        validate(catalog, known_cmds, known_envs, merge=not prune)
         for env in catalog.environments:
             env_id = _upsert(
                 conn, m.environments, env.name,
@@ -331,6 +737,44 @@ def apply(engine: sa.Engine, catalog: Catalog, *, prune: bool) -> SyncResult:
                     )
                     result.disabled += [f"{table.name[:-1]} {n}" for n in stale]
     return result
+
+
+def set_variable(engine: sa.Engine, environment: str, name: str, value: str, secret: bool) -> str:
+    """One variable of an existing environment (CLI ``set-variable``), with the catalog's checks.
+
+    The value is never part of an error (it may be a secret).
+    """
+    problems = []
+    for label, rule, raw in (("variable name", _var_name, name), ("value", _text, value)):
+        if not isinstance(raw, str):
+            problems.append(f"{label}: must be text (got {type(raw).__name__})")
+            continue
+        try:
+            rule(raw)
+        except ValueError as exc:
+            problems.append(f"variable {name!r} of {environment!r}: {label}: {exc}"
+                            if label == "value" else f"{label}: {exc}")  # fmt: skip
+    if not isinstance(secret, bool):
+        problems.append(f"secret: must be true or false (got {type(secret).__name__})")
+    if problems:
+        raise CatalogError(problems)
+    with engine.begin() as conn:
+        env_id = conn.execute(
+            sa.select(m.environments.c.id).where(m.environments.c.name == environment)
+        ).scalar()
+        if env_id is None:
+            raise CatalogError([f"unknown environment {environment!r}"])
+        conn.execute(
+            m.variables.delete().where(
+                m.variables.c.environment_id == env_id, m.variables.c.name == name
+            )
+        )
+        conn.execute(
+            m.variables.insert().values(
+                environment_id=env_id, name=name, value=value, secret=secret
+            )
+        )
+    return f"variable {name} of {environment} set" + (" (secret)" if secret else "")
 
 
 def sync_file(engine: sa.Engine, path: str | Path) -> SyncResult:

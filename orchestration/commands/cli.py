@@ -79,25 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _set_variable(engine: sa.Engine, env: str, name: str, value: str, secret: bool) -> str:
-    if not catalog.VAR_RE.match(name):
-        raise catalog.CatalogError([f"invalid variable name {name!r}"])
-    with engine.begin() as conn:
-        env_id = conn.execute(
-            sa.select(m.environments.c.id).where(m.environments.c.name == env)
-        ).scalar()
-        if env_id is None:
-            raise catalog.CatalogError([f"unknown environment {env!r}"])
-        conn.execute(
-            m.variables.delete().where(
-                m.variables.c.environment_id == env_id, m.variables.c.name == name
-            )
-        )
-        conn.execute(
-            m.variables.insert().values(
-                environment_id=env_id, name=name, value=value, secret=secret
-            )
-        )
-    return f"variable {name} of {env} set" + (" (secret)" if secret else "")
+    return catalog.set_variable(engine, env, name, value, secret)  # the catalog's own checks
 
 
 def main(argv: Sequence[str] | None = None, out=None) -> int:
