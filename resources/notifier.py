@@ -7,6 +7,11 @@ two deliverers never both send a row. A process killed between the POST and the 
 row pending and it is sent again: every POST carries the row's ``dedupe_key`` as
 ``Idempotency-Key``, which lets the receiver drop that one repeat. With no webhook URL configured,
 a notification is only written to the log and marked delivered.
+
+Every database step is redone on a lost or refused connection over the record store's retry
+window (``resources.db.retrying``), one log line per retry: a restart of the server while a row
+is being marked delivered rolls that row's transaction back, so the row is claimed and POSTed
+again under the same ``Idempotency-Key`` and marked once.
 """
 
 import os
@@ -18,6 +23,8 @@ import dagster as dg
 import httpx
 import sqlalchemy as sa
 from pydantic import Field
+
+from resources.db import retrying
 
 WEBHOOK_URL_ENV = "TRIGGERS_WEBHOOK_URL"
 
@@ -74,16 +81,25 @@ class OutboxDelivery:
         if keys is not None:
             limit = max(limit, len(keys))
         if not self.webhook_url:
-            self._log_only(engine, keys, limit, report)
+            retrying("notification delivery (log only)", self.log)(
+                self._log_only, engine, keys, limit, report
+            )
             return report
-        with engine.connect() as conn:
-            ids = self._pending_ids(conn, keys, limit)
+        ids = retrying("notification delivery: reading the outbox", self.log)(
+            self._read_pending, engine, keys, limit
+        )
         if not ids:
             return report
         with httpx.Client(timeout=self.timeout_seconds) as client:
             for row_id in ids:
-                self._deliver_one(engine, row_id, client, report)
+                retrying(f"notification delivery: outbox row {row_id}", self.log)(
+                    self._deliver_one, engine, row_id, client, report
+                )
         return report
+
+    def _read_pending(self, engine: sa.Engine, keys: Sequence[str] | None, limit: int) -> list:
+        with engine.connect() as conn:
+            return self._pending_ids(conn, keys, limit)
 
     def _log_only(
         self, engine: sa.Engine, keys: Sequence[str] | None, limit: int, report: DeliveryReport
@@ -112,50 +128,61 @@ class OutboxDelivery:
     def _deliver_one(
         self, engine: sa.Engine, row_id: int, client: httpx.Client | None, report: DeliveryReport
     ) -> None:
+        """Claim, POST and mark one row in one transaction; reported only once committed (a
+        commit lost with the connection is redone whole by the caller's retry)."""
         with engine.begin() as conn:
-            if engine.dialect.name == "postgresql":
-                got = conn.execute(
-                    sa.select(outbox.c.id)
-                    .where(outbox.c.id == row_id, outbox.c.delivered_at.is_(None))
-                    .with_for_update(skip_locked=True)
-                ).first()
-                if got is None:
-                    return  # delivered already, or another deliverer holds it right now
-            # The claim: on SQLite this write takes the database's write lock for the transaction.
-            claimed = conn.execute(
-                outbox.update()
+            done = self._claim_and_send(conn, engine, row_id, client)
+        if done is None:
+            return
+        key, payload, error = done
+        if error is None:
+            report.delivered.append(key)
+            if self.log:
+                where = "webhook" if client is not None else "log only (no webhook URL)"
+                self.log(f"notification {key} delivered ({where}): {payload}")
+        else:
+            report.failed[key] = error
+            if self.log:
+                self.log(f"notification {key} not delivered, stays pending: {error}")
+
+    def _claim_and_send(
+        self, conn: sa.Connection, engine: sa.Engine, row_id: int, client: httpx.Client | None
+    ) -> tuple[str, object, str | None] | None:
+        if engine.dialect.name == "postgresql":
+            got = conn.execute(
+                sa.select(outbox.c.id)
                 .where(outbox.c.id == row_id, outbox.c.delivered_at.is_(None))
-                .values(attempts=outbox.c.attempts + 1)
-                .returning(outbox.c.dedupe_key, outbox.c.payload)
+                .with_for_update(skip_locked=True)
             ).first()
-            if claimed is None:
-                return
-            key, payload = claimed
-            error = None
-            if client is not None:
-                try:
-                    resp = client.post(
-                        self.webhook_url, json=payload, headers={"Idempotency-Key": key}
-                    )
-                    if resp.status_code >= 300:
-                        error = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                except httpx.HTTPError as exc:
-                    error = f"{type(exc).__name__}: {exc}"
-            if error is None:
-                conn.execute(
-                    outbox.update()
-                    .where(outbox.c.id == row_id)
-                    .values(delivered_at=datetime.now(UTC), last_error=None)
-                )
-                report.delivered.append(key)
-                if self.log:
-                    where = "webhook" if client is not None else "log only (no webhook URL)"
-                    self.log(f"notification {key} delivered ({where}): {payload}")
-            else:
-                conn.execute(outbox.update().where(outbox.c.id == row_id).values(last_error=error))
-                report.failed[key] = error
-                if self.log:
-                    self.log(f"notification {key} not delivered, stays pending: {error}")
+            if got is None:
+                return None  # delivered already, or another deliverer holds it right now
+        # The claim: on SQLite this write takes the database's write lock for the transaction.
+        claimed = conn.execute(
+            outbox.update()
+            .where(outbox.c.id == row_id, outbox.c.delivered_at.is_(None))
+            .values(attempts=outbox.c.attempts + 1)
+            .returning(outbox.c.dedupe_key, outbox.c.payload)
+        ).first()
+        if claimed is None:
+            return None
+        key, payload = claimed
+        error = None
+        if client is not None:
+            try:
+                resp = client.post(self.webhook_url, json=payload, headers={"Idempotency-Key": key})
+                if resp.status_code >= 300:
+                    error = f"HTTP {resp.status_code}: {resp.text[:200]}"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+        if error is None:
+            conn.execute(
+                outbox.update()
+                .where(outbox.c.id == row_id)
+                .values(delivered_at=datetime.now(UTC), last_error=None)
+            )
+        else:
+            conn.execute(outbox.update().where(outbox.c.id == row_id).values(last_error=error))
+        return key, payload, error
 
 
 class TriggersNotifierResource(dg.ConfigurableResource):

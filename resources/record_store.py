@@ -20,11 +20,26 @@ from alembic.config import Config as AlembicConfig
 from pydantic import Field
 from sqlalchemy.orm import DeclarativeBase
 
-from resources.db import make_engine, normalize_url
+from resources.db import clear_connection_errors, make_engine, normalize_url
 
 REPO = Path(__file__).resolve().parents[1]
 MIGRATIONS_DIR = REPO / "migrations" / "record_store"
 DEFAULT_URL = f"sqlite:///{REPO / '.dagster_home' / 'record_store.sqlite'}"
+
+
+class RecordStoreError(dg.DagsterError):
+    """The record store cannot be used: unreachable, or a bad ``RECORD_STORE_*`` setting.
+
+    A ``DagsterError`` on purpose: Dagster's user-code boundary passes it through unwrapped, so a
+    sensor tick or resource setup shows this message as its headline instead of a generic
+    ``DagsterResourceFunctionError`` / ``SensorExecutionError``.
+    """
+
+
+def clear_errors(url: str):
+    """``with clear_errors(url):`` a connection failure becomes ``RecordStoreError("record store
+    unreachable at <host:port/db>: …")``; other errors pass unchanged."""
+    return clear_connection_errors(url, RecordStoreError)
 
 
 class Base(DeclarativeBase):
@@ -43,6 +58,8 @@ def alembic_config(url: str) -> AlembicConfig:
 # daemon evaluates sensors on a thread pool. So one upgrade at a time per process.
 _UPGRADE_LOCK = threading.RLock()
 _UPGRADED: set[str] = set()
+# Bound on an upgrade's waits and statements (PostgreSQL): ten minutes.
+MIGRATION_TIMEOUT_MS = 600_000
 
 
 def upgrade(url: str) -> None:
@@ -52,7 +69,20 @@ def upgrade(url: str) -> None:
     lock (``migrations/record_store/env.py``).
     """
     with _UPGRADE_LOCK:
-        command.upgrade(alembic_config(url), "heads")
+        # Through the one engine factory (bounded waits); a migration may wait longer for another
+        # process's upgrade (the advisory lock) and run longer statements than the hot path.
+        engine = make_engine(url)
+        try:
+            with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    ms = MIGRATION_TIMEOUT_MS
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {ms}")
+                    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
+                cfg = alembic_config(url)
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "heads")
+        finally:
+            engine.dispose()
 
 
 @tenacity.retry(
@@ -96,8 +126,18 @@ class RecordStoreResource(dg.ConfigurableResource):
     )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        if self.auto_upgrade:
-            ensure_upgraded(self.url)
+        """Upgrade if asked, and check the store answers: an outage or a bad setting fails here
+        with "record store unreachable at <host:port/db>" (never the password) as the headline."""
+        with clear_errors(self.url):
+            if self.auto_upgrade:
+                ensure_upgraded(self.url)
+            with self.engine().connect():
+                pass
 
     def engine(self) -> sa.Engine:
-        return _engine_for(normalize_url(self.url))
+        with clear_errors(self.url):
+            return _engine_for(normalize_url(self.url))
+
+    def clear_errors(self):
+        """``with record_store.clear_errors():`` around a sensor's queries (``clear_errors``)."""
+        return clear_errors(self.url)

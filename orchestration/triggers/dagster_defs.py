@@ -163,7 +163,8 @@ def build_sensor(spec: TriggerSpec, job, op_name: str) -> dg.SensorDefinition:
     )
     def trigger_sensor(context: dg.SensorEvaluationContext, record_store: RecordStoreResource):
         busy = in_flight_ids(context.instance, spec, op_name) if spec.trigger_once else set()
-        with record_store.engine().connect() as conn:
+        # An outage mid-tick: "record store unreachable at <host:port/db>" is the tick's headline.
+        with record_store.clear_errors(), record_store.engine().connect() as conn:
             found = scan_lib.scan(spec, conn, context.cursor, busy)
         if not found.batches:
             return dg.SensorResult(
@@ -190,7 +191,7 @@ def build_schedule(spec: TriggerSpec, job, op_name: str) -> dg.ScheduleDefinitio
     def trigger_schedule(context: dg.ScheduleEvaluationContext, record_store: RecordStoreResource):
         busy = in_flight_ids(context.instance, spec, op_name) if spec.trigger_once else set()
         tick = int(context.scheduled_execution_time.timestamp())
-        with record_store.engine().connect() as conn:
+        with record_store.clear_errors(), record_store.engine().connect() as conn:
             found = scan_lib.scan(spec, conn, None, busy, pass_no=tick)
         if not found.batches:
             return dg.SkipReason("nothing due")

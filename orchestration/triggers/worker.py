@@ -37,7 +37,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-import tenacity
 from sqlalchemy.dialects import postgresql, sqlite
 
 from orchestration.triggers import sql_chunk
@@ -50,6 +49,7 @@ from orchestration.triggers.spec import (
     TriggerSpec,
     utcnow,
 )
+from resources.db import is_lock_timeout, reason, retrying
 
 _BIGINT_ARRAY = postgresql.ARRAY(sa.BigInteger)
 
@@ -451,33 +451,135 @@ def _process_chunk(
     return [chunk.outcomes[i] for i in ids], [n["dedupe_key"] for n in chunk.notifications]
 
 
-CHUNK_ATTEMPTS = 5
-
-
-def _chunk_retrying(part: list[int], log: Log | None) -> tenacity.Retrying:
-    """Retry a chunk whose transaction failed as a whole (lock timeout, deadlock, busy SQLite).
-
-    Safe because nothing of the chunk committed: the retry re-reads and re-checks every record.
-    """
-
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        if log and state.outcome is not None:
-            exc = state.outcome.exception()
-            log(f"chunk {part[0]}..{part[-1]} retried after: {getattr(exc, 'orig', exc)!r}")
-
-    return tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(sa.exc.OperationalError),
-        stop=tenacity.stop_after_attempt(CHUNK_ATTEMPTS),
-        wait=tenacity.wait_exponential_jitter(initial=0.05, max=2.0),
-        before_sleep=before_sleep,
-        reraise=True,
-    )
+# Lock timeouts on one chunk before it is redone skipping the rows another session holds.
+LOCK_TIMEOUT_ATTEMPTS = 3
 
 
 def _commit_chunk(spec, engine: sa.Engine, part, run_id, actor, log, statement):
     """One chunk in its own transaction: committed, or rolled back as a whole."""
     with engine.begin() as conn:
         return _process_chunk(spec, conn, part, run_id, actor, log, statement)
+
+
+def _lock_holders(engine: sa.Engine, spec: TriggerSpec, ids: list[int]) -> tuple[list[int], str]:
+    """Which of the chunk's due records another session holds, and who (PostgreSQL; cheap).
+
+    Due ids minus those ``FOR UPDATE SKIP LOCKED`` returns are the held ones; a held row's
+    ``xmax`` is its locker's transaction id, whose lock in ``pg_locks`` names the backend pid.
+    Read in a transaction that is rolled back at once; it never waits for a row.
+    """
+    t = spec.table
+    with engine.connect() as conn:
+        now = utcnow()
+        due = sa.select(t.c.id).where(_id_in(conn, t.c.id, ids), spec.where_clause(now))
+        every = set(conn.execute(due).scalars())
+        free = set(conn.execute(due.with_for_update(skip_locked=True)).scalars())
+        held = sorted(every - free)
+        who = "holder unknown"
+        if held:
+            name = conn.dialect.identifier_preparer.format_table(t)
+            rows = conn.execute(
+                sa.text(
+                    "SELECT DISTINCT a.pid, a.state, a.application_name, a.xact_start "
+                    f"FROM {name} r JOIN pg_locks l ON l.locktype = 'transactionid' "
+                    "AND l.transactionid = r.xmax AND l.granted "
+                    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE r.id = ANY(:ids)"
+                ),
+                {"ids": held},
+            ).all()
+            if rows:
+                who = "; ".join(
+                    f"pid {pid} ({state or '?'}, application {app or '?'!r}, transaction open "
+                    f"since {start.isoformat(timespec='seconds') if start else '?'})"
+                    for pid, state, app, start in rows
+                )
+        conn.rollback()
+    return held, who
+
+
+def _ids_text(ids: list[int], most: int = 50) -> str:
+    shown = ", ".join(str(i) for i in ids[:most])
+    return shown + (f" … ({len(ids)} in all)" if len(ids) > most else "")
+
+
+@dataclass
+class _LockWatch:
+    """A chunk's lock timeouts: what was waited on, and when to stop waiting for it."""
+
+    spec: TriggerSpec
+    engine: sa.Engine
+    part: list[int]
+    log: Log | None
+    timeouts: int = 0
+    held: list[int] = field(default_factory=list)
+    who: str = ""
+
+    @property
+    def skip_locked(self) -> bool:
+        return self.timeouts >= LOCK_TIMEOUT_ATTEMPTS
+
+    def saw(self, exc: BaseException) -> None:
+        """A lock timeout: name the table, the held record ids and their holder in the log."""
+        self.timeouts += 1
+        try:
+            self.held, self.who = _lock_holders(self.engine, self.spec, self.part)
+        except Exception as diag_exc:  # the diagnosis must never hide the real failure
+            self.held, self.who = [], f"holder not found ({reason(diag_exc)})"
+        if self.log:
+            then = (
+                "next attempt skips the rows held"
+                if self.skip_locked
+                else f"retried whole ({self.timeouts} of {LOCK_TIMEOUT_ATTEMPTS} lock timeouts)"
+            )
+            self.log(
+                f"chunk {self.part[0]}..{self.part[-1]}: waited past lock_timeout for table "
+                f"{self.spec.table.name}, record(s) {_ids_text(self.held) or '?'} held by another "
+                f"session: {self.who}; {then}"
+            )
+
+    def name_skipped(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """After a skip-locked pass: the held records that were skipped say why."""
+        held = set(self.held)
+        note = f"locked by another session past lock_timeout ({self.who}); left for a later pass"
+        skipped = []
+        for o in outcomes:
+            if o.status == "skipped" and o.record_id in held and o.error is None:
+                o.error = note
+                skipped.append(o.record_id)
+        if skipped and self.log:
+            self.log(
+                f"chunk {self.part[0]}..{self.part[-1]}: skipped {len(skipped)} record(s) of "
+                f"{self.spec.table.name} locked by another session ({self.who}): "
+                f"{_ids_text(skipped)}; the rest committed, these move on a later pass"
+            )
+        return outcomes
+
+
+def _run_chunk(spec, engine: sa.Engine, part, run_id, actor, log, statement):
+    """A chunk, redone whole while it fails transiently (``resources.db.retrying``: a lost or
+    refused connection over the retry window, deadlock, busy SQLite). Lock timeouts are named in
+    the log; after ``LOCK_TIMEOUT_ATTEMPTS`` of them the chunk goes the Python way, whose read
+    skips locked rows, and the rows held are reported skipped (the sensor finds them again).
+
+    Safe because nothing of a failed attempt committed: each attempt re-reads and re-checks every
+    record. (A connection lost during COMMIT may have committed: the retry then finds those
+    records moved and skips them; their notifications are swept by the next delivery.)
+    """
+    watch = _LockWatch(spec, engine, part, log)
+
+    def attempt():
+        use = None if watch.skip_locked else statement
+        try:
+            outcomes, keys = _commit_chunk(spec, engine, part, run_id, actor, log, use)
+        except sa.exc.OperationalError as exc:
+            if is_lock_timeout(exc) and engine.dialect.name == "postgresql":
+                watch.saw(exc)
+            raise
+        if watch.skip_locked:
+            outcomes = watch.name_skipped(outcomes)
+        return outcomes, keys
+
+    return retrying(f"chunk {part[0]}..{part[-1]}", log)(attempt)
 
 
 def process_batch(
@@ -504,9 +606,7 @@ def process_batch(
         statement = sql_chunk.ChunkStatement(spec, run_id, actor)
         size = spec.sql_action.chunk_size
     for part in chunks(ordered, commit_every or size):
-        outcomes, keys = _chunk_retrying(part, log)(
-            _commit_chunk, spec, engine, part, run_id, actor, log, statement
-        )
+        outcomes, keys = _run_chunk(spec, engine, part, run_id, actor, log, statement)
         result.outcomes += outcomes
         result.notification_keys += keys
         if deliver and keys:
@@ -568,8 +668,16 @@ def parse_ids(text: str) -> list[int]:
     return out
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The CLI: counts as JSON on stdout, retries and skips on stderr; a store that stays
+    unreachable past the retry window, or a bad ``RECORD_STORE_*`` setting, is one line and exit 1
+    (never a traceback, never the password)."""
     from orchestration.triggers.catalog import get_trigger
+    from resources.db import RecordStoreSettingError, is_connection_error, unreachable_message
     from resources.notifier import OutboxDelivery
     from resources.record_store import make_engine
 
@@ -583,18 +691,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", action="store_true", help="first deliver older pending notifications")
     args = p.parse_args(argv)
     spec = get_trigger(args.trigger)
-    engine = make_engine(args.store_url)
-    delivery = OutboxDelivery(webhook_url=args.webhook_url)
-    if args.sweep:
-        delivery.deliver_pending(engine)
-    result = process_batch(
-        spec,
-        engine,
-        parse_ids(args.ids),
-        run_id=args.run_id,
-        deliver=lambda eng, keys: delivery.deliver_pending(eng, keys),
-        commit_every=args.commit_every,
-    )
+    try:
+        engine = make_engine(args.store_url)
+        delivery = OutboxDelivery(webhook_url=args.webhook_url)  # retry lines: logging
+        if args.sweep:
+            delivery.deliver_pending(engine)
+        result = process_batch(
+            spec,
+            engine,
+            parse_ids(args.ids),
+            run_id=args.run_id,
+            deliver=lambda eng, keys: delivery.deliver_pending(eng, keys),
+            commit_every=args.commit_every,
+            log=_stderr,
+        )
+    except RecordStoreSettingError as exc:
+        _stderr(f"error: {exc}")
+        return 1
+    except sa.exc.DBAPIError as exc:
+        if not is_connection_error(exc):
+            raise
+        _stderr(
+            f"error: {unreachable_message(args.store_url, exc)}; gave up after the retry "
+            "window (RECORD_STORE_RETRY_WINDOW_S); re-run the same command to finish"
+        )
+        return 1
     print(json.dumps(result.counts()))
     return 0
 
