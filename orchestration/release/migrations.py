@@ -4,6 +4,13 @@ Applied versions and their checksums live in a tracking table the job creates th
 API. Each migration runs with its tracking row in one request wrapped in BEGIN/COMMIT, so it is
 applied whole or not at all; an applied file whose text changed is refused (checksum drift)
 because silently re-running or skipping edited DDL is how environments drift apart.
+
+"Whole or not at all" holds only if the file itself cannot end that transaction: a ``COMMIT`` in
+a file commits what came before it, and a later error rolls back only the rest. So every pending
+file is scanned (``sql_scan``) and one carrying transaction control or a statement PostgreSQL
+refuses inside a transaction block is refused before any of its SQL is sent. Every file of the
+directory must be named ``NNNN_lower_snake_name.sql`` (or be one of ``IGNORED_FILES``): a file
+that looks like a migration but is misnamed is an error, never silently skipped.
 """
 
 from __future__ import annotations
@@ -15,11 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestration.errors import FinalFailure
+from orchestration.release.sql_scan import SqlScanError, refused_statements
+from resources.http_api import ApiError
 from resources.supabase import SqlError, SupabaseSqlClient
 
 TRACKING_TABLE = "platform_ops_schema_migrations"
 FILENAME_RE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations" / "supabase"
+# The only entries that may sit beside the migrations without being one.
+IGNORED_FILES = frozenset({"README.md", ".gitkeep"})
 
 CREATE_TRACKING_SQL = f"""CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} (
     version VARCHAR(16) PRIMARY KEY,
@@ -53,28 +64,70 @@ class MigrateResult:
 
 
 def discover(directory: Path = DEFAULT_MIGRATIONS_DIR) -> list[Migration]:
-    """The repo's migrations in version order; a malformed name or a repeated version is refused."""
+    """The repo's migrations in version order.
+
+    Every entry of the directory must be a migration named ``NNNN_lower_snake_name.sql`` or one
+    of ``IGNORED_FILES``; misnamed entries, repeated versions and empty files are all refused in
+    one error, so an operator fixes them in one pass and nothing is applied meanwhile.
+    """
     if not directory.is_dir():
         raise MigrationError(f"Migrations directory {directory} does not exist.")
     found: dict[str, Migration] = {}
+    misnamed: list[str] = []
+    problems: list[str] = []
     for path in sorted(directory.iterdir()):
-        if path.suffix != ".sql":
+        if path.name in IGNORED_FILES:
             continue
         match = FILENAME_RE.match(path.name)
-        if not match:
-            raise MigrationError(
-                f"Migration file {path.name} is not named NNNN_lower_snake_name.sql; rename it."
-            )
+        if not match or not path.is_file():
+            misnamed.append(path.name)
+            continue
         version = match["version"]
         if version in found:
-            raise MigrationError(
-                f"Migrations {found[version].filename} and {path.name} share version {version}."
-            )
+            problems.append(f"{found[version].filename} and {path.name} share version {version}")
+            continue
         sql = path.read_text(encoding="utf-8")
         if not sql.strip():
-            raise MigrationError(f"Migration {path.name} is empty.")
+            problems.append(f"{path.name} is empty")
         found[version] = Migration(version, match["name"], path.name, sql)
+    if misnamed:
+        problems.insert(
+            0,
+            f"not named NNNN_lower_snake_name.sql: {', '.join(misnamed)} (rename, or move out of "
+            f"the directory; only {', '.join(sorted(IGNORED_FILES))} may sit beside migrations)",
+        )
+    if problems:
+        raise MigrationError(
+            f"Migrations directory {directory}: {'; '.join(problems)}. Nothing was applied.",
+            problems=problems,
+        )
     return [found[v] for v in sorted(found)]
+
+
+def check_atomic(migrations: Sequence[Migration]) -> None:
+    """Refuse, in one error naming every file and line, migrations that cannot apply atomically.
+
+    Each file is sent inside BEGIN ... COMMIT with its tracking row; a statement that ends or
+    splits that transaction (COMMIT, ROLLBACK, SAVEPOINT, ...) or that PostgreSQL will not run in
+    a transaction block (VACUUM, CREATE INDEX CONCURRENTLY, ...) would break that promise.
+    """
+    offences: list[str] = []
+    for migration in migrations:
+        try:
+            refused = refused_statements(migration.sql)
+        except SqlScanError as exc:
+            offences.append(f"{migration.filename} line {exc.line}: {exc.what}")
+            continue
+        offences += [f"{migration.filename} line {r.line}: {r.text} ({r.why})" for r in refused]
+    if offences:
+        raise MigrationError(
+            "Migration(s) that cannot be applied atomically, refused before any was sent: "
+            + "; ".join(offences)
+            + ". Each file runs in one transaction the job opens and commits: remove the "
+            "transaction control; put a statement that cannot run in a transaction (e.g. "
+            "CREATE INDEX CONCURRENTLY) outside these migrations.",
+            offences=offences,
+        )
 
 
 def pending(migrations: Sequence[Migration], applied: Mapping[str, str]) -> list[Migration]:
@@ -117,6 +170,40 @@ def read_applied(client: SupabaseSqlClient) -> dict[str, str]:
     return {str(r["version"]): str(r["checksum"]) for r in rows}
 
 
+def _tracked_after_failure(client: SupabaseSqlClient, migration: Migration) -> bool | None:
+    """Whether the tracking row of ``migration`` exists now (None: the check itself failed)."""
+    try:
+        rows = client.query(
+            f"SELECT version FROM {TRACKING_TABLE} WHERE version = {_quote(migration.version)};"
+        )
+    except ApiError:
+        return None
+    return bool(rows)
+
+
+def failure_outcome(tracked: bool | None, migration: Migration) -> str:
+    """What is known about a failed request's effect, and nothing more.
+
+    The request is one transaction holding the file and its tracking row, and ``check_atomic``
+    made sure the file cannot end it early: so an absent tracking row means nothing of the file
+    was committed, a present one means all of it was.
+    """
+    if tracked is None:
+        return (
+            f"Whether any of it was committed could not be checked: look for version "
+            f"{migration.version} in {TRACKING_TABLE} before running again"
+        )
+    if tracked:
+        return (
+            "Its tracking row exists, so the database committed it despite the error: "
+            "check it, then run again (it will count as applied)"
+        )
+    return (
+        "It was sent as one transaction with its tracking row, which is absent: nothing of it "
+        "was committed"
+    )
+
+
 def migrate(
     client: SupabaseSqlClient,
     migrations: Sequence[Migration],
@@ -124,9 +211,14 @@ def migrate(
     log: Callable[[str], None] = lambda _line: None,
     key_prefix: str = "migrate",
 ) -> MigrateResult:
-    """Apply every pending migration in order; stop at the first failure, naming its file."""
+    """Apply every pending migration in order; stop at the first failure, naming its file.
+
+    Every pending file is checked (``check_atomic``) before the first one is sent, so a bad file
+    anywhere in the batch leaves the database as it was.
+    """
     applied = read_applied(client)
     todo = pending(migrations, applied)
+    check_atomic(todo)
     known = {m.version for m in migrations}
     result = MigrateResult(
         already_applied=[m.filename for m in migrations if m.version in applied],
@@ -145,12 +237,20 @@ def migrate(
                 idempotency_key=f"{key_prefix}:{migration.version}:{migration.checksum[:16]}",
             )
         except SqlError as exc:
+            outcome = failure_outcome(_tracked_after_failure(client, migration), migration)
             raise MigrationError(
-                f"Migration {migration.filename} failed and was rolled back: {exc.detail}. "
+                f"Migration {migration.filename} failed: {exc.detail}. {outcome}. "
                 f"Applied before it in this run: {', '.join(result.applied) or 'none'}.",
                 migration=migration.filename,
                 sql_error=exc.detail or "",
                 applied_this_run=result.applied,
             ) from None
+        except ApiError as exc:
+            # Not an answer from the database (timeout, 5xx after retries): the request may or
+            # may not have run. Say what the tracking table shows, then let the step's retry
+            # policy decide (a replay carries the same idempotency key).
+            outcome = failure_outcome(_tracked_after_failure(client, migration), migration)
+            log(f"Migration {migration.filename}: request failed ({exc.message}). {outcome}.")
+            raise
         result.applied.append(migration.filename)
     return result

@@ -117,6 +117,8 @@ def test_failure_stops_the_sequence_there(instance, platform_env):
 
 
 def test_failing_migration_names_file_and_sql_error(instance, platform_env, tmp_path):
+    tmp_path = tmp_path / "migrations"  # every file of a migrations directory is a migration
+    tmp_path.mkdir()
     for m in migrations_lib.discover():
         (tmp_path / m.filename).write_text(m.sql)
     (tmp_path / "0099_broken.sql").write_text("CREATE TABLE broken (id INTEGER;\n")
@@ -126,6 +128,7 @@ def test_failing_migration_names_file_and_sql_error(instance, platform_env, tmp_
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     message = failure.event_specific_data.error.message
     assert "0099_broken.sql" in message and "syntax error" in message.lower()
+    assert "nothing of it was committed" in message  # known: its tracking row is absent
     # The good ones were applied, the broken one left no tracking row (it rolled back).
     versions = [
         r["version"]
@@ -138,6 +141,8 @@ def test_failing_migration_names_file_and_sql_error(instance, platform_env, tmp_
 
 
 def test_edited_applied_migration_is_refused(instance, platform_env, tmp_path):
+    tmp_path = tmp_path / "migrations"
+    tmp_path.mkdir()
     for m in migrations_lib.discover():
         (tmp_path / m.filename).write_text(m.sql)
     config = run_config(ops={"apply_migrations": {"config": {"migrations_dir": str(tmp_path)}}})
