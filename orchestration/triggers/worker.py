@@ -49,12 +49,12 @@ from orchestration.triggers.spec import (
     TriggerSpec,
     utcnow,
 )
-from resources.db import is_lock_timeout, reason, retrying
+from resources.db import is_connection_error, is_lock_timeout, reason, retrying
 
 _BIGINT_ARRAY = postgresql.ARRAY(sa.BigInteger)
 
 Log = Callable[[str], None]
-Deliver = Callable[[sa.Engine, list[str]], Any]
+Deliver = Callable[[sa.Engine, list[str] | None], Any]  # None: every pending row
 
 
 @dataclass
@@ -513,6 +513,7 @@ class _LockWatch:
     timeouts: int = 0
     held: list[int] = field(default_factory=list)
     who: str = ""
+    lost_connection: bool = False
 
     @property
     def skip_locked(self) -> bool:
@@ -571,15 +572,17 @@ def _run_chunk(spec, engine: sa.Engine, part, run_id, actor, log, statement):
         use = None if watch.skip_locked else statement
         try:
             outcomes, keys = _commit_chunk(spec, engine, part, run_id, actor, log, use)
-        except sa.exc.OperationalError as exc:
+        except sa.exc.DBAPIError as exc:
             if is_lock_timeout(exc) and engine.dialect.name == "postgresql":
                 watch.saw(exc)
+            watch.lost_connection |= is_connection_error(exc)
             raise
         if watch.skip_locked:
             outcomes = watch.name_skipped(outcomes)
         return outcomes, keys
 
-    return retrying(f"chunk {part[0]}..{part[-1]}", log)(attempt)
+    outcomes, keys = retrying(f"chunk {part[0]}..{part[-1]}", log)(attempt)
+    return outcomes, keys, watch.lost_connection
 
 
 def process_batch(
@@ -605,14 +608,22 @@ def process_batch(
     if spec.sql_action is not None and engine.dialect.name == "postgresql":
         statement = sql_chunk.ChunkStatement(spec, run_id, actor)
         size = spec.sql_action.chunk_size
+    lost_connection = False
     for part in chunks(ordered, commit_every or size):
-        outcomes, keys = _run_chunk(spec, engine, part, run_id, actor, log, statement)
+        outcomes, keys, lost = _run_chunk(spec, engine, part, run_id, actor, log, statement)
+        lost_connection |= lost
         result.outcomes += outcomes
         result.notification_keys += keys
         if deliver and keys:
             deliver(engine, keys)
         if progress:
             progress(len(part))
+    if lost_connection and deliver:
+        # A connection lost at COMMIT may have committed unseen: the retry found those records
+        # moved (skipped) and does not know their keys. Their outbox rows are pending: sweep.
+        if log:
+            log("a connection was lost during the batch: delivering every pending notification")
+        deliver(engine, None)
     if log:
         counts = result.counts()
         log(f"trigger {spec.name}: {counts} of {len(ordered)} record(s)")

@@ -1,0 +1,383 @@
+"""Database faults under the trigger worker and sensors (issue #14 §9), on real PostgreSQL.
+
+- a session left idle holding some due rows ``FOR UPDATE``: the worker finishes within a bound,
+  the other rows move, the held ones are named (ids, holder pid) and move on a later pass;
+- backends killed with ``pg_terminate_backend`` mid-run, and a throwaway PostgreSQL server of the
+  test's own stopped for 4 s and started again while the worker CLI runs: the work completes
+  exactly once (transitions, outbox rows, deliveries);
+- a record store on a closed port: every record-store sensor's error headline is "record store
+  unreachable at 127.0.0.1:<port>/<db>", without the password; the CLI says it in one line.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from orchestration.triggers.catalog import ESCALATE_ALERTS
+from orchestration.triggers.models import trigger_history
+from orchestration.triggers.seed import seed_alerts
+from orchestration.triggers.worker import process_batch
+from resources.record_store import RecordStoreResource, make_engine, upgrade
+from tests.triggers.helpers import WebhookReceiver, alert_states, outbox
+
+REPO = Path(__file__).resolve().parents[2]
+PASSWORD = "pw-Zq81-secret"
+
+
+def _succeeded(engine: sa.Engine) -> Counter:
+    with engine.connect() as conn:
+        return Counter(
+            conn.execute(
+                sa.select(trigger_history.c.record_id).where(
+                    trigger_history.c.status == "succeeded"
+                )
+            ).scalars()
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker_cli(store_url: str, ids: str, hook_url: str, commit_every: int, env=None):
+    cmd = [
+        sys.executable, "-m", "orchestration.triggers.worker", "--store-url", store_url,
+        "--trigger", "escalate_alerts", "--ids", ids, "--webhook-url", hook_url,
+        "--commit-every", str(commit_every),
+    ]  # fmt: skip
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+# --- (a) a session left idle holding due rows ---------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_rows_held_by_an_idle_session_bound_the_wait_are_named_and_move_later(
+    pg_store_url, monkeypatch
+):
+    monkeypatch.setenv("RECORD_STORE_LOCK_TIMEOUT_MS", "200")
+    engine = make_engine(pg_store_url)
+    n, held = 40, [5, 17, 18, 33]  # spread over three of the four chunks
+    seed_alerts(engine, due=n)
+    holder = make_engine(pg_store_url).connect()
+    holder_pid = holder.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    holder.execute(
+        sa.text("SELECT id FROM alerts WHERE id = ANY(:ids) FOR UPDATE"), {"ids": held}
+    )  # ... and stays idle in its transaction
+    lines: list[str] = []
+    done: dict = {}
+    worker = threading.Thread(
+        target=lambda: done.update(
+            result=process_batch(
+                ESCALATE_ALERTS, engine, range(1, n + 1), run_id="r1", log=lines.append,
+                commit_every=10,
+            )
+        ),
+        daemon=True,
+    )  # fmt: skip
+    started = time.monotonic()
+    try:
+        worker.start()
+        worker.join(60)
+        elapsed = time.monotonic() - started
+        assert not worker.is_alive(), f"worker still waiting on the held rows: {lines}"
+    finally:
+        holder.rollback()  # release (lets a stuck pre-fix worker finish too)
+        holder.close()
+    worker.join(30)
+    # Bounded: 3 lock timeouts of 0.2 s plus backoff per chunk with a held row, three chunks.
+    assert elapsed < 30, elapsed
+    result = done["result"]
+    moved = [i for i in range(1, n + 1) if i not in held]
+    assert result.ids("succeeded") == moved
+    assert result.ids("skipped") == held
+    for o in result.outcomes:
+        if o.record_id in held:
+            assert "locked by another session" in o.error and f"pid {holder_pid}" in o.error
+    named = [ln for ln in lines if ln.startswith("chunk ") and ": skipped " in ln]
+    assert {tuple(ln.split(": ")[-1].split(";")[0].split(", ")) for ln in named} == {
+        ("5",),
+        ("17", "18"),
+        ("33",),
+    }, lines
+    waited = [ln for ln in lines if "waited past lock_timeout for table alerts" in ln]
+    assert waited and all(f"pid {holder_pid}" in ln for ln in waited), lines
+    states = alert_states(engine)
+    assert [states[i] for i in held] == ["pending"] * len(held)
+
+    # A later pass, once the holder is gone, moves exactly the held ones.
+    again = process_batch(ESCALATE_ALERTS, engine, range(1, n + 1), run_id="r2")
+    assert again.ids("succeeded") == held
+    assert set(alert_states(engine).values()) == {"escalated"}
+    assert _succeeded(engine) == Counter(range(1, n + 1))  # nothing moved twice
+    assert sorted(r.dedupe_key for r in outbox(engine)) == sorted(
+        f"escalate_alerts:{i}" for i in range(1, n + 1)
+    )
+    engine.dispose()
+
+
+# --- (b) connections killed mid-run -------------------------------------------------------------
+
+
+def _terminate(admin: sa.Engine, application_name: str) -> int:
+    with admin.connect() as conn:
+        return len(
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = :a AND pid <> pg_backend_pid()"
+                ),
+                {"a": application_name},
+            ).all()
+        )
+
+
+def _assert_exactly_once(engine: sa.Engine, hook: WebhookReceiver, n: int, repeats: int) -> None:
+    assert set(alert_states(engine).values()) == {"escalated"}
+    assert _succeeded(engine) == Counter(range(1, n + 1))
+    rows = outbox(engine)
+    assert sorted(r.dedupe_key for r in rows) == sorted(
+        f"escalate_alerts:{i}" for i in range(1, n + 1)
+    )
+    assert all(r.delivered_at is not None for r in rows)
+    keys = hook.key_counts()
+    assert set(keys) == {f"escalate_alerts:{i}" for i in range(1, n + 1)}
+    assert sum(keys.values()) - n <= repeats, keys  # a repeat only where a fault landed
+
+
+@pytest.mark.postgres
+def test_worker_cli_survives_its_backends_killed_while_delivering(pg_store_url):
+    app = "db-faults-worker-cli"
+    engine, admin = make_engine(pg_store_url), make_engine(pg_store_url)
+    n = 30
+    seed_alerts(engine, due=n)
+    kills: list[int] = []
+    with WebhookReceiver() as hook:
+        original = hook.server.RequestHandlerClass.do_POST
+
+        def do_post(handler):  # kill the worker's backends while a row is being delivered
+            if len(kills) < 4 and len(hook.posts) % 7 == 3:
+                kills.append(_terminate(admin, app))
+            original(handler)
+
+        hook.server.RequestHandlerClass.do_POST = do_post
+        proc = _worker_cli(f"{pg_store_url}&application_name={app}", f"1-{n}", hook.url, 5)
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+        assert "Traceback" not in err
+        assert len(kills) >= 3 and all(k >= 1 for k in kills), kills
+        assert "retried after" in err and "attempt 1 failed, next in" in err, err[-3000:]
+        _assert_exactly_once(engine, hook, n, repeats=len(kills))
+    engine.dispose()
+    admin.dispose()
+
+
+# --- (b) a throwaway server restarted while the worker runs -------------------------------------
+
+
+@dataclass
+class ThrowawayPostgres:
+    bindir: str
+    data: str
+    port: int
+    prefix: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _pg_ctl(self, *args: str) -> None:
+        subprocess.run(
+            [*self.prefix, f"{self.bindir}/pg_ctl", "-D", f"{self.data}/db", *args],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._pg_ctl("-l", f"{self.data}/log", "-w", "-o", opts, "start")
+
+    def stop(self) -> None:
+        self._pg_ctl("-w", "-m", "fast", "stop")
+
+
+def _postgres_bindir() -> str | None:
+    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if os.access(f"{d}/initdb", os.X_OK) and os.access(f"{d}/pg_ctl", os.X_OK):
+            return d
+    found = shutil.which("pg_ctl")
+    return os.path.dirname(os.path.realpath(found)) if found else None
+
+
+@pytest.fixture
+def throwaway_pg() -> Iterator[ThrowawayPostgres]:
+    """A PostgreSQL server of this test's own (the shared one must never be restarted).
+
+    Skips when the server binaries are absent, unless REQUIRE_POSTGRES=1 (CI): then it fails.
+    """
+    bindir = _postgres_bindir()
+    prefix: list[str] = []
+    if bindir and os.geteuid() == 0:  # initdb refuses root: run the server as "postgres"
+        prefix = ["runuser", "-u", "postgres", "--"] if shutil.which("runuser") else []
+        if not prefix:
+            bindir = None
+    if bindir is None:
+        message = "PostgreSQL server binaries (initdb, pg_ctl; as root also runuser) not found"
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"REQUIRE_POSTGRES=1 but {message}")
+        pytest.skip(message)
+    data = tempfile.mkdtemp(prefix="pg-throwaway-")
+    os.chmod(data, 0o777)  # a private temp dir handed to the postgres user
+    if prefix:
+        shutil.chown(data, "postgres", "postgres")
+    server = ThrowawayPostgres(bindir, data, _free_port(), prefix)
+    subprocess.run(
+        [*prefix, f"{bindir}/initdb", "-D", f"{data}/db", "-A", "trust", "-U", "postgres",
+         "--no-sync", "-E", "UTF8"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    server.start()
+    try:
+        yield server
+    finally:
+        subprocess.run(
+            [*prefix, f"{bindir}/pg_ctl", "-D", f"{data}/db", "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_worker_cli_rides_out_a_server_restart_and_completes_exactly_once(throwaway_pg):
+    url = throwaway_pg.url
+    upgrade(url)
+    engine = make_engine(url)
+    n = 60
+    seed_alerts(engine, due=n)
+    with WebhookReceiver(delay=0.05) as hook:  # ~3 s of POSTs: the restart lands mid-run
+        proc = _worker_cli(url, f"1-{n}", hook.url, 5)
+        deadline = time.monotonic() + 30
+        while len(hook.posts) < 12 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(hook.posts) < n, "the restart must land mid-run"
+        down_at = time.monotonic()
+        throwaway_pg.stop()
+        time.sleep(4)
+        throwaway_pg.start()
+        down_for = time.monotonic() - down_at
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+        assert "Traceback" not in err
+        assert "retried after" in err, err[-3000:]
+        engine.dispose()  # its pooled connections died with the server
+        _assert_exactly_once(engine, hook, n, repeats=2)
+    assert down_for >= 4
+    engine.dispose()
+
+
+# --- (c) a clear word when the store is unreachable ---------------------------------------------
+
+
+def _record_store_starters():
+    """Every sensor and schedule of the code location that needs only the record store."""
+    from orchestration.definitions import defs
+
+    repo = defs.get_repository_def()
+    sensors = [s for s in repo.sensor_defs if s.required_resource_keys == {"record_store"}]
+    schedules = [s for s in repo.schedule_defs if s.required_resource_keys == {"record_store"}]
+    return sensors, schedules
+
+
+def _assert_headline(exc: BaseException, port: int) -> None:
+    first = str(exc).splitlines()[0]
+    assert first.startswith(f"record store unreachable at 127.0.0.1:{port}/platform"), first
+    whole = "".join(traceback.format_exception(exc))
+    assert PASSWORD not in whole
+    assert PASSWORD[:4] not in whole
+
+
+def test_record_store_sensors_and_schedules_say_unreachable_first(instance, monkeypatch):
+    from dagster._core.errors import SensorExecutionError, user_code_error_boundary
+
+    monkeypatch.setenv("RECORD_STORE_RETRY_WINDOW_S", "0")
+    port = _free_port()  # closed: nothing listens
+    store = RecordStoreResource(url=f"postgresql://ops:{PASSWORD}@127.0.0.1:{port}/platform")
+    sensors, schedules = _record_store_starters()
+    names = {s.name for s in sensors} | {s.name for s in schedules}
+    assert {"escalate_alerts_sensor", "command_dispatch_sensor", "poll_devices_sensor"} <= names
+    assert "refresh_trace_summaries_schedule" in names
+    for sensor in sensors:
+        # As the daemon runs it: the sensor's evaluation inside Dagster's user-code boundary.
+        with (
+            pytest.raises(Exception) as err,
+            dg.build_sensor_context(instance=instance, resources={"record_store": store}) as ctx,
+            user_code_error_boundary(SensorExecutionError, lambda: "generic headline"),
+        ):
+            sensor.evaluate_tick(ctx)
+        _assert_headline(err.value, port)
+        with (
+            pytest.raises(Exception) as err,
+            dg.build_sensor_context(instance=instance, resources={"record_store": store}) as ctx,
+        ):
+            sensor(ctx)
+        _assert_headline(err.value, port)
+    for schedule in schedules:
+        with (
+            pytest.raises(Exception) as err,
+            dg.build_schedule_context(instance=instance, resources={"record_store": store}) as ctx,
+        ):
+            schedule.evaluate_tick(ctx)
+        _assert_headline(err.value, port)
+
+
+def test_worker_cli_on_an_unreachable_store_is_one_line(tmp_path):
+    port = _free_port()
+    url = f"postgresql://ops:{PASSWORD}@127.0.0.1:{port}/platform"
+    proc = _worker_cli(
+        url, "1-5", "http://127.0.0.1:9/hook", 5, env={"RECORD_STORE_RETRY_WINDOW_S": "1"}
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: record store unreachable at 127.0.0.1:{port}/platform"
+    ), err
+    assert "Traceback" not in err and PASSWORD not in err and PASSWORD not in out
+    bad = _worker_cli(
+        url, "1-5", "http://127.0.0.1:9/hook", 5, env={"RECORD_STORE_LOCK_TIMEOUT_MS": "5s"}
+    )
+    _, err = bad.communicate(timeout=60)
+    assert bad.returncode == 1
+    assert err.strip().splitlines() == [
+        "error: RECORD_STORE_LOCK_TIMEOUT_MS='5s' is not valid: set a whole number of ms from 1 "
+        "to 3600000 (bounds a wait for a lock; default 5000), or unset it"
+    ]
