@@ -24,6 +24,25 @@ def _gateways_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def waiting_key(item: tuple[tuple[str, str | None], int]) -> tuple[str, bool, str]:
+    """Sort key of a ``((partition, domain), tasks)`` pair that always compares.
+
+    ``domain`` is None for targets any gateway of the partition may poll; ``None < "x"`` raises
+    ``TypeError``, so a partition waiting both with and without a domain used to fail the tick
+    before its warnings were logged. Order: partition, then no domain first, then domain.
+    """
+    (partition, domain), _tasks = item
+    return (partition or "", domain is not None, domain or "")
+
+
+def waiting_rows(no_gateway: dict[tuple[str, str | None], int]) -> list[dict]:
+    """One row per (partition, domain) with waiting tasks, in ``waiting_key`` order."""
+    return [
+        {"partition": p, "domain": d, "tasks": n}
+        for (p, d), n in sorted(no_gateway.items(), key=waiting_key)
+    ]
+
+
 class PollDevicesConfig(dg.Config):
     max_new_tasks: int = 50_000
     keep_done_seconds: float = 3600.0
@@ -46,9 +65,7 @@ def poll_devices_tick(
             f"Task {move['task']} failed over from {move['from']} ({move['was']}) "
             f"to {move['to'] or 'no gateway'}"
         )
-    waiting = [
-        {"partition": p, "domain": d, "tasks": n} for (p, d), n in sorted(report.no_gateway.items())
-    ]
+    waiting = waiting_rows(report.no_gateway)
     for w in waiting:
         where = w["partition"] + (f" / domain {w['domain']}" if w["domain"] else "")
         context.log.warning(f"{w['tasks']} poll task(s) wait with no live gateway for {where}")
