@@ -44,24 +44,27 @@ class _Secrets:
     def __init__(self, secrets: Iterable[str]) -> None:
         self.values = sorted({s for s in secrets if s}, key=len, reverse=True)
         self.longest = len(self.values[0]) if self.values else 0
-        self.patterns = [
-            re.compile(
-                f"(?=({re.escape(s)}))" if len(s) >= MIN_ANYWHERE
-                else rf"(?=(?<!\w)({re.escape(s)})(?!\w))"
-            )
+        self.anywhere = [s for s in self.values if len(s) >= MIN_ANYWHERE]
+        self.tokens = [  # overlapping matches (lookahead), each a whole token
+            re.compile(rf"(?=(?<!\w)({re.escape(s)})(?!\w))")
             for s in self.values
-        ]  # fmt: skip
+            if len(s) < MIN_ANYWHERE
+        ]
 
     def spans(self, text: str, start: int = 0) -> list[tuple[int, int]]:
         """Merged [start, end) spans of every (overlapping) occurrence in ``text[start:]``.
 
         ``text[:start]`` is context only: it decides whether a short secret is a whole token.
         """
-        return _merge(
-            (m.start(1), m.end(1))
-            for pattern in self.patterns
-            for m in pattern.finditer(text, start)
-        )  # fmt: skip
+        found = [
+            (m.start(1), m.end(1)) for pattern in self.tokens for m in pattern.finditer(text, start)
+        ]
+        for s in self.anywhere:  # str.find: far faster than a regex on 64 KiB chunks
+            i = text.find(s, start)
+            while i >= 0:
+                found.append((i, i + len(s)))
+                i = text.find(s, i + 1)
+        return _merge(found)
 
     def pending_start(self, text: str, start: int) -> int:
         """Earliest index from which ``text`` could still turn into a secret once more arrives.
@@ -182,14 +185,17 @@ class MaskedLines:
         return lines
 
     def _split(self, text: str) -> list[str]:
-        lines = []
-        self._line += text
-        while True:
-            nl = self._line.find("\n")
-            if nl < 0 or nl >= self.max_line:
-                if len(self._line) < self.max_line:
-                    return lines
-                piece, self._line = self._line[: self.max_line], self._line[self.max_line :]
+        data = self._line + text
+        lines, pos = [], 0
+        while True:  # positions, not slices of the rest: linear in the chunk however many lines
+            nl = data.find("\n", pos, pos + self.max_line)
+            if nl >= 0:
+                end = nl + 1
+            elif len(data) - pos >= self.max_line:
+                end = pos + self.max_line
             else:
-                piece, self._line = self._line[: nl + 1], self._line[nl + 1 :]
-            lines.append(piece)
+                break
+            lines.append(data[pos:end])
+            pos = end
+        self._line = data[pos:]
+        return lines
