@@ -5,11 +5,18 @@ exponential backoff and jitter (honouring ``Retry-After``); every other 4xx is f
 POST carries one ``Idempotency-Key`` for all its attempts, so a retry after a lost response is a
 no-op on the server. Errors carry method, path, status and the server's detail, never a header:
 secrets live only in the ``httpx.Client`` headers and are scrubbed from anything we raise or log.
+
+Every call is bounded (README, "HTTP behaviour"): one deadline covers connect, send, read, every
+attempt and every sleep; a success body is read up to ``max_body_bytes`` and an error body up to
+``max_error_body_bytes``, streamed, so a hostile or broken server can hold neither the step's time
+nor its memory. A 2xx body that is not JSON is a final :class:`ApiResponseError`.
 """
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
+import json as jsonlib
 import logging
 import time
 import uuid
@@ -18,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
+import httpcore
 import httpx
 import tenacity
 
@@ -27,6 +35,13 @@ logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 429})
 REDACTED = "[REDACTED]"
+# What a server's text may contribute to an error or log line, after scrubbing.
+DETAIL_LIMIT = 500
+EXCERPT_LIMIT = 200
+MAX_BODY_BYTES = 8 * 1024 * 1024  # a success (JSON) body
+MAX_ERROR_BODY_BYTES = 64 * 1024  # what is read of an error body for its detail
+MAX_DEFAULT_DEADLINE_SECONDS = 600.0
+_CHUNK_BYTES = 64 * 1024
 
 
 class ApiError(dg.Failure):
@@ -70,6 +85,18 @@ class ApiAuthError(ApiError):
     """401/403: the key was refused. Never retried: another attempt cannot fix a wrong key."""
 
 
+class ApiDeadlineError(ApiError):
+    """The call's overall deadline passed (all attempts and sleeps included)."""
+
+
+class ApiResponseError(ApiError):
+    """A response we refuse to use: a 2xx body that is not JSON, or a body over the size cap.
+
+    Final (never retried, not even by a Dagster step retry): the server answered, so for a POST
+    the effect may be done, and the same endpoint replays the same body for the same key.
+    """
+
+
 def is_transient(status: int | None) -> bool:
     """Whether a failure with this status (None: no response) may go away on its own."""
     return status is None or status in RETRYABLE_STATUS or status >= 500
@@ -88,6 +115,14 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
+class _DeadlinePassed(Exception):
+    """Internal: the call's deadline passed during an attempt (never retried)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class RetrySettings:
     """How hard to try. Defaults suit an API call inside a Dagster step."""
@@ -97,6 +132,15 @@ class RetrySettings:
     max_backoff_seconds: float = 30.0
     # Retry-After above this is clamped: a step should not sleep for an hour on one header.
     max_retry_after_seconds: float = 60.0
+
+
+def default_deadline_seconds(timeout_seconds: float, max_attempts: int) -> float:
+    """One timeout per attempt, at most 10 minutes, never less than one timeout.
+
+    Backoff sleeps come out of the same budget, so a call whose every attempt times out gets
+    slightly fewer attempts rather than a longer hold on the step.
+    """
+    return max(timeout_seconds, min(timeout_seconds * max_attempts, MAX_DEFAULT_DEADLINE_SECONDS))
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -116,24 +160,197 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - now)
 
 
+def _secret_list(secrets: Iterable[str]) -> list[str]:
+    # Longest first: a secret that contains another is replaced whole, not around the shorter one.
+    return sorted({s for s in secrets if s}, key=len, reverse=True)
+
+
 def redact(text: str, secrets: Iterable[str]) -> str:
     """Replace every secret value in ``text`` (servers sometimes echo what they were sent)."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
+    for secret in _secret_list(secrets):
+        text = text.replace(secret, REDACTED)
     return text
 
 
-def _detail_of(response: httpx.Response) -> str:
+def mask_cut_secret(text: str, secrets: Iterable[str]) -> str:
+    """Mask the end of a cut ``text`` when it is the start of a secret (or of ``REDACTED``).
+
+    A cut can leave the first characters of a secret whose whole value was never in the kept
+    text, so whole-value redaction cannot see them. Any such trailing prefix, even one character
+    long, becomes ``REDACTED``: a character too many masked costs nothing, one too few leaks.
+    """
+    longest = 0
+    for candidate in [*_secret_list(secrets), REDACTED]:
+        for size in range(min(len(candidate) - 1, len(text)), longest, -1):
+            if text.endswith(candidate[:size]):
+                longest = size
+                break
+    return f"{text[: len(text) - longest]}{REDACTED}" if longest else text
+
+
+def redact_then_truncate(text: str, secrets: Iterable[str], limit: int = DETAIL_LIMIT) -> str:
+    """What may be shown of a server's text: scrubbed whole, then cut to ``limit`` characters.
+
+    Order matters: cutting first can split a secret so that redaction no longer matches it and
+    its first characters survive. Secrets of every length are replaced whole; after a cut, a
+    trailing partial secret is masked too (:func:`mask_cut_secret`).
+    """
+    secrets = _secret_list(secrets)
+    text = redact(text, secrets)
+    if len(text) <= limit:
+        return text
+    return f"{mask_cut_secret(text[:limit], secrets)}… [{len(text) - limit} more characters]"
+
+
+def _redact_json(value: Any, secrets: list[str]) -> Any:
+    """Scrub every string (keys too) of a parsed JSON value, before it is serialised again.
+
+    Serialising first would escape a secret's quotes or backslashes so it no longer matches.
+    """
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, list):
+        return [_redact_json(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {redact(str(k), secrets): _redact_json(v, secrets) for k, v in value.items()}
+    return value
+
+
+def detail_of(body: bytes, secrets: Iterable[str], *, cut: bool = False) -> str:
+    """The server's explanation from an error body: ``detail``/``message``/``error`` or all of it.
+
+    Scrubbed, then cut to ``DETAIL_LIMIT``. ``cut`` says the body was itself cut by the read cap,
+    so its end may hold a partial secret.
+    """
+    secrets = _secret_list(secrets)
+    text = body.decode("utf-8", errors="replace")
+    if cut:
+        text = mask_cut_secret(redact(text, secrets), secrets)
     try:
-        body = response.json()
+        parsed = jsonlib.loads(text)
     except ValueError:
-        return response.text[:500]
-    if isinstance(body, dict):
+        return redact_then_truncate(text, secrets, DETAIL_LIMIT)
+    parsed = _redact_json(parsed, secrets)
+    if isinstance(parsed, dict):
         for key in ("detail", "message", "error"):
-            if key in body:
-                return str(body[key])[:500]
-    return str(body)[:500]
+            if key in parsed:
+                parsed = parsed[key]
+                break
+    if not isinstance(parsed, str):
+        parsed = jsonlib.dumps(parsed, ensure_ascii=False)
+    return redact_then_truncate(parsed, secrets, DETAIL_LIMIT)
+
+
+# The deadline of the call running on this thread; read by the network streams below.
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "http_api_deadline", default=None
+)
+
+
+def _within_deadline(timeout: float | None, exc_type: type[Exception]) -> float | None:
+    """Shrink one socket operation's timeout to what is left of the call's deadline."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return timeout
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise exc_type("the call's deadline has passed")
+    return remaining if timeout is None else min(timeout, remaining)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket whose every read and write ends by the call's deadline.
+
+    httpx's timeouts are per socket operation: a server sending one byte per second never trips
+    a 3 s read timeout. Clipping each operation to the remaining deadline bounds the whole call,
+    the status line and headers included (which no body loop could watch).
+    """
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _within_deadline(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _within_deadline(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(
+            self._stream.start_tls(
+                ssl_context, server_hostname, _within_deadline(timeout, httpcore.ConnectTimeout)
+            )
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's own sync backend, with :class:`_DeadlineStream` sockets."""
+
+    def __init__(self) -> None:
+        self._backend = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(
+            self._backend.connect_tcp(
+                host,
+                port,
+                _within_deadline(timeout, httpcore.ConnectTimeout),
+                local_address,
+                socket_options,
+            )
+        )
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(
+            self._backend.connect_unix_socket(
+                path, _within_deadline(timeout, httpcore.ConnectTimeout), socket_options
+            )
+        )
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _deadline_transport() -> httpx.HTTPTransport:
+    """httpx's default transport over :class:`_DeadlineBackend` (httpx has no public hook for a
+    network backend; its transport keeps the httpcore pool in ``_pool``, pinned by a test)."""
+    transport = httpx.HTTPTransport()
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=httpx.create_ssl_context(), network_backend=_DeadlineBackend()
+    )
+    return transport
+
+
+class CheckedResponse(httpx.Response):
+    """A response read whole within the caps, whose ``json()`` fails as an :class:`ApiError`.
+
+    Callers that take the response from :meth:`ApiClient.request` and call ``.json()`` get the
+    same checked decoding as :meth:`ApiClient.request_json`.
+    """
+
+    def __init__(self, *, decoder: Callable[[httpx.Response], Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._decoder = decoder
+
+    def json(self, **kwargs: Any) -> Any:
+        return self._decoder(self)
 
 
 class _WaitWithRetryAfter(tenacity.wait.wait_base):
@@ -155,6 +372,16 @@ class _WaitWithRetryAfter(tenacity.wait.wait_base):
         return delay
 
 
+class _StopBeforeDeadline(tenacity.stop.stop_base):
+    """Stop instead of sleeping past the deadline (the sleep would only end in a timeout)."""
+
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return time.monotonic() + retry_state.upcoming_sleep >= self._deadline
+
+
 RetryLog = Callable[[str], None]
 
 
@@ -163,6 +390,9 @@ class ApiClient:
 
     ``service`` names the remote in messages ("platform API (prod)"); ``secrets`` are the values to
     scrub from anything surfaced; ``on_retry`` receives a human line per retry (the run log).
+    ``deadline_seconds`` bounds one logical call, all attempts and sleeps included (default:
+    :func:`default_deadline_seconds`); ``max_body_bytes`` / ``max_error_body_bytes`` cap what is
+    read of a success / error body.
     """
 
     def __init__(
@@ -178,19 +408,35 @@ class ApiClient:
         auth_hint: str = "",
         transport: httpx.BaseTransport | None = None,
         trace_attributes: Mapping[str, str] | None = None,
+        deadline_seconds: float | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        max_error_body_bytes: int = MAX_ERROR_BODY_BYTES,
     ) -> None:
         self.service = service
         self.base_url = base_url.rstrip("/")
-        self._secrets = tuple(s for s in secrets if s)
+        self._secrets = tuple(_secret_list(secrets))
         self._retry = retry or RetrySettings()
         self._on_retry = on_retry
         self._auth_hint = auth_hint
         self._trace_attributes = dict(trace_attributes or {})
+        self._timeout_seconds = timeout_seconds
+        if deadline_seconds is None:
+            deadline_seconds = default_deadline_seconds(timeout_seconds, self._retry.max_attempts)
+        for name, value in (
+            ("deadline_seconds", deadline_seconds),
+            ("max_body_bytes", max_body_bytes),
+            ("max_error_body_bytes", max_error_body_bytes),
+        ):
+            if not value > 0:
+                raise ValueError(f"{service}: {name} must be positive, got {value!r}")
+        self.deadline_seconds = float(deadline_seconds)
+        self.max_body_bytes = max_body_bytes
+        self.max_error_body_bytes = max_error_body_bytes
         self._client = httpx.Client(
             base_url=self.base_url,
             headers=dict(headers),
             timeout=httpx.Timeout(timeout_seconds, connect=min(10.0, timeout_seconds)),
-            transport=transport,
+            transport=transport if transport is not None else _deadline_transport(),
             follow_redirects=False,
         )
 
@@ -206,6 +452,71 @@ class ApiClient:
     def _scrub(self, text: str) -> str:
         return redact(text, self._secrets)
 
+    def _attempt_timeout(self, deadline: float) -> httpx.Timeout:
+        """This attempt's timeouts, none past the deadline (for transports without our sockets)."""
+        remaining = max(0.001, deadline - time.monotonic())
+        timeout = min(self._timeout_seconds, remaining)
+        return httpx.Timeout(timeout, connect=min(10.0, timeout))
+
+    def _read_capped(
+        self, response: httpx.Response, cap: int, deadline: float, describe: Callable[[], str]
+    ) -> tuple[bytes, bool]:
+        """Up to ``cap`` bytes of the body, streamed; ``True`` when there was more.
+
+        The clock is checked per chunk as well as per socket read (custom transports).
+        """
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes(_CHUNK_BYTES):
+            if time.monotonic() >= deadline:
+                raise _DeadlinePassed(f"{describe()} while reading the body ({size} bytes read)")
+            if size + len(chunk) > cap:
+                chunks.append(chunk[: cap - size])
+                return b"".join(chunks), True
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks), False
+
+    def _too_large(self, method: str, path: str, status: int, what: str) -> ApiResponseError:
+        return ApiResponseError(
+            f"{self.service}: {method} {path} returned HTTP {status} with a body {what}, over the "
+            f"{_size(self.max_body_bytes)} cap on a response body; not read and not retried "
+            "(page the request smaller, or raise max_body_bytes if the size is expected).",
+            service=self.service,
+            method=method,
+            path=path,
+            status=status,
+            allow_retries=False,
+        )
+
+    def decode_json(self, response: httpx.Response, method: str, path: str) -> Any:
+        """The JSON of a successful response, or an :class:`ApiResponseError` naming the call.
+
+        Not retried: a complete 2xx whose body is not JSON is a proxy or a wrong URL answering in
+        place of the API (or a server bug), and the same request gets the same answer; for a POST
+        the effect may already be applied. A body cut short by a dropped connection is a
+        transport error instead, which is retried.
+        """
+        try:
+            return jsonlib.loads(response.content)
+        except ValueError:
+            pass
+        text = response.content.decode("utf-8", errors="replace")
+        excerpt = redact_then_truncate(text, self._secrets, EXCERPT_LIMIT)
+        content_type = response.headers.get("Content-Type", "no Content-Type")
+        raise ApiResponseError(
+            f"{self.service}: {method} {path} returned HTTP {response.status_code} but its body is "
+            f"not JSON ({content_type}, {len(response.content)} bytes, starting {excerpt!r}); not "
+            "retried. Check that the environment's API URL reaches the API itself, not a proxy "
+            "or login page.",
+            service=self.service,
+            method=method,
+            path=path,
+            status=response.status_code,
+            detail=excerpt,
+            allow_retries=False,
+        )
+
     def request(
         self,
         method: str,
@@ -216,28 +527,50 @@ class ApiClient:
         idempotency_key: str | None = None,
         extra_headers: Mapping[str, str] | None = None,
         ok_statuses: Iterable[int] = (200, 201),
-    ) -> httpx.Response:
-        """Send one logical call, retrying per the contract; return the successful response."""
+    ) -> CheckedResponse:
+        """Send one logical call, retrying per the contract; return the successful response.
+
+        The response is read whole (within ``max_body_bytes``) before it is returned; its
+        ``json()`` is :meth:`decode_json`.
+        """
         method = method.upper()
         headers = dict(extra_headers or {})
         if method == "POST":
             headers["Idempotency-Key"] = idempotency_key or f"{uuid.uuid4()}"
         ok = frozenset(ok_statuses)
+        deadline = time.monotonic() + self.deadline_seconds
+        attempts = 0
 
-        def attempt() -> httpx.Response:
+        def past_deadline() -> str:
+            return f"its {self.deadline_seconds:g}s deadline passed"
+
+        def attempt() -> CheckedResponse:
+            nonlocal attempts
+            attempts += 1
+            if time.monotonic() >= deadline:
+                raise _DeadlinePassed(f"{past_deadline()} before attempt {attempts}")
             try:
-                response = self._client.request(
-                    method, path, json=json, params=params, headers=headers
-                )
+                with self._client.stream(
+                    method,
+                    path,
+                    json=json,
+                    params=params,
+                    headers=headers,
+                    timeout=self._attempt_timeout(deadline),
+                ) as response:
+                    status = response.status_code
+                    if status in ok:
+                        return self._read_ok(response, method, path, deadline, past_deadline)
+                    body, cut = self._read_capped(
+                        response, self.max_error_body_bytes, deadline, past_deadline
+                    )
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection error"
-                raise _Retryable(
-                    f"{kind}: {self._scrub(str(exc)) or type(exc).__name__}", None, None, None
-                ) from None
-            if response.status_code in ok:
-                return response
-            detail = self._scrub(_detail_of(response))
-            status = response.status_code
+                text = redact_then_truncate(str(exc) or type(exc).__name__, self._secrets)
+                if time.monotonic() >= deadline:
+                    raise _DeadlinePassed(f"{past_deadline()} ({kind}: {text})") from None
+                raise _Retryable(f"{kind}: {text}", None, None, None) from None
+            detail = detail_of(body, self._secrets, cut=cut)
             if is_transient(status):
                 raise _Retryable(
                     f"HTTP {status}: {detail}",
@@ -245,14 +578,14 @@ class ApiClient:
                     detail,
                     parse_retry_after(response.headers.get("Retry-After")),
                 )
-            self._raise_final(method, path, status, detail, attempts=1)
+            self._raise_final(method, path, status, detail, attempts=attempts)
             raise AssertionError("unreachable")
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             reason = exc.reason if isinstance(exc, _Retryable) else repr(exc)
             wait = state.next_action.sleep if state.next_action else 0.0
-            line = (
+            line = self._scrub(
                 f"{self.service}: {method} {path} attempt {state.attempt_number}/"
                 f"{self._retry.max_attempts} failed ({reason}); retrying in {wait:.1f}s"
             )
@@ -261,12 +594,14 @@ class ApiClient:
                 self._on_retry(line)
 
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self._retry.max_attempts),
+            stop=tenacity.stop_after_attempt(self._retry.max_attempts)
+            | _StopBeforeDeadline(deadline),
             wait=_WaitWithRetryAfter(self._retry),
             retry=tenacity.retry_if_exception_type(_Retryable),
             before_sleep=before_sleep,
             reraise=True,
         )
+        token = _DEADLINE.set(deadline)
         try:
             # One span per logical call (all its attempts); its traceparent rides every attempt.
             with tracing.span(
@@ -281,16 +616,65 @@ class ApiClient:
             ):
                 return retrying(attempt)
         except _Retryable as exc:
+            if attempts >= self._retry.max_attempts:
+                summary = f"failed after {attempts} attempts"
+            else:
+                summary = (
+                    f"gave up after {attempts} attempt(s): the next one would start past its "
+                    f"{self.deadline_seconds:g}s deadline"
+                )
             raise ApiError(
-                f"{self.service}: {method} {path} failed after {self._retry.max_attempts} "
-                f"attempts; last error: {exc.reason}",
+                self._scrub(f"{self.service}: {method} {path} {summary}; last error: {exc.reason}"),
                 service=self.service,
                 method=method,
                 path=path,
                 status=exc.status,
                 detail=exc.detail,
-                attempts=self._retry.max_attempts,
+                attempts=attempts,
             ) from None
+        except _DeadlinePassed as exc:
+            raise ApiDeadlineError(
+                self._scrub(
+                    f"{self.service}: {method} {path} stopped after {attempts} attempt(s): "
+                    f"{exc.reason}. The deadline covers connect, send, read, retries and their "
+                    "sleeps; raise deadline_seconds only if the server is known to be this slow."
+                ),
+                service=self.service,
+                method=method,
+                path=path,
+                attempts=attempts,
+            ) from None
+        finally:
+            _DEADLINE.reset(token)
+
+    def _read_ok(
+        self,
+        response: httpx.Response,
+        method: str,
+        path: str,
+        deadline: float,
+        past_deadline: Callable[[], str],
+    ) -> CheckedResponse:
+        """Read a success body within the cap (refused early on ``Content-Length``)."""
+        status = response.status_code
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise self._too_large(method, path, status, f"of {_size(int(declared))} (declared)")
+        body, over = self._read_capped(response, self.max_body_bytes, deadline, past_deadline)
+        if over:
+            raise self._too_large(method, path, status, "that kept going")
+        kept = [
+            (k, v)
+            for k, v in response.headers.multi_items()
+            if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        return CheckedResponse(
+            decoder=lambda r: self.decode_json(r, method, path),
+            status_code=status,
+            headers=kept,
+            content=body,
+            request=response.request,
+        )
 
     def _raise_final(self, method: str, path: str, status: int, detail: str, attempts: int) -> None:
         if status in (401, 403):
@@ -317,8 +701,21 @@ class ApiClient:
             allow_retries=False,  # a step retry (Dagster RetryPolicy) cannot fix a 4xx either
         )
 
+    def request_json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """:meth:`request`, then :meth:`decode_json` (bounded, checked, clear errors)."""
+        return self.decode_json(self.request(method, path, **kwargs), method.upper(), path)
+
     def post_json(self, path: str, body: Any, *, idempotency_key: str | None = None) -> Any:
-        return self.request("POST", path, json=body, idempotency_key=idempotency_key).json()
+        return self.request_json("POST", path, json=body, idempotency_key=idempotency_key)
 
     def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
-        return self.request("GET", path, params=params).json()
+        return self.request_json("GET", path, params=params)
+
+
+def _size(n: int) -> str:
+    """Bytes as the README states the caps (KiB / MiB)."""
+    if n >= 1024 * 1024:
+        return f"{n / (1024 * 1024):g} MiB"
+    if n >= 1024:
+        return f"{n / 1024:g} KiB"
+    return f"{n} bytes"
