@@ -2,16 +2,19 @@
 
 ``platform-ops home [--postgres]`` writes ``$DAGSTER_HOME/dagster.yaml`` from the repo's instance
 files; ``platform-ops demo`` starts the local sandbox (and whatever else the demo needs on
-loopback), runs the main jobs with ``dagster job execute`` and prints what happened.
+loopback), runs the main jobs with ``dagster job execute`` and prints what happened. An error is
+one line on stderr, exit 2 for a bad input (a damaged archive file), 1 otherwise
+(``orchestration.cli_errors``).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
 from pathlib import Path
+
+from orchestration import cli_errors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +37,11 @@ def write_home(home: Path, *, postgres: bool) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="platform-ops", description=__doc__)
+    return cli_errors.run("platform-ops", lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = cli_errors.OneLineArgumentParser(prog="platform-ops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     home = sub.add_parser("home", help="write $DAGSTER_HOME/dagster.yaml")
     home.add_argument("--postgres", action="store_true", help="PostgreSQL storage (DAGSTER_PG_URL)")
@@ -75,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 def _archive_show(run_id: str, directory: Path | None, *, as_json: bool) -> int:
     import json
 
-    from orchestration.policies.archive import ArchiveError, find_archive, read_archive
+    from orchestration.policies.archive import find_archive, read_archive
     from orchestration.policies.archive_job import default_archive_dir
 
     root = Path(directory or default_archive_dir())
@@ -83,11 +90,7 @@ def _archive_show(run_id: str, directory: Path | None, *, as_json: bool) -> int:
     if path is None:
         print(f"No archive for run {run_id} under {root}", file=sys.stderr)
         return 1
-    try:
-        archived = read_archive(path)
-    except ArchiveError as exc:
-        print(f"Archive {path} is damaged: {exc}", file=sys.stderr)
-        return 2
+    archived = read_archive(path)  # a damaged file: ArchiveError, one line from cli_errors
     run = archived.run
     print(f"run {run.run_id}  job {run.job_name}  status {run.status.value}  ({path})")
     print(f"tags: {json.dumps(dict(run.tags), sort_keys=True)}")
@@ -106,19 +109,15 @@ def _archive_records(table: str, directory: Path | None, ids: list[int] | None) 
     import json
 
     from orchestration.policies.archive_job import default_archive_dir
-    from orchestration.policies.record_archive import RecordArchiveError, read_records
+    from orchestration.policies.record_archive import read_records
 
     root = Path(directory or default_archive_dir())
     wanted = set(ids or [])
     found = 0
-    try:
-        for row in read_records(root, table):
-            if not wanted or row["id"] in wanted:
-                found += 1
-                print(json.dumps(row, sort_keys=True))
-    except RecordArchiveError as exc:
-        print(f"Damaged archive under {root}: {exc}", file=sys.stderr)
-        return 2
+    for row in read_records(root, table):  # a damaged file: one line from cli_errors, exit 2
+        if not wanted or row["id"] in wanted:
+            found += 1
+            print(json.dumps(row, sort_keys=True))
     if not found:
         print(f"No archived {table} rows under {root / 'records' / table}", file=sys.stderr)
         return 1

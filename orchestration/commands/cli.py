@@ -12,7 +12,9 @@
 
 ``run`` and ``retry`` create the command run and print its id; the dispatch sensor launches it on
 its next tick (within a minute). To run in the foreground of a Dagster run instead, use the
-``run_command_now`` / ``retry_command_run`` jobs. Invalid input changes nothing (exit code 2).
+``run_command_now`` / ``retry_command_run`` jobs. Invalid input changes nothing (exit code 2);
+every error is one line on stderr (``orchestration.cli_errors``): exit 2 for a bad argument,
+file, catalog or store URL, 1 for an unreachable record store or an unexpected error.
 """
 
 from __future__ import annotations
@@ -24,19 +26,22 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
+from orchestration import cli_errors
 from orchestration.commands import actions, catalog, store
 from orchestration.commands import models as m
 from resources.record_store import DEFAULT_URL, make_engine, upgrade
 
 
 def _engine(url: str | None) -> sa.Engine:
-    url = url or os.environ.get("RECORD_STORE_URL", DEFAULT_URL)
+    url = cli_errors.store_url(url or os.environ.get("RECORD_STORE_URL", DEFAULT_URL))
     upgrade(url)
     return make_engine(url)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="platform-ops-commands", description=__doc__.split("\n")[0])
+    p = cli_errors.OneLineArgumentParser(
+        prog="platform-ops-commands", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--store-url", help="record store URL (default $RECORD_STORE_URL)")
     sub = p.add_subparsers(dest="action", required=True)
     s = sub.add_parser("sync-catalog", help="make the database match a YAML catalog")
@@ -82,7 +87,17 @@ def _set_variable(engine: sa.Engine, env: str, name: str, value: str, secret: bo
     return catalog.set_variable(engine, env, name, value, secret)  # the catalog's own checks
 
 
+# The operator's own mistakes (exit 2); everything else is classified by cli_errors.
+INPUT_ERRORS = (catalog.CatalogError, actions.ActionError, store.UnknownCommandRun)
+
+
 def main(argv: Sequence[str] | None = None, out=None) -> int:
+    return cli_errors.run(
+        "platform-ops-commands", lambda: _main(argv, out), input_errors=INPUT_ERRORS
+    )
+
+
+def _main(argv: Sequence[str] | None, out) -> int:
     out = out or sys.stdout
     args = _parser().parse_args(argv)
     engine = _engine(args.store_url)
@@ -90,72 +105,73 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     def say(text: str) -> None:
         print(text, file=out)
 
-    try:
-        if args.action == "sync-catalog":
-            say(f"catalog synced: {catalog.sync_file(engine, args.file).summary()}")
-        elif args.action == "run":
-            run_id = actions.request_run(
-                engine, args.command, args.env, in_seconds=args.in_seconds, requested_by="cli"
-            )
-            say(str(run_id))
-        elif args.action == "retry":
-            say(str(actions.retry_run(engine, args.run_id, requested_by="cli")))
-        elif args.action == "list-runs":
-            f = store.RunFilter(args.command, args.env, args.status, args.limit)
-            for r in store.list_runs(engine, f):
-                say(
-                    f"{r['id']:>7}  {r['status']:<9}  {r['command']:<24} {r['environment']:<12} "
-                    f"attempt {r['attempt']}  slot {store.fmt_time(r['slot'])}  "
-                    f"started {store.fmt_time(r['started_at'])}  exit {r['exit_code']}"
-                )
-        elif args.action == "show-run":
-            r = store.get_run(engine, args.run_id)
-            say(
-                f"command run {r['id']}: {r['command_name']} in {r['environment_name']} "
-                f"{r['status']} attempt {r['attempt']} exit {r['exit_code']} "
-                f"duration {r['duration_seconds']} dagster run {r['dagster_run_id']}"
-            )
-            for e in store.events_for(engine, args.run_id):
-                say(f"  {store.fmt_time(e['at'])} {e['kind']} {e['message'] or ''}")
-                for stream in ("stdout_tail", "stderr_tail"):
-                    if e[stream]:
-                        say(f"  --- {stream}\n{e[stream]}")
-        elif args.action == "set-command":
-            spec = catalog.CommandSpec(
-                args.name, args.command, enabled=not args.disable, timeout_seconds=args.timeout,
-                working_dir=args.workdir, use_shell=not args.no_shell,
-            )  # fmt: skip
-            res = catalog.apply(engine, catalog.Catalog(commands=[spec]), prune=False)
-            say(res.summary())
-        elif args.action == "set-environment":
-            with engine.connect() as conn:
-                env_id = conn.execute(
-                    sa.select(m.environments.c.id).where(m.environments.c.name == args.name)
-                ).scalar()
-            if env_id is None:
-                spec = catalog.EnvironmentSpec(args.name, enabled=not args.disable)
-                res = catalog.apply(engine, catalog.Catalog(environments=[spec]), prune=False)
-                say(res.summary())
-            else:  # keep its variables
-                with engine.begin() as conn:
-                    conn.execute(
-                        m.environments.update()
-                        .where(m.environments.c.id == env_id)
-                        .values(enabled=not args.disable)
-                    )
-                say(f"environment {args.name} {'disabled' if args.disable else 'enabled'}")
-        elif args.action == "set-variable":
-            say(_set_variable(engine, args.environment, args.name, args.value, args.secret))
-        elif args.action == "set-schedule":
-            spec = catalog.ScheduleSpec(
-                args.name, args.command, args.env, args.cron, enabled=not args.disable
-            )
-            res = catalog.apply(engine, catalog.Catalog(schedules=[spec]), prune=False)
-            say(res.summary())
-    except (catalog.CatalogError, actions.ActionError, store.UnknownCommandRun) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    _dispatch(args, engine, say)
     return 0
+
+
+def _dispatch(args: argparse.Namespace, engine: sa.Engine, say) -> None:
+    """Run one subcommand; its errors propagate to ``cli_errors.run``."""
+    if args.action == "sync-catalog":
+        say(f"catalog synced: {catalog.sync_file(engine, args.file).summary()}")
+    elif args.action == "run":
+        run_id = actions.request_run(
+            engine, args.command, args.env, in_seconds=args.in_seconds, requested_by="cli"
+        )
+        say(str(run_id))
+    elif args.action == "retry":
+        say(str(actions.retry_run(engine, args.run_id, requested_by="cli")))
+    elif args.action == "list-runs":
+        f = store.RunFilter(args.command, args.env, args.status, args.limit)
+        for r in store.list_runs(engine, f):
+            say(
+                f"{r['id']:>7}  {r['status']:<9}  {r['command']:<24} {r['environment']:<12} "
+                f"attempt {r['attempt']}  slot {store.fmt_time(r['slot'])}  "
+                f"started {store.fmt_time(r['started_at'])}  exit {r['exit_code']}"
+            )
+    elif args.action == "show-run":
+        r = store.get_run(engine, args.run_id)
+        say(
+            f"command run {r['id']}: {r['command_name']} in {r['environment_name']} "
+            f"{r['status']} attempt {r['attempt']} exit {r['exit_code']} "
+            f"duration {r['duration_seconds']} dagster run {r['dagster_run_id']}"
+        )
+        for e in store.events_for(engine, args.run_id):
+            say(f"  {store.fmt_time(e['at'])} {e['kind']} {e['message'] or ''}")
+            for stream in ("stdout_tail", "stderr_tail"):
+                if e[stream]:
+                    say(f"  --- {stream}\n{e[stream]}")
+    elif args.action == "set-command":
+        spec = catalog.CommandSpec(
+            args.name, args.command, enabled=not args.disable, timeout_seconds=args.timeout,
+            working_dir=args.workdir, use_shell=not args.no_shell,
+        )  # fmt: skip
+        res = catalog.apply(engine, catalog.Catalog(commands=[spec]), prune=False)
+        say(res.summary())
+    elif args.action == "set-environment":
+        with engine.connect() as conn:
+            env_id = conn.execute(
+                sa.select(m.environments.c.id).where(m.environments.c.name == args.name)
+            ).scalar()
+        if env_id is None:
+            spec = catalog.EnvironmentSpec(args.name, enabled=not args.disable)
+            res = catalog.apply(engine, catalog.Catalog(environments=[spec]), prune=False)
+            say(res.summary())
+        else:  # keep its variables
+            with engine.begin() as conn:
+                conn.execute(
+                    m.environments.update()
+                    .where(m.environments.c.id == env_id)
+                    .values(enabled=not args.disable)
+                )
+            say(f"environment {args.name} {'disabled' if args.disable else 'enabled'}")
+    elif args.action == "set-variable":
+        say(_set_variable(engine, args.environment, args.name, args.value, args.secret))
+    elif args.action == "set-schedule":
+        spec = catalog.ScheduleSpec(
+            args.name, args.command, args.env, args.cron, enabled=not args.disable
+        )
+        res = catalog.apply(engine, catalog.Catalog(schedules=[spec]), prune=False)
+        say(res.summary())
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ has a backlog it claims again as soon as a check finishes; otherwise it polls ev
 
 SIGTERM/SIGINT: stop claiming, let in-flight checks finish (bounded), deregister, exit 0 — the
 next tick reassigns anything still assigned. SIGKILL needs nothing: the lease simply expires.
+A bad argument or store URL (exit 2) or a store unreachable at start (exit 1) is one line on
+stderr (``orchestration.cli_errors``); once running, store errors are logged and retried.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import sqlalchemy as sa
 
+from orchestration import cli_errors
 from orchestration.gateways import registry
 from orchestration.gateways.checks import run_check
 from orchestration.gateways.db import make_engine
 from orchestration.gateways.worker import ClaimedTask, claim_tasks, report_result
+
+PROG = "python -m orchestration.gateways.agent"
 
 
 def log(message: str) -> None:
@@ -133,7 +138,7 @@ class Agent:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m orchestration.gateways.agent")
+    parser = cli_errors.OneLineArgumentParser(prog=PROG)
     parser.add_argument("--id", required=True, help="Gateway id (stable across restarts).")
     parser.add_argument("--partition", required=True)
     parser.add_argument(
@@ -151,10 +156,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.store_url:
         parser.error("--store-url or $RECORD_STORE_URL is required")
+    if args.lease <= args.heartbeat:
+        parser.error(f"--lease ({args.lease}) must be longer than --heartbeat ({args.heartbeat})")
+    cli_errors.store_url(args.store_url)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    return cli_errors.run(PROG, lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     agent = Agent(
         make_engine(args.store_url),

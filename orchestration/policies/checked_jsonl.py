@@ -97,9 +97,9 @@ def _parse(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str
                 digest.update(raw)
                 items.append(item)
     except EOFError as exc:
-        raise _Damage(f"gzip stream cut short after line {number} (truncated file)") from exc
+        raise _Damage(f"gzip stream cut short {_where(number)} (truncated file)") from exc
     except (gzip.BadGzipFile, zlib.error) as exc:
-        raise _Damage(f"not a valid gzip stream after line {number} ({_first_line(exc)})") from exc
+        raise _Damage(f"not a valid gzip stream {_where(number)} ({_first_line(exc)})") from exc
     return items, trailer, digest.hexdigest()
 
 
@@ -114,6 +114,10 @@ def _item(raw: bytes, number: int) -> dict[str, Any]:
     if not isinstance(item, dict) or not isinstance(item.get("kind"), str):
         raise _Damage(f"line {number} is not an archive record (no 'kind')")
     return item
+
+
+def _where(lines_read: int) -> str:
+    return f"after line {lines_read}" if lines_read else "before its first line"
 
 
 def _first_line(exc: BaseException) -> str:
