@@ -152,50 +152,64 @@ def _proc_pids() -> list[int]:
         return []
 
 
+def _member(pid: int, pgid: int) -> bool:
+    """Live (non-zombie) member of process group ``pgid``, from /proc/<pid>/stat."""
+    try:
+        with open(f"{PROC}/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    fields = stat[stat.rindex(")") + 2 :].split()  # state ppid pgrp ...
+    return fields[0] != "Z" and int(fields[2]) == pgid
+
+
+def _carries(pid: int, needle: bytes, uid: int) -> bool:
+    """This user's process whose environment holds exactly ``needle`` (a zombie has none).
+
+    The environment is read first and the owner checked only on a match: one stat call per
+    match instead of per process (this runs after every command exits).
+    """
+    try:
+        with open(f"{PROC}/{pid}/environ", "rb", buffering=0) as f:
+            environ = f.read()
+        return (
+            needle in environ
+            and needle in environ.split(b"\0")
+            and os.stat(f"{PROC}/{pid}").st_uid == uid
+        )
+    except OSError:
+        return False
+
+
+def _scan(pgid: int | None, token: str | None) -> tuple[list[int], list[int]]:
+    """One pass over /proc: (live members of group ``pgid``, processes carrying ``token``).
+
+    The token is matched exactly (never a prefix), only in this user's processes, never this
+    process. A group that ``killpg(pgid, 0)`` says is empty is not looked for at all.
+    """
+    if pgid and not _signal_group(pgid, 0):
+        pgid = None
+    if not pgid and not token:
+        return [], []
+    needle = f"{TOKEN_VAR}={token}".encode() if token else b""
+    uid, me = os.getuid(), os.getpid()
+    members, carriers = [], []
+    for pid in _proc_pids():
+        if pgid and _member(pid, pgid):
+            members.append(pid)
+        if token and pid != me and _carries(pid, needle, uid):
+            carriers.append(pid)
+    return members, carriers
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes in process group ``pgid``, from /proc (Linux)."""
-    members = []
-    for pid in _proc_pids():
-        try:
-            with open(f"{PROC}/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # state ppid pgrp ...
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(pid)
-    return members
-
-
-def _group_alive(pgid: int) -> bool:
-    """Any live member; zombies (killed orphans nobody reaps yet) do not count."""
-    if os.path.isdir(PROC):
-        return bool(group_members(pgid))
-    return _signal_group(pgid, 0)
+    return _scan(pgid, None)[0]
 
 
 def token_processes(token: str) -> list[int]:
-    """Live processes of this user whose environment holds exactly ``COMMAND_RUN_TOKEN=<token>``.
-
-    Only this user's processes are read (the uid of /proc/<pid>), the exact variable is matched
-    (never a prefix of it), and this process is never included. A zombie has no environment.
-    """
-    needle = f"{TOKEN_VAR}={token}".encode()
-    uid, me = os.getuid(), os.getpid()
-    found = []
-    for pid in _proc_pids():
-        if pid == me:
-            continue
-        try:
-            if os.stat(f"{PROC}/{pid}").st_uid != uid:
-                continue
-            with open(f"{PROC}/{pid}/environ", "rb") as f:
-                environ = f.read()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0"):
-            found.append(pid)
-    return found
+    """Live processes of this user whose environment holds exactly ``COMMAND_RUN_TOKEN=<token>``."""
+    return _scan(None, token)[1]
 
 
 @dataclass
@@ -210,16 +224,19 @@ class Ended:
         return self.group or bool(self.escaped)
 
 
-def _signal_all(pgid: int | None, token: str | None, sig: int) -> None:
+def _alive(pgid: int | None, token: str | None) -> tuple[list[int], list[int]]:
+    if os.path.isdir(PROC):
+        return _scan(pgid, token)
+    # no /proc: the group only (zombies then count as alive until the grace ends)
+    return ([pgid] if pgid and _signal_group(pgid, 0) else []), []
+
+
+def _signal_all(pgid: int | None, carriers: list[int], sig: int) -> None:
     if pgid:
         _signal_group(pgid, sig)
-    for pid in token_processes(token) if token else ():
+    for pid in carriers:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
-
-
-def _any_left(pgid: int | None, token: str | None) -> bool:
-    return bool(pgid and _group_alive(pgid)) or bool(token and token_processes(token))
 
 
 def end_processes(pgid: int | None, token: str | None, grace_seconds: float) -> Ended:
@@ -227,23 +244,24 @@ def end_processes(pgid: int | None, token: str | None, grace_seconds: float) -> 
 
     Every round scans /proc again, so a process forked (or re-parented) meanwhile is caught too.
     """
-    group = bool(pgid and _group_alive(pgid))
-    members = set(group_members(pgid)) if group and pgid else set()
-    escaped = [p for p in token_processes(token) if p not in members] if token else []
-    ended = Ended(group, len(escaped), killed=False)
+    members, carriers = _alive(pgid, token)
+    ended = Ended(bool(members), len(set(carriers) - set(members)), killed=False)
     if not ended:
         return ended
-    _signal_all(pgid, token, signal.SIGTERM)
+    _signal_all(pgid, carriers, signal.SIGTERM)
     deadline = time.monotonic() + grace_seconds
     while time.monotonic() < deadline:
-        if not _any_left(pgid, token):
+        members, carriers = _alive(pgid, token)
+        if not members and not carriers:
             return ended
+        _signal_all(None, carriers, signal.SIGTERM)  # one forked since the last round
         time.sleep(0.02)
     for _ in range(10):  # a fork racing a round is caught by the next one
-        if not _any_left(pgid, token):
+        members, carriers = _alive(pgid, token)
+        if not members and not carriers:
             break
         ended.killed = True
-        _signal_all(pgid, token, signal.SIGKILL)
+        _signal_all(pgid, carriers, signal.SIGKILL)
         time.sleep(0.02)
     return ended
 
