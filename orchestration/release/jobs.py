@@ -6,6 +6,8 @@ import dagster as dg
 from orchestration.policies.recipes import recipe
 from orchestration.release.ops import (
     apply_migrations,
+    claim_environment,
+    free_environment,
     plan_org_batches,
     release_preflight,
     run_bootstrap,
@@ -20,9 +22,9 @@ from orchestration.tags import KIND_TAG
 EXECUTOR = dg.in_process_executor
 
 
-def _org_sync(after: object) -> None:
+def _org_sync(after: object) -> object:
     batches = plan_org_batches(after)
-    summarize_org_sync(batches.map(sync_org_batch).collect())
+    return summarize_org_sync(batches.map(sync_org_batch).collect())
 
 
 @dg.job(
@@ -33,8 +35,12 @@ def _org_sync(after: object) -> None:
     **recipe("release").job_kwargs(**{KIND_TAG: "release"}),
 )
 def release_job() -> None:
-    migrated = apply_migrations(release_preflight())
-    _org_sync(run_bootstrap(migrated))
+    # claim_environment takes the environment (record store row, atomic); free_environment, the
+    # last step, gives it back on success. A failure hook would fire when one step fails while
+    # other org-sync batches still run, freeing the environment too early; a failed, canceled
+    # or killed-then-marked run frees it by having ended (see guard.py).
+    migrated = apply_migrations(claim_environment(release_preflight()))
+    free_environment(_org_sync(run_bootstrap(migrated)))
 
 
 @dg.job(

@@ -9,12 +9,13 @@ from pydantic import Field
 from orchestration.environments import PLATFORM, SUPABASE
 from orchestration.policies import children as children_lib
 from orchestration.release import bootstrap as bootstrap_lib
+from orchestration.release import guard
 from orchestration.release import migrations as migrations_lib
 from orchestration.release import org_sync as org_sync_lib
-from orchestration.release.guard import ensure_single_release
-from orchestration.tags import ENVIRONMENT_TAG, KIND_TAG
+from orchestration.tags import ENVIRONMENT_TAG
 from resources.environment import PlatformEnvironment
 from resources.platform_api import PlatformApiResource
+from resources.record_store import RecordStoreResource
 from resources.supabase import SupabaseManagementResource
 
 
@@ -23,13 +24,11 @@ def root_run_id(context: dg.OpExecutionContext) -> str:
     return context.run.root_run_id or context.run_id
 
 
-@dg.op(description="Checks the target environment and that no other release of it is running.")
+@dg.op(description="Checks the target environment and tags the run with it.")
 def release_preflight(context: dg.OpExecutionContext, environment: PlatformEnvironment) -> None:
     env = environment.environment
     if context.run.tags.get(ENVIRONMENT_TAG) != env.name:
         context.instance.add_run_tags(context.run_id, {ENVIRONMENT_TAG: env.name})
-    if context.run.tags.get(KIND_TAG) == "release":  # the parts may run side by side
-        ensure_single_release(context.instance, context.run_id, context.job_name, env.name)
     # The same Environment.endpoint() the clients call, so this is where the run's calls go.
     api_url, supabase_url = env.endpoint(PLATFORM), env.endpoint(SUPABASE)
     context.log.info(
@@ -39,6 +38,54 @@ def release_preflight(context: dg.OpExecutionContext, environment: PlatformEnvir
     context.add_output_metadata(
         {"environment": env.name, "api_url": api_url, "supabase_api_url": supabase_url}
     )
+
+
+def _in_run_process(context: dg.OpExecutionContext) -> bool:
+    return context.job_def.executor_def.name == dg.in_process_executor.name
+
+
+@dg.op(
+    ins={"after": dg.In(dg.Nothing)},
+    description="Takes the environment for this release (one release per environment at a time).",
+)
+def claim_environment(
+    context: dg.OpExecutionContext,
+    environment: PlatformEnvironment,
+    record_store: RecordStoreResource,
+) -> None:
+    """An op of its own, only in ``release``: the parts (migrate, bootstrap, ...) may run side by
+    side and need no record store."""
+    env = environment.environment
+    holder = guard.acquire_release_lock(
+        record_store.engine(),
+        context.instance,
+        env.name,
+        context.run_id,
+        context.job_name,
+        log=context.log.warning,
+        # The step runs in the run's own process only with the in-process executor; a step
+        # process of another executor exits after the step and would look like a dead holder.
+        holder_process=guard.process_identity() if _in_run_process(context) else None,
+    )
+    context.log.info(f"Environment '{env.name}' is held by this run until it ends")
+    context.add_output_metadata({"environment": env.name, "held_since": str(holder.acquired_at)})
+
+
+@dg.op(
+    ins={"after": dg.In(dg.Nothing)},
+    description="Frees the environment after every step succeeded (a failed run frees it by "
+    "ending: a holder whose run has ended does not block the next release).",
+)
+def free_environment(
+    context: dg.OpExecutionContext,
+    environment: PlatformEnvironment,
+    record_store: RecordStoreResource,
+) -> None:
+    env = environment.environment
+    if guard.release_release_lock(record_store.engine(), env.name, context.run_id):
+        context.log.info(f"Environment '{env.name}' freed")
+    else:
+        context.log.warning(f"Environment '{env.name}' was not held by this run; left as it is")
 
 
 class MigrateConfig(dg.Config):

@@ -8,12 +8,20 @@ import pytest
 
 from orchestration.definitions import defs
 from orchestration.environments import ENVIRONMENTS, Environment
+from orchestration.release import guard
 from orchestration.release import migrations as migrations_lib
+from resources.db import make_engine
 from sandbox.server import Fault
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN, run_config
 from tests.release import jobs_for_test
 
-RELEASE_STEPS = ["release_preflight", "apply_migrations", "run_bootstrap", "plan_org_batches"]
+RELEASE_STEPS = [
+    "release_preflight",
+    "claim_environment",
+    "apply_migrations",
+    "run_bootstrap",
+    "plan_org_batches",
+]
 
 
 def _execute(instance, job_name="release", config=None, raise_on_error=False):
@@ -54,9 +62,9 @@ def test_release_runs_in_order_and_records_metadata(instance, platform_env):
     result = _execute(instance, raise_on_error=True)
     assert result.success
     starts = [e.step_key for e in result.all_events if e.event_type_value == "STEP_START"]
-    assert starts[:4] == RELEASE_STEPS
-    assert starts[-1] == "summarize_org_sync"
-    assert all(s.startswith("sync_org_batch[") for s in starts[4:-1])
+    assert starts[:5] == RELEASE_STEPS
+    assert starts[-2:] == ["summarize_org_sync", "free_environment"]
+    assert all(s.startswith("sync_org_batch[") for s in starts[5:-2])
 
     migrate_md = _step_metadata(result, "apply_migrations")
     assert migrate_md["applied_count"] == len(migrations_lib.discover())
@@ -239,7 +247,9 @@ def test_secret_values_never_reach_logs_or_events(instance, platform_env, caplog
     assert "org-0003" in blob  # the failure itself is visible
 
 
-def test_second_release_for_same_environment_is_refused_before_any_call(instance, platform_env):
+def test_second_release_for_same_environment_is_refused_before_any_call(
+    instance, platform_env, sqlite_store_url
+):
     """The in-run guard for `dagster job execute`, which bypasses the run queue's tag limit."""
     running = dg.DagsterRun(
         job_name="release",
@@ -248,25 +258,31 @@ def test_second_release_for_same_environment_is_refused_before_any_call(instance
         tags={"platform/environment": "test", "platform/kind": "release"},
     )
     instance.add_run(running)
-    instance.add_run(  # another environment's release does not block this one
-        dg.DagsterRun(
-            job_name="release",
-            run_id="0f0f0f0f-0000-4000-8000-000000000002",
-            status=dg.DagsterRunStatus.STARTED,
-            tags={"platform/environment": "stage", "platform/kind": "release"},
-        )
+    stage = dg.DagsterRun(  # another environment's release does not block this one
+        job_name="release",
+        run_id="0f0f0f0f-0000-4000-8000-000000000002",
+        status=dg.DagsterRunStatus.STARTED,
+        tags={"platform/environment": "stage", "platform/kind": "release"},
     )
-    result = _execute(instance)
+    instance.add_run(stage)
+    engine = make_engine(sqlite_store_url)
+    guard.acquire_release_lock(engine, instance, "test", running.run_id, "release")
+    guard.acquire_release_lock(engine, instance, "stage", stage.run_id, "release")
+    config = run_config()
+    config["resources"]["record_store"] = {"config": {"url": sqlite_store_url}}
+    result = _execute(instance, config=config)
     assert not result.success
     message = _failure_text(result)
     assert "Another release for environment 'test' is running" in message
     assert running.run_id in message
     steps = [e.step_key for e in result.all_events if e.event_type_value == "STEP_START"]
-    assert steps == ["release_preflight"]
+    assert steps == ["release_preflight", "claim_environment"]
     assert platform_env.requests == []
 
     instance.report_run_canceled(running)
-    assert _execute(instance).success
+    assert _execute(instance, config=config).success
+    assert guard.read_holder(engine, "test") is None  # freed by the successful run
+    assert guard.read_holder(engine, "stage").run_id == stage.run_id
 
 
 @pytest.mark.postgres

@@ -1,0 +1,297 @@
+"""One release per environment, even under races and kills (issue #14, class 7).
+
+The environment is taken with one INSERT ... ON CONFLICT DO NOTHING in the record store (SQLite
+and PostgreSQL), held by run id, taken over by compare-and-set only from a holder whose run has
+ended or whose process is gone. End to end with real `dagster job execute` processes, SIGSTOP,
+SIGCONT and SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import dagster as dg
+import pytest
+import yaml
+
+from orchestration.release import guard
+from resources.db import make_engine
+from tests.conftest import run_config
+from tests.job_cli import REPO, dagster_home, instance_at, job_env, job_execute_cmd
+
+ENV = "test"
+
+
+def _started_run(instance, environment=ENV) -> str:
+    run_id = str(uuid.uuid4())
+    instance.add_run(
+        dg.DagsterRun(
+            job_name="release",
+            run_id=run_id,
+            status=dg.DagsterRunStatus.STARTED,
+            tags={"platform/environment": environment, "platform/kind": "release"},
+        )
+    )
+    return run_id
+
+
+def test_acquire_is_atomic_across_threads(store_url):
+    """Many runs, all alive, take one environment at the same instant: exactly one wins."""
+    engine = make_engine(store_url)
+    with dg.instance_for_test() as instance:
+        runs = [_started_run(instance) for _ in range(16)]
+        barrier = threading.Barrier(len(runs))
+        won, lost = [], []
+
+        def take(run_id):
+            barrier.wait()
+            try:
+                guard.acquire_release_lock(engine, instance, ENV, run_id, "release")
+                won.append(run_id)
+            except guard.ConcurrentReleaseError as exc:
+                lost.append(str(exc))
+
+        threads = [threading.Thread(target=take, args=(r,)) for r in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(won) == 1 and len(lost) == len(runs) - 1
+        assert all(won[0] in message and "nothing was sent" in message for message in lost)
+        assert guard.read_holder(engine, ENV).run_id == won[0]
+
+
+ACQUIRE_SCRIPT = """
+import sys, time
+from orchestration.release import guard
+from resources.db import make_engine
+from tests.job_cli import instance_at
+home, url, run_id, at = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+engine = make_engine(url)
+with instance_at(home) as instance:
+    time.sleep(max(0.0, at - time.time()))
+    try:
+        guard.acquire_release_lock(engine, instance, "test", run_id, "release")
+        print("WON", run_id)
+    except guard.ConcurrentReleaseError as exc:
+        print("LOST", exc)
+"""
+
+
+def test_acquire_is_atomic_across_processes(store_url, tmp_path):
+    home = dagster_home(tmp_path)
+    with instance_at(home) as instance:
+        runs = [_started_run(instance) for _ in range(6)]
+    at = time.time() + 4  # every process imported and connected before this instant
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", ACQUIRE_SCRIPT, str(home), store_url, run_id, str(at)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for run_id in runs
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    lines = [out.strip().splitlines()[-1] if out.strip() else err[-500:] for out, err in outputs]
+    winners = [line.split()[1] for line in lines if line.startswith("WON")]
+    assert len(winners) == 1, lines
+    assert all(
+        line.startswith("LOST") and winners[0] in line for line in lines if "WON" not in line
+    )
+
+
+@pytest.mark.parametrize("ended", ["FAILURE", "SUCCESS", "CANCELED", "missing"])
+def test_an_ended_holder_is_taken_over_once(store_url, ended):
+    engine = make_engine(store_url)
+    with dg.instance_for_test() as instance:
+        old = _started_run(instance)
+        guard.acquire_release_lock(engine, instance, ENV, old, "release")
+        if ended == "missing":
+            instance.delete_run(old)
+        else:
+            run = instance.get_run_by_id(old)
+            instance.handle_new_event(
+                dg.EventLogEntry(
+                    error_info=None,
+                    level="INFO",
+                    user_message="",
+                    run_id=old,
+                    timestamp=time.time(),
+                    dagster_event=dg.DagsterEvent(
+                        event_type_value={
+                            "FAILURE": "PIPELINE_FAILURE",
+                            "SUCCESS": "PIPELINE_SUCCESS",
+                            "CANCELED": "PIPELINE_CANCELED",
+                        }[ended],
+                        job_name=run.job_name,
+                    ),
+                )
+            )
+            assert instance.get_run_by_id(old).is_finished
+        runs = [_started_run(instance) for _ in range(8)]
+        barrier = threading.Barrier(len(runs))
+        won, logs = [], []
+
+        def take(run_id):
+            barrier.wait()
+            try:
+                guard.acquire_release_lock(engine, instance, ENV, run_id, "release", logs.append)
+                won.append(run_id)
+            except guard.ConcurrentReleaseError:
+                pass
+
+        threads = [threading.Thread(target=take, args=(r,)) for r in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(won) == 1
+        assert len(logs) == 1 and old in logs[0]
+        assert guard.read_holder(engine, ENV).run_id == won[0]
+
+
+def test_free_never_frees_another_runs_lock_and_unlock(store_url):
+    engine = make_engine(store_url)
+    with dg.instance_for_test() as instance:
+        holder = _started_run(instance)
+        guard.acquire_release_lock(engine, instance, ENV, holder, "release")
+        assert not guard.release_release_lock(engine, ENV, str(uuid.uuid4()))
+        assert guard.read_holder(engine, ENV).run_id == holder
+        # A holder on another machine (or in another container): its process cannot be checked.
+        foreign = f"{uuid.uuid4()}:1:{os.getpid()}:1"
+        other = _started_run(instance, "stage")
+        guard.acquire_release_lock(
+            engine, instance, "stage", other, "release", holder_process=foreign
+        )
+        with pytest.raises(guard.ConcurrentReleaseError, match=other):
+            guard.acquire_release_lock(engine, instance, "stage", _started_run(instance), "release")
+        line = guard.unlock_release(engine, instance, ENV)
+        assert holder in line and "marked run" in line and "canceled" in line
+        assert instance.get_run_by_id(holder).status == dg.DagsterRunStatus.CANCELED
+        assert guard.read_holder(engine, ENV) is None
+        assert "nothing to do" in guard.unlock_release(engine, instance, ENV)
+
+
+# -- end to end: real `dagster job execute` processes -------------------------------------------
+
+
+def _config_file(tmp_path, store_url):
+    config = run_config()
+    config["resources"]["record_store"] = {"config": {"url": store_url}}
+    path = tmp_path / "release.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _start_release(home, config):
+    return subprocess.Popen(
+        job_execute_cmd("release", config),
+        cwd=REPO,
+        env=job_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for(predicate, timeout=90.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _runs(home):
+    with instance_at(home) as instance:
+        return instance.get_runs(dg.RunsFilter(job_name="release"))
+
+
+def _steps(home, run_id):
+    with instance_at(home) as instance:
+        records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_START)
+        return [r.event_log_entry.dagster_event.step_key for r in records.records]
+
+
+def _keys(sandbox):
+    return [r["idempotency_key"] for r in sandbox.requests if r["idempotency_key"]]
+
+
+def test_two_concurrent_releases_exactly_one_proceeds(platform_env, store_url, tmp_path):
+    """A is stopped (SIGSTOP) as soon as its run is STARTED, before its guard; B releases
+    (slowly); A resumes while B runs. Before the fix both succeeded: A was not yet tagged when
+    B looked, and B started after A."""
+    home = dagster_home(tmp_path)
+    config = _config_file(tmp_path, store_url)
+    engine = make_engine(store_url)
+    platform_env.set_latency(250)  # B's release takes several seconds
+    first = _start_release(home, config)
+    a_run = _wait_for(
+        lambda: next((r for r in _runs(home) if r.status == dg.DagsterRunStatus.STARTED), None),
+        what="A's run to start",
+    )
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = _start_release(home, config)
+        # Resume A once B holds the environment (or B has already ended).
+        _wait_for(
+            lambda: (
+                second.poll() is not None
+                or ((h := guard.read_holder(engine, ENV)) is not None and h.run_id != a_run.run_id)
+            ),
+            what="B to take the environment",
+        )
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    outputs = {"A": first.communicate(timeout=180)[0], "B": second.communicate(timeout=180)[0]}
+    codes = {"A": first.returncode, "B": second.returncode}
+    assert sorted(codes.values())[0] == 0 and sorted(codes.values())[1] != 0, codes
+    loser = "A" if codes["A"] else "B"
+    runs = {r.run_id: r for r in _runs(home)}
+    assert len(runs) == 2
+    winner_id = next(i for i, r in runs.items() if r.status == dg.DagsterRunStatus.SUCCESS)
+    loser_id = next(i for i in runs if i != winner_id)
+    assert "Another release for environment 'test' is running" in outputs[loser]
+    assert winner_id in outputs[loser]
+    assert _steps(home, loser_id) == ["release_preflight", "claim_environment"]
+    keys = _keys(platform_env)
+    assert keys and all(loser_id not in k for k in keys)  # the loser sent nothing
+    assert guard.read_holder(engine, ENV) is None  # the winner freed it
+
+
+def test_a_killed_release_does_not_block_the_next(platform_env, store_url, tmp_path):
+    """SIGKILL while holding the environment: its run stays STARTED; the next release sees the
+    holder's process is gone, marks that run failed and proceeds. Before the fix it was
+    refused until someone marked the run."""
+    home = dagster_home(tmp_path)
+    config = _config_file(tmp_path, store_url)
+    engine = make_engine(store_url)
+    platform_env.set_latency(300)
+    first = _start_release(home, config)
+    holder = _wait_for(lambda: guard.read_holder(engine, ENV), what="the first release's lock")
+    assert holder.holder_process and holder.holder_process.split(":")[2] == str(first.pid)
+    os.kill(first.pid, signal.SIGKILL)
+    first.communicate(timeout=30)
+    with instance_at(home) as instance:
+        assert instance.get_run_by_id(holder.run_id).status == dg.DagsterRunStatus.STARTED
+    platform_env.set_latency(0)
+    second = _start_release(home, config)
+    output = second.communicate(timeout=180)[0]
+    assert second.returncode == 0, output[-3000:]
+    assert f"over from release run {holder.run_id}" in output and "is gone" in output
+    with instance_at(home) as instance:
+        killed = instance.get_run_by_id(holder.run_id)
+        assert killed.status == dg.DagsterRunStatus.FAILURE
+    assert guard.read_holder(engine, ENV) is None
+    assert json.dumps(_keys(platform_env))  # requests were made by the second run
