@@ -191,6 +191,7 @@ def test_two_damaged_files_and_good_ones_in_one_pass(engine, tmp_path):
     report = record_archive.archive_table(engine, tmp_path, spec(TABLE), CUTOFF, batch_size=50)
     assert sorted(q.file for q in report.quarantined) == sorted([str(bad1), str(bad2)])
     assert report.resumed == 1 and report.archived == len(rows1 + rows2 + rows3)
+    assert good.with_name(good.name.removesuffix(".pending")).exists()  # finished, not set aside
     assert sorted(_archived_ids(tmp_path)) == sorted(r["id"] for r in rows1 + rows2 + rows3)
 
 
@@ -210,7 +211,8 @@ def test_job_warns_names_the_file_and_lists_it_in_metadata(instance, sqlite_stor
     (entry,) = md["quarantined_files"]
     assert entry["file"] == str(pending) and "cut short" in entry["reason"]
     assert md["tables"][TABLE]["quarantined"] == 1
-    warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    logs = instance.all_logs(result.run_id)
+    warnings = [e.user_message for e in logs if e.level == logging.WARNING]
     (warning,) = [w for w in warnings if "damaged archive file" in w]
     assert str(pending) in warning and "cut short" in warning and entry["moved_to"] in warning
 
@@ -248,4 +250,5 @@ def test_cli_archive_records_and_show_on_a_damaged_file_is_one_line(tmp_path, ki
     run_file = tmp_path / "runs" / "2024" / "01" / "some-run.jsonl.gz"
     run_file.parent.mkdir(parents=True)
     run_file.write_bytes(damage(good))
-    _assert_one_line_error(_run_cli("archive", "show", "some-run", "--dir", str(tmp_path)), run_file)
+    shown = _run_cli("archive", "show", "some-run", "--dir", str(tmp_path))
+    _assert_one_line_error(shown, run_file)
