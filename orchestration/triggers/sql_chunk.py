@@ -17,9 +17,11 @@ CTEs cost a tenth of the statement, and the worker orders the outcomes itself.
 
 No ``SELECT … FOR UPDATE SKIP LOCKED`` pass here: locking each row before updating it doubled the
 statement's cost (measured: 29 ms of 80 ms for 2,000 rows). The ``UPDATE`` takes the row locks
-itself; a row another transaction holds is waited for (at most that transaction's chunk) and,
-under read committed, re-checked against ``where`` once it commits, so a record moved by someone
-else is skipped, never moved twice. Ids are locked in index order, so two workers do not deadlock.
+itself; a row another transaction holds is waited for (a competing worker's chunk; at most the
+engine's ``lock_timeout``, after which the worker names the held rows and, after three tries,
+redoes the chunk skipping them: ``worker._run_chunk``) and, under read committed, re-checked
+against ``where`` once it commits, so a record moved by someone else is skipped, never moved
+twice. Ids are locked in index order, so two workers do not deadlock.
 
 The Python action stays the definition
 (SQLite, and a chunk whose statement fails, e.g. on a constraint, is redone the Python way);

@@ -7,6 +7,7 @@ Real PostgreSQL (the shared server, a schema per test) and real SQLite files; th
 from __future__ import annotations
 
 import re
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -124,6 +125,14 @@ def test_a_lock_wait_ends_at_lock_timeout(pg_schema_url, monkeypatch):
         conn.exec_driver_sql("INSERT INTO held VALUES (1)")
     holder = engine.connect()
     holder.exec_driver_sql("SELECT id FROM held WHERE id = 1 FOR UPDATE")  # stays idle
+    admin = make_engine(pg_schema_url)
+    holder_pid = holder.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    # Without a bound the UPDATE would wait forever: end the holder after 15 s so the test fails
+    # instead of hanging.
+    rescue = threading.Timer(15, lambda: admin.connect().execute(
+        sa.text("SELECT pg_terminate_backend(:p)"), {"p": holder_pid}
+    ))  # fmt: skip
+    rescue.start()
     try:
         started = time.monotonic()
         with pytest.raises(sa.exc.OperationalError) as err, engine.begin() as conn:
@@ -132,9 +141,11 @@ def test_a_lock_wait_ends_at_lock_timeout(pg_schema_url, monkeypatch):
         assert "lock timeout" in str(err.value)
         assert is_transient(err.value)
     finally:
-        holder.rollback()
+        rescue.cancel()
+        holder.invalidate()
         holder.close()
         engine.dispose()
+        admin.dispose()
 
 
 def _terminate(admin: sa.Engine, application_name: str) -> int:
