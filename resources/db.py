@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -100,7 +101,7 @@ def _read(setting: _Setting, environ: os._Environ | dict) -> int:
     if raw is None or raw.strip() == "":
         return setting.default
     text = raw.strip()
-    if not text.isdigit() or not setting.low <= int(text) <= setting.high:
+    if not re.fullmatch(r"[0-9]{1,12}", text) or not setting.low <= int(text) <= setting.high:
         shown = text if len(text) <= 20 else text[:20] + "…"
         raise RecordStoreSettingError(
             f"{setting.env}={shown!r} is not valid: set a whole number of {setting.unit} from "
