@@ -30,8 +30,10 @@ import sqlalchemy as sa
 from orchestration.commands import store
 from orchestration.commands.runner import (
     DEFAULT_TAIL_BYTES,
+    START_ERRORS,
     CommandResult,
     RunningCommand,
+    could_not_start,
     run_token,
 )
 
@@ -128,12 +130,10 @@ class CommandPool:
                 spec, on_line=handle.on_line, grace_seconds=self.grace_seconds,
                 tail_bytes=self.tail_bytes, read_size=self.read_size,
             )  # fmt: skip
-        except OSError as exc:
-            from orchestration.commands.runner import run
-
-            result = run(spec)  # records "could not start" uniformly
+        except START_ERRORS as exc:
+            result = could_not_start(spec, exc)
             store.finish(self.engine, run_id, result)
-            return Outcome(run_id, True, result, error=str(exc))
+            return Outcome(run_id, True, result, error=result.message)
         handle.running = running
         try:
             store.record_process(self.engine, run_id, running.pgid)

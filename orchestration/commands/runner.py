@@ -372,13 +372,24 @@ class RunningCommand:
         )
 
 
+def could_not_start(spec: CommandSpec, exc: Exception) -> CommandResult:
+    """The failed result of a command whose process never began (missing cwd or program, or a
+    value ``execve`` refuses such as a NUL byte stored before the catalog schema refused it)."""
+    now = utcnow()
+    masker = Masker(spec.secrets)
+    return CommandResult(FAILED, None, now, now, 0.0, "", masker(str(exc)),
+                         masker(f"could not start: {exc}"))  # fmt: skip
+
+
+# What ``subprocess.Popen`` raises for a command that cannot begin: OSError for the program or
+# cwd, ValueError for an argument or environment value with an embedded NUL byte.
+START_ERRORS = (OSError, ValueError)
+
+
 def run(spec: CommandSpec, **kwargs) -> CommandResult:
-    """Start and wait; a command that cannot start (missing cwd or program) is a failed result."""
+    """Start and wait; a command that cannot start is a failed result, never a stuck run."""
     try:
         running = RunningCommand(spec, **kwargs)
-    except OSError as exc:
-        now = utcnow()
-        masker = Masker(spec.secrets)
-        return CommandResult(FAILED, None, now, now, 0.0, "", masker(str(exc)),
-                             masker(f"could not start: {exc}"))  # fmt: skip
+    except START_ERRORS as exc:
+        return could_not_start(spec, exc)
     return running.wait()

@@ -99,3 +99,18 @@ def test_cancel_stops_a_running_command():
 def test_a_program_that_cannot_start_is_a_failed_result(tmp_path):
     result = runner.run(_spec("x", use_shell=True, working_dir=str(tmp_path / "missing")))
     assert result.status == FAILED and "could not start" in result.message
+
+
+def test_values_execve_refuses_are_a_failed_result_not_a_stuck_run():
+    """A NUL byte (stored before the catalog schema refused it) must end the run as failed."""
+    secret = "s3cr3t-value-\x00-tail"
+    cases = [
+        _spec("echo a\x00b"),
+        _spec("echo\x00 a", use_shell=False),
+        _spec("true", variables={"A": "x\x00y"}),
+        _spec("true", variables={"TOKEN": secret}, secrets=[secret]),
+    ]
+    for spec in cases:
+        result = runner.run(spec)
+        assert result.status == FAILED and "could not start" in result.message, spec
+        assert "s3cr3t" not in result.message + result.stderr_tail
