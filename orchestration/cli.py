@@ -63,7 +63,19 @@ def _main(argv: list[str] | None) -> int:
     records.add_argument("table", choices=["trigger_history", "command_runs"])
     records.add_argument("--id", type=int, action="append", help="only these ids (repeatable)")
     records.add_argument("--dir", type=Path, default=None, help="default: archive directory")
+    release = sub.add_parser("release", help="operate on releases")
+    release_sub = release.add_subparsers(dest="release_command", required=True)
+    unlock = release_sub.add_parser(
+        "unlock",
+        help="free an environment whose release died (marks its run canceled); only for a "
+        "holder whose process is known to be gone",
+    )
+    unlock.add_argument("environment")
+    unlock.add_argument("--store-url", help="record store URL (default $RECORD_STORE_URL)")
     args = parser.parse_args(argv)
+
+    if args.command == "release":
+        return _release_unlock(args.environment, args.store_url)
 
     if args.command == "archive" and args.archive_command == "records":
         return _archive_records(args.table, args.dir, args.id)
@@ -77,6 +89,27 @@ def _main(argv: list[str] | None) -> int:
     from orchestration.demo import run_demo
 
     return run_demo(orgs=args.orgs, fresh=args.fresh)
+
+
+def _release_unlock(environment: str, store_url: str | None) -> int:
+    import dagster as dg
+
+    from orchestration.environments import ENVIRONMENTS
+    from orchestration.release.guard import unlock_release
+    from resources.record_store import DEFAULT_URL, RecordStoreResource, ensure_upgraded
+
+    if environment not in ENVIRONMENTS:
+        raise cli_errors.CliInputError(
+            f"unknown environment {environment!r}: choose one of {', '.join(ENVIRONMENTS)}"
+        )
+    store = RecordStoreResource(
+        url=cli_errors.store_url(store_url or os.environ.get("RECORD_STORE_URL", DEFAULT_URL))
+    )
+    with store.clear_errors():
+        ensure_upgraded(store.url)
+    with dg.DagsterInstance.get() as instance:
+        print(unlock_release(store.engine(), instance, environment))
+    return 0
 
 
 def _archive_show(run_id: str, directory: Path | None, *, as_json: bool) -> int:

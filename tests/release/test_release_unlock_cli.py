@@ -1,0 +1,65 @@
+"""`platform-ops release unlock ENV`: the runbook's way to free an environment whose release died
+on another machine (its process cannot be checked from here), through the real CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import dagster as dg
+
+from orchestration.release import guard
+from resources.db import make_engine
+from resources.record_store import ensure_upgraded
+from tests.job_cli import REPO, dagster_home, instance_at, job_env
+
+CLI = [sys.executable, "-m", "orchestration.cli", "release", "unlock"]
+
+
+def _unlock(home, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CLI, *args], cwd=REPO, env=job_env(home), capture_output=True, text=True, timeout=120
+    )
+
+
+def test_unlock_frees_a_foreign_holder_and_cancels_its_run(tmp_path, store_url):
+    home = dagster_home(tmp_path)
+    ensure_upgraded(store_url)
+    engine = make_engine(store_url)
+    run_id = str(uuid.uuid4())
+    with instance_at(home) as instance:
+        instance.add_run(
+            dg.DagsterRun(job_name="release", run_id=run_id, status=dg.DagsterRunStatus.STARTED)
+        )
+        # Held from another machine: the next release cannot tell it is dead, so it refuses.
+        foreign = f"{uuid.uuid4()}:1:1:1"
+        guard.acquire_release_lock(
+            engine, instance, "stage", run_id, "release", holder_process=foreign
+        )
+        other = str(uuid.uuid4())
+        instance.add_run(
+            dg.DagsterRun(job_name="release", run_id=other, status=dg.DagsterRunStatus.STARTED)
+        )
+        try:
+            guard.acquire_release_lock(engine, instance, "stage", other, "release")
+            raise AssertionError("a live foreign holder must block")
+        except guard.ConcurrentReleaseError:
+            pass
+
+    done = _unlock(home, "stage", "--store-url", store_url)
+    assert done.returncode == 0, done.stderr
+    assert run_id in done.stdout and "canceled" in done.stdout
+    assert guard.read_holder(engine, "stage") is None
+    with instance_at(home) as instance:
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.CANCELED
+
+    again = _unlock(home, "stage", "--store-url", store_url)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+def test_unlock_of_an_unknown_environment_is_one_line(tmp_path, sqlite_store_url):
+    result = _unlock(dagster_home(tmp_path), "../prod", "--store-url", sqlite_store_url)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "unknown environment" in result.stderr
+    assert "Traceback" not in result.stderr
