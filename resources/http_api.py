@@ -41,7 +41,6 @@ EXCERPT_LIMIT = 200
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a success (JSON) body
 MAX_ERROR_BODY_BYTES = 64 * 1024  # what is read of an error body for its detail
 MAX_DEFAULT_DEADLINE_SECONDS = 600.0
-_CHUNK_BYTES = 64 * 1024
 
 
 class ApiError(dg.Failure):
@@ -329,8 +328,12 @@ class _DeadlineBackend(httpcore.NetworkBackend):
 
 
 def _deadline_transport() -> httpx.HTTPTransport:
-    """httpx's default transport over :class:`_DeadlineBackend` (httpx has no public hook for a
-    network backend; its transport keeps the httpcore pool in ``_pool``, pinned by a test)."""
+    """httpx's default transport over :class:`_DeadlineBackend`.
+
+    httpx has no public hook for a network backend; its transport keeps the httpcore pool in
+    ``_pool``. Should that change, the header-trickling test in
+    tests/release/test_http_hardening.py fails (nothing else can bound a trickled status line).
+    """
     transport = httpx.HTTPTransport()
     transport._pool = httpcore.ConnectionPool(
         ssl_context=httpx.create_ssl_context(), network_backend=_DeadlineBackend()
@@ -467,7 +470,7 @@ class ApiClient:
         """
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_bytes(_CHUNK_BYTES):
+        for chunk in response.iter_bytes():  # as received: a chunk_size would buffer
             if time.monotonic() >= deadline:
                 raise _DeadlinePassed(f"{describe()} while reading the body ({size} bytes read)")
             if size + len(chunk) > cap:

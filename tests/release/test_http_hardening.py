@@ -184,6 +184,21 @@ def test_trickling_server_with_explicit_deadline_and_3s_timeout():
             assert time.monotonic() - started < 4 + 2
 
 
+def test_trickled_body_ends_at_the_deadline_with_a_caller_transport():
+    """A caller's own transport has no deadline sockets: the body loop still checks the clock."""
+    import httpx
+
+    with _trickling(head_too=False) as server:
+        lines: list[str] = []
+        client = _client(
+            server, "k" * 20, lines, deadline_seconds=2, transport=httpx.HTTPTransport()
+        )
+        started = time.monotonic()
+        with client, pytest.raises(ApiError, match=r"GET /slow .*2s deadline.*reading the body"):
+            client.get_json("/slow")
+        assert time.monotonic() - started < 2 + 2
+
+
 def test_retry_after_never_sleeps_past_the_deadline():
     with FaultyServer() as server:
         server.routes["/busy"] = respond(503, b"{}", headers={"Retry-After": "8"})
