@@ -295,7 +295,9 @@ def sync_tenants_as_children(
     env_config = {"name": environment.name, "confirm_prod": environment.confirm_prod}
     children = [
         children_lib.ChildSpec(
-            key=f"{group[0]}..{group[-1]}",
+            # Slugs come from the API: a bad one is named escaped and cut in the child's tag and
+            # in messages; the child run itself refuses it and never sends it.
+            key=f"{org_sync_lib.org_name(group[0])}..{org_sync_lib.org_name(group[-1])}",
             run_config={
                 "resources": {"environment": {"config": env_config}},
                 "ops": {"plan_org_batches": {"config": {"only_orgs": group}}},

@@ -152,3 +152,13 @@ def test_a_project_ref_that_is_not_one_is_refused_before_any_request(
         assert "SUPABASE_PROJECT_REF does not hold a Supabase project ref" in message
         assert ref not in message
     assert platform_env.requests == []
+
+
+def test_child_run_keys_name_hostile_slugs_safely():
+    """org_sync_by_tenant tags each child with its first..last slug: one safe, bounded line."""
+    from orchestration.release.org_sync import org_name
+
+    for slug in HOSTILE_SLUGS:
+        key = f"{org_name(slug)}..{org_name('org-0001')}"
+        assert "\n" not in key and "\x00" not in key and len(key) < 120, key
+        assert org_name(slug) != slug  # every hostile slug is shown escaped, never as is
