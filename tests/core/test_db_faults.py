@@ -23,6 +23,7 @@ from resources.db import (
     settings,
 )
 from resources.notifier import OutboxDelivery, outbox
+from tests.pg_admin import terminate_backends
 from tests.triggers.helpers import WebhookReceiver
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,19 +149,6 @@ def test_a_lock_wait_ends_at_lock_timeout(pg_schema_url, monkeypatch):
         admin.dispose()
 
 
-def _terminate(admin: sa.Engine, application_name: str) -> int:
-    with admin.connect() as conn:
-        return len(
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE application_name = :a AND pid <> pg_backend_pid()"
-                ),
-                {"a": application_name},
-            ).all()
-        )
-
-
 @pytest.mark.postgres
 def test_delivery_survives_its_connection_killed_while_marking_delivered(pg_store_url):
     """The receiver kills the deliverer's backend before answering: the UPDATE delivered_at (or
@@ -191,7 +179,7 @@ def test_delivery_survives_its_connection_killed_while_marking_delivered(pg_stor
 
         def do_post(handler):
             if len(kills) < 3 and len(hook.posts) % 2 == 0:  # every other POST, three times
-                kills.append(_terminate(admin, app))
+                kills.append(terminate_backends(admin, app))
             original(handler)
 
         hook.server.RequestHandlerClass.do_POST = do_post
@@ -216,7 +204,7 @@ def test_a_backend_killed_between_uses_is_replaced_by_pre_ping(pg_schema_url):
     admin = make_engine(pg_schema_url)
     with engine.connect() as conn:
         conn.exec_driver_sql("SELECT 1")
-    assert _terminate(admin, app) == 1
+    assert terminate_backends(admin, app) == 1
     with engine.connect() as conn:  # the pooled connection is dead; pre-ping replaces it
         assert conn.exec_driver_sql("SELECT 2").scalar() == 2
     engine.dispose()

@@ -21,6 +21,7 @@ from resources.bigquery import PlatformBigQueryResource
 from resources.platform_api import PlatformApiResource
 from resources.supabase import SupabaseManagementResource
 from tests.conftest import TEST_API_KEY, run_config
+from tests.run_text import run_text
 
 RESOURCE_CLASSES = [PlatformApiResource, SupabaseManagementResource, PlatformBigQueryResource]
 # The binding of each class in the code location, for the job-level check.
@@ -101,16 +102,6 @@ def test_every_bad_name_refused_without_echo(cls):
         assert len(messages) == 1
 
 
-def _run_text(result) -> str:
-    parts = []
-    for event in result.all_events:
-        parts.append(event.message or "")
-        error = getattr(event.event_specific_data, "error", None)
-        if error is not None:
-            parts.append(error.to_string())
-    return "\n".join(parts)
-
-
 @pytest.mark.parametrize(
     ("resource_key", "field"),
     [
@@ -128,7 +119,7 @@ def test_pasted_key_fails_the_run_at_resource_init_before_any_request(
         instance=instance, run_config=config, raise_on_error=False
     )
     assert not result.success
-    text = _run_text(result)
+    text = run_text(result)
     assert f"{field} must be the NAME of an environment variable" in text
     assert_not_leaked(text, PASTED_KEY)
     # Resource init failed: no step started, and the sandbox heard nothing.

@@ -16,6 +16,7 @@ from orchestration.definitions import defs
 from orchestration.environments import ENDPOINT_OVERRIDES, ENVIRONMENTS, Environment
 from sandbox.server import SandboxServer
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN, run_config
+from tests.run_text import run_text
 
 PROD_CONFIRMED = {"env_extra": {"confirm_prod": True}}
 
@@ -42,16 +43,6 @@ def prod_standins(tmp_path, monkeypatch, platform_env) -> Iterator[tuple[Sandbox
         yield api, db
 
 
-def _text(result) -> str:
-    parts = []
-    for event in result.all_events:
-        parts.append(event.message or "")
-        error = getattr(event.event_specific_data, "error", None)
-        if error is not None:
-            parts.append(error.to_string())
-    return "\n".join(parts)
-
-
 def _override_value(variable: str, sandbox: SandboxServer) -> str:
     # BIGQUERY_EMULATOR_HOST takes host:port; the URL variables take a base URL.
     return (
@@ -70,7 +61,7 @@ def test_every_override_is_refused_for_prod_and_nothing_is_sent(
         instance=instance, run_config=run_config("prod", **PROD_CONFIRMED), raise_on_error=False
     )
     assert not result.success
-    text = _text(result)
+    text = run_text(result)
     assert f"{variable} is set, but environment 'prod' has fixed endpoints" in text
     assert "Nothing was sent" in text
     assert value not in text  # a URL may carry credentials: never echoed
@@ -90,7 +81,7 @@ def test_an_override_equal_to_the_fixed_endpoint_changes_nothing(
     result = defs.get_job_def("migrate").execute_in_process(
         instance=instance, run_config=run_config("prod", **PROD_CONFIRMED), raise_on_error=False
     )
-    assert result.success, _text(result)
+    assert result.success, run_text(result)
 
 
 def test_preflight_reports_the_urls_the_clients_call(instance, platform_env, prod_standins):
@@ -98,7 +89,7 @@ def test_preflight_reports_the_urls_the_clients_call(instance, platform_env, pro
     result = defs.get_job_def("release").execute_in_process(
         instance=instance, run_config=run_config("prod", **PROD_CONFIRMED), raise_on_error=False
     )
-    assert result.success, _text(result)
+    assert result.success, run_text(result)
     (output,) = [
         e
         for e in result.all_events

@@ -14,6 +14,7 @@ from resources.db import make_engine
 from sandbox.server import Fault
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN, run_config
 from tests.release import jobs_for_test
+from tests.run_text import run_text
 
 RELEASE_STEPS = [
     "release_preflight",
@@ -35,17 +36,6 @@ def _step_metadata(result, step_name):
         if event.event_type_value == "STEP_OUTPUT" and event.step_key == step_name:
             return {k: v.value for k, v in event.event_specific_data.metadata.items()}
     raise AssertionError(f"no output metadata for {step_name}")
-
-
-def _failure_text(result) -> str:
-    """Every message and error text of a run, as an operator would read them in the UI."""
-    parts = []
-    for event in result.all_events:
-        parts.append(event.message or "")
-        error = getattr(event.event_specific_data, "error", None)
-        if error is not None:
-            parts.append(error.to_string())
-    return "\n".join(parts)
 
 
 def _sandbox_sql(sandbox, sql):
@@ -167,7 +157,7 @@ def test_edited_applied_migration_is_refused(instance, platform_env, tmp_path):
 def test_local_is_refused_before_any_request(instance, platform_env):
     result = _execute(instance, config=run_config("local"))
     assert not result.success
-    assert "'local' is refused" in _failure_text(result)
+    assert "'local' is refused" in run_text(result)
     assert platform_env.requests == []
 
 
@@ -182,7 +172,7 @@ def test_prod_without_confirmation_refused_before_any_request(instance, platform
     monkeypatch.setenv("SUPABASE_PROJECT_REF", "sandbox")
     result = _execute(instance, config=run_config("prod"))
     assert not result.success
-    assert "confirm_prod: true" in _failure_text(result)
+    assert "confirm_prod: true" in run_text(result)
     assert platform_env.requests == []
     # With confirmation the same run goes through (against the sandbox standing in for prod).
     confirmed = _execute(instance, config=run_config("prod", env_extra={"confirm_prod": True}))
@@ -272,7 +262,7 @@ def test_second_release_for_same_environment_is_refused_before_any_call(
     config["resources"]["record_store"] = {"config": {"url": sqlite_store_url}}
     result = _execute(instance, config=config)
     assert not result.success
-    message = _failure_text(result)
+    message = run_text(result)
     assert "Another release for environment 'test' is running" in message
     assert running.run_id in message
     steps = [e.step_key for e in result.all_events if e.event_type_value == "STEP_START"]

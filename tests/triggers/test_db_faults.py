@@ -35,6 +35,7 @@ from orchestration.triggers.models import trigger_history
 from orchestration.triggers.seed import seed_alerts
 from orchestration.triggers.worker import process_batch
 from resources.record_store import RecordStoreResource, make_engine, upgrade
+from tests.pg_admin import terminate_backends
 from tests.triggers.helpers import WebhookReceiver, alert_states, outbox
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,19 +146,6 @@ def test_rows_held_by_an_idle_session_bound_the_wait_are_named_and_move_later(
 # --- (b) connections killed mid-run -------------------------------------------------------------
 
 
-def _terminate(admin: sa.Engine, application_name: str) -> int:
-    with admin.connect() as conn:
-        return len(
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE application_name = :a AND pid <> pg_backend_pid()"
-                ),
-                {"a": application_name},
-            ).all()
-        )
-
-
 def _assert_exactly_once(engine: sa.Engine, hook: WebhookReceiver, n: int, repeats: int) -> None:
     assert set(alert_states(engine).values()) == {"escalated"}
     assert _succeeded(engine) == Counter(range(1, n + 1))
@@ -183,7 +171,7 @@ def test_worker_cli_survives_its_backends_killed_while_delivering(pg_store_url):
 
         def do_post(handler):  # kill the worker's backends while a row is being delivered
             if len(kills) < 4 and len(hook.posts) % 7 == 3:
-                kills.append(_terminate(admin, app))
+                kills.append(terminate_backends(admin, app))
             original(handler)
 
         hook.server.RequestHandlerClass.do_POST = do_post
