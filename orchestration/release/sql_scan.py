@@ -1,4 +1,4 @@
-"""Just enough of a PostgreSQL lexer to find the statements of a migration file and their
+r"""Just enough of a PostgreSQL lexer to find the statements of a migration file and their
 leading keywords, so that transaction control can be refused without being fooled by text.
 
 Words inside string literals ('...', E'...' with backslash escapes), quoted identifiers
@@ -8,16 +8,42 @@ are not keywords: a function body that says ``COMMIT`` in a comment or a string,
 actions ``DO INSTEAD (...; ...)``) and outside the ``BEGIN ... END`` body of a
 ``CREATE FUNCTION/PROCEDURE ... BEGIN ATOMIC`` (or a SQLite ``CREATE TRIGGER``), the same
 heuristic psql uses to split a script.
+
+The token rules are PostgreSQL's own (``scan.l``, 15+), because every place where this lexer and
+the server disagree is a place to hide a ``COMMIT``: any character from U+0080 up (emoji
+included) is a letter of an unquoted identifier and ``$`` continues one, so ``x😀$$`` is one word,
+never the start of a dollar body; ``$1`` is a parameter; a number takes no ``$``; ``--`` comments
+end at ``\n`` or ``\r``; ``B''``/``X''`` strings do not double quotes; a string continued on a
+later line (``'a'<newline>'b'``) keeps its kind (``E'...'`` escapes); only ASCII letters fold to
+keywords. What could read two ways is refused instead (``SqlScanError``): a ``\'`` in a plain
+string (it ends the string only when ``standard_conforming_strings`` is on) and a backslash
+outside any quote (a psql meta-command such as ``\commit``, which is not SQL). A body counts only
+from ``BEGIN ATOMIC`` (a function or procedure) or a SQLite trigger's ``BEGIN INSERT|UPDATE|...``,
+so a function, parameter or trigger named ``begin`` does not swallow the statements after it.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
-_WORD = re.compile(r"[A-Za-z_\u0080-\uffff][A-Za-z0-9_$\u0080-\uffff]*")
-_NUMBER = re.compile(r"[0-9][0-9A-Za-z_.]*")
-_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$")
+# PostgreSQL works on bytes and every byte of a non-ASCII UTF-8 character is >= 0x80, which its
+# lexer counts as a letter: so any character >= U+0080 is one (not only up to U+FFFF).
+_LETTER = r"A-Za-z_\u0080-\U0010ffff"
+_WORD = re.compile(rf"[{_LETTER}][{_LETTER}0-9$]*")
+_DIGITS = r"[0-9](?:_?[0-9])*"
+_NUMBER = re.compile(
+    rf"0[xXoObB](?:_?[0-9A-Fa-f])+|(?:{_DIGITS}(?:\.(?:{_DIGITS})?)?|\.{_DIGITS})"
+    rf"(?:[eE][-+]?{_DIGITS})?"
+)
+_PARAM = re.compile(rf"\${_DIGITS}")
+_DOLLAR_TAG = re.compile(rf"\$(?:[{_LETTER}][{_LETTER}0-9]*)?\$")
+# After a closing quote: whitespace holding a newline (comments allowed), then a quote, continues
+# the same string (PostgreSQL's quotecontinue).
+_CONTINUE = re.compile(r"(?:[ \t\f]|--[^\n\r]*)*[\n\r](?:[ \t\n\r\f\v]|--[^\n\r]*[\n\r])*'")
+# First words of a SQLite trigger body statement (CREATE TRIGGER ... BEGIN INSERT ...; END).
+_TRIGGER_BODY_WORDS = {"INSERT", "UPDATE", "DELETE", "SELECT", "REPLACE", "WITH", "VALUES"}
 # Placeholder "words" for quoted things: they are never keywords but still count as tokens.
 _QUOTED = "<quoted>"
 
@@ -69,34 +95,68 @@ def _skip_block_comment(sql: str, start: int) -> int:
     raise SqlScanError(_line_at(sql, start), "unterminated /* comment")
 
 
-def _skip_quoted(sql: str, start: int, quote: str, backslash: bool) -> int:
-    """End of the literal opened at ``start``; a doubled quote is one quote character."""
-    i = start + 1
+def _quote_end(sql: str, i: int, quote: str, backslash: bool, doubling: bool) -> int:
+    """Index just past the quote closing the literal body starting at ``i``, or -1."""
     while i < len(sql):
         char = sql[i]
         if backslash and char == "\\":
             i += 2
             continue
         if char == quote:
-            if sql[i + 1 : i + 2] == quote:
+            if doubling and sql[i + 1 : i + 2] == quote:
                 i += 2
                 continue
             return i + 1
         i += 1
+    return -1
+
+
+def _skip_quoted(sql: str, start: int, quote: str, backslash: bool, doubling: bool = True) -> int:
+    """End of the literal opened at ``start``, continuation lines (``'a'\\n'b'``) included.
+
+    ``backslash``: an ``E'...'`` string (``\\'`` does not end it). ``doubling``: ``''`` is one
+    quote (not in ``B''``/``X''`` strings). A plain string whose end depends on
+    ``standard_conforming_strings`` (a ``\\'`` in it) is refused: the server's setting decides.
+    """
     kind = "quoted identifier" if quote == '"' else "string literal"
-    raise SqlScanError(_line_at(sql, start), f"unterminated {kind}")
+    i = start
+    while True:
+        end = _quote_end(sql, i + 1, quote, backslash, doubling)
+        if end < 0:
+            raise SqlScanError(_line_at(sql, start), f"unterminated {kind}")
+        plain = quote == "'" and not backslash and doubling
+        if plain and _quote_end(sql, i + 1, quote, True, doubling) != end:
+            raise SqlScanError(
+                _line_at(sql, start),
+                "a backslash before a quote in a '...' string: where it ends depends on "
+                "standard_conforming_strings; write it as E'...\\'...' or double the quote",
+            )
+        more = _CONTINUE.match(sql, end) if quote == "'" else None
+        if more is None:
+            return end
+        i = more.end() - 1
 
 
-def _body_prefix(words: list[str]) -> bool:
-    """CREATE [OR REPLACE] [TEMP|TEMPORARY] FUNCTION|PROCEDURE|TRIGGER: a body may hold ';'."""
+def _body_kind(words: list[str]) -> str | None:
+    """FUNCTION, PROCEDURE or TRIGGER for CREATE [OR REPLACE] [TEMP|TEMPORARY] ...: a body may
+    hold ';'. None for any other statement."""
     rest = words[1:]
     if not words or words[0] != "CREATE":
-        return False
+        return None
     if rest[:2] == ["OR", "REPLACE"]:
         rest = rest[2:]
     if rest[:1] in (["TEMP"], ["TEMPORARY"]):
         rest = rest[1:]
-    return rest[:1] in (["FUNCTION"], ["PROCEDURE"], ["TRIGGER"])
+    kind = rest[0] if rest else None
+    return kind if kind in ("FUNCTION", "PROCEDURE", "TRIGGER") else None
+
+
+def _opens_body(kind: str, word: str) -> bool:
+    """Whether ``BEGIN`` followed by ``word`` opens a body (else BEGIN is a name, e.g. a
+    function, parameter, type or trigger called ``begin``)."""
+    if kind == "TRIGGER":
+        return word in _TRIGGER_BODY_WORDS
+    return word == "ATOMIC"
 
 
 def split_statements(sql: str) -> list[Statement]:
@@ -105,30 +165,33 @@ def split_statements(sql: str) -> list[Statement]:
     words: list[str] = []
     first_pos = -1
     parens = begin_depth = 0
+    top_begin = False  # the previous token is a BEGIN outside parentheses
     i = 0
 
     def finish() -> None:
-        nonlocal words, first_pos, parens, begin_depth
+        nonlocal words, first_pos, parens, begin_depth, top_begin
         if words:
             statements.append(Statement(_line_at(sql, first_pos), tuple(words)))
-        words, first_pos, parens, begin_depth = [], -1, 0, 0
+        words, first_pos, parens, begin_depth, top_begin = [], -1, 0, 0, False
 
     def token(pos: int, word: str) -> None:
-        nonlocal first_pos, begin_depth
+        nonlocal first_pos, begin_depth, top_begin
         if not words:
             first_pos = pos
         words.append(word)
-        if parens == 0 and _body_prefix(words):
-            if word == "BEGIN" or (word == "CASE" and begin_depth > 0):
+        kind = _body_kind(words) if parens == 0 else None
+        if kind is not None:
+            if (top_begin and _opens_body(kind, word)) or (word == "CASE" and begin_depth > 0):
                 begin_depth += 1
             elif word == "END" and begin_depth > 0:
                 begin_depth -= 1
+        top_begin = parens == 0 and word == "BEGIN"
 
     while i < len(sql):
         char, pair = sql[i], sql[i : i + 2]
         if pair == "--":
-            newline = sql.find("\n", i)
-            i = len(sql) if newline < 0 else newline + 1
+            ends = [n for n in (sql.find("\n", i), sql.find("\r", i)) if n >= 0]
+            i = min(ends) + 1 if ends else len(sql)
         elif pair == "/*":
             i = _skip_block_comment(sql, i)
         elif char in "'\"":
@@ -140,29 +203,56 @@ def split_statements(sql: str) -> list[Statement]:
                 raise SqlScanError(_line_at(sql, i), f"unterminated {tag.group()} body")
             token(i, _QUOTED)
             i = end + len(tag.group())
+        elif param := _PARAM.match(sql, i):
+            token(i, _QUOTED)
+            i = _junk_end(sql, param.end())
         elif word := _WORD.match(sql, i):
-            text = word.group()
-            if text in ("E", "e") and sql[word.end() : word.end() + 1] == "'":
-                token(i, _QUOTED)  # E'...' : backslash escapes, \' does not end it
-                i = _skip_quoted(sql, word.end(), "'", backslash=True)
-            else:
-                token(i, text.upper())
-                i = word.end()
+            i = _word(sql, i, word.group(), token)
         elif number := _NUMBER.match(sql, i):
-            i = number.end()
+            i = _junk_end(sql, number.end())
+        elif char == "\\":
+            raise SqlScanError(
+                _line_at(sql, i),
+                f"{sql[i:].split(None, 1)[0][:20]!r} is a psql meta-command, not SQL: the file is "
+                "sent to the server as SQL; remove it",
+            )
         elif char == "(":
-            parens, i = parens + 1, i + 1
+            parens, i, top_begin = parens + 1, i + 1, False
         elif char == ")":
-            parens, i = max(parens - 1, 0), i + 1
+            parens, i, top_begin = max(parens - 1, 0), i + 1, False
         elif char == ";" and parens == 0 and begin_depth == 0:
             finish()
             i += 1
         else:
-            if not char.isspace() and char != ";" and not words:
-                token(i, char)
+            if not char.isspace() and char != ";":
+                if words:
+                    top_begin = False
+                else:
+                    token(i, char)
             i += 1
     finish()
     return statements
+
+
+def _junk_end(sql: str, end: int) -> int:
+    """A number or ``$1`` followed by letters is one token (PostgreSQL: "trailing junk", an
+    error), so a ``$`` in those letters never opens a dollar body."""
+    junk = _WORD.match(sql, end)
+    return junk.end() if junk else end
+
+
+def _word(sql: str, i: int, text: str, token: Callable[[int, str], None]) -> int:
+    """Emit the word at ``i`` (or the string it prefixes) and return where scanning goes on."""
+    if sql[i + len(text) : i + len(text) + 1] == "'" and text.upper() in ("E", "B", "X", "N"):
+        token(i, _QUOTED)  # E'...': backslash escapes; B'...'/X'...': no doubled quotes
+        upper = text.upper()
+        return _skip_quoted(sql, i + 1, "'", backslash=upper == "E", doubling=upper in "EN")
+    if text.upper() == "U" and sql[i + 1 : i + 3] in ("&'", '&"'):
+        token(i, _QUOTED)  # U&'...' / U&"...": standard quoting rules
+        return _skip_quoted(sql, i + 2, sql[i + 2], backslash=False)
+    # Only ASCII letters fold: PostgreSQL never reads COMMIT with a dotless i (U+0131) as COMMIT.
+    token(i, text.upper() if text.isascii() else text)
+    return i + len(text)
 
 
 _TRANSACTION_WORDS = {"BEGIN", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"}
