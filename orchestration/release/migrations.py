@@ -184,9 +184,11 @@ def _tracked_after_failure(client: SupabaseSqlClient, migration: Migration) -> b
 def failure_outcome(tracked: bool | None, migration: Migration) -> str:
     """What is known about a failed request's effect, and nothing more.
 
-    The request is one transaction holding the file and its tracking row, and ``check_atomic``
-    made sure the file cannot end it early: so an absent tracking row means nothing of the file
-    was committed, a present one means all of it was.
+    The request is one transaction holding the file and its tracking row. A present row means all
+    of it was committed. An absent row means only that this transaction did not commit: a file
+    that ended it early (a ``COMMIT`` the scan did not see) would have committed what came before
+    its error, and nothing here can tell. So the message says the file passed the check and asks
+    for a look, instead of claiming nothing was committed.
     """
     if tracked is None:
         return (
@@ -199,8 +201,10 @@ def failure_outcome(tracked: bool | None, migration: Migration) -> str:
             "check it, then run again (it will count as applied)"
         )
     return (
-        "It was sent as one transaction with its tracking row, which is absent: nothing of it "
-        "was committed"
+        "It was sent as one transaction with its tracking row, which is absent: that transaction "
+        "did not commit. The file passed the transaction-control check, so nothing of it was "
+        "committed unless it ended that transaction itself in a way the check did not see; "
+        "before running again, check that none of the objects it creates exist"
     )
 
 

@@ -309,7 +309,8 @@ def test_a_failed_migration_says_what_is_known(instance, sql_sandbox, tmp_path):
     result, message = _migrate(instance, directory)
     assert not result.success
     assert "0003_broken.sql failed" in message
-    assert "tracking row, which is absent: nothing of it was committed" in message
+    assert "tracking row, which is absent: that transaction did not commit" in message
+    assert "nothing of it was committed unless it ended that transaction itself" in message
     assert "rolled back" not in message
     assert not _table_exists(sql_sandbox, "atom_partial")
     (directory / "0003_broken.sql").write_text("CREATE TABLE atom_partial (id INTEGER);")
@@ -322,3 +323,133 @@ def test_failure_outcome_states_only_what_is_known():
     assert "could not be checked" in unknown and "0007" in unknown
     assert "committed it despite the error" in migrations_lib.failure_outcome(True, migration)
     assert "nothing of it was committed" in migrations_lib.failure_outcome(False, migration)
+
+
+# -- The scanner reads tokens as PostgreSQL does (FX1: a COMMIT hidden behind x😀$$) -------------
+
+# Identifier characters PostgreSQL accepts (any char >= U+0080 is a letter; `$` and digits
+# continue an identifier), from every Unicode plane, and the dollar delimiters written after them.
+IDENT_CHARS = [
+    "x", "_", "x1", "x$", "\u0080", "\u00a0", "\u00df", "\u00e9", "\u0416", "\u0131", "\u4e2d",
+    "\ufeff", "\uffff", "\U00010000", "\U0001d11e", "\U0001f600", "\U0010ffff",
+]  # fmt: skip
+DELIMS = ["$$", "$t$", "$\u00e9$", "$\U0001f600$", "$_1$"]
+
+
+def _hidden_behind(ident: str, delim: str) -> str:
+    """A COMMIT between two `ident+delim` words: a lexer that opens a body at `delim` skips it."""
+    return f"SELECT 1 AS a{ident}{delim};\nCOMMIT;\nSELECT 1 AS b{ident}{delim};"
+
+
+def test_no_identifier_character_opens_a_dollar_body():
+    for ident in IDENT_CHARS:
+        for delim in DELIMS:
+            for shape in (
+                _hidden_behind(ident, delim),
+                _hidden_behind(ident, delim).replace("a", "", 1),
+            ):
+                found = [(r.line, r.text) for r in refused_statements(shape)]
+                assert found == [(2, "COMMIT")], shape
+
+
+# Shapes where this lexer once disagreed with PostgreSQL's (each hides a COMMIT from it).
+_FN = "CREATE FUNCTION {} RETURNS int {} AS $$ SELECT 1 $$ LANGUAGE sql;\nCOMMIT;"
+DISAGREED = [
+    ("-- only CR ends it\r", "SELECT 1; -- c\rCOMMIT;"),
+    ("E string continued", "SELECT E'a'\n'\\' $$'; COMMIT; SELECT '$$';"),
+    ("B string continued", "SELECT B'1'\n  -- c\n'0'; COMMIT;"),
+    ("function named begin", _FN.format("begin()", "")),
+    ("parameter named begin", _FN.format("f(begin int)", "")),
+    ("SET ... = begin", _FN.format("f()", "SET search_path = begin\n")),
+    (
+        "trigger named begin",
+        "CREATE TABLE begin (id int);\nCREATE TRIGGER begin AFTER INSERT ON begin FOR EACH ROW"
+        " EXECUTE FUNCTION suppress_redundant_updates_trigger();\nCOMMIT;",
+    ),
+    ("emoji before $$", _hidden_behind("\U0001f600", "$$")),
+    ("NBSP before $$", _hidden_behind("\u00a0", "$$")),
+    ("number then $$", "SELECT 1$$x$$;\nCOMMIT;"),
+    ("$1 then $$", "SELECT 1 WHERE $1$$x$$ IS NULL;\nCOMMIT;"),
+]
+
+LEGIT_FX1 = [
+    "SELECT 'a'\n'b';",
+    "SELECT B'1'\n'0', X'1F';",
+    "SELECT U&'d\\0061t\\+000061', U&\"c;ommit\";",
+    "SELECT 'C:\\dir\\file';",
+    "CREATE FUNCTION begin() RETURNS int AS $$ SELECT 1 $$ LANGUAGE sql;",
+    "SELECT 1 AS caf\u00e9$$ FROM t;",
+    "SELECT 0x1F, 1_000, 1.5e-3, .5;",
+    "SELECT \u0421OMMIT;",  # Cyrillic Es (U+0421): an identifier to PostgreSQL, not COMMIT
+]
+
+
+@pytest.mark.parametrize(("label", "sql"), DISAGREED)
+def test_shapes_postgresql_reads_differently_are_found(label, sql):
+    assert [r.text.split()[0] for r in refused_statements(sql)] == ["COMMIT"], label
+
+
+@pytest.mark.parametrize("sql", LEGIT_FX1)
+def test_postgresql_token_shapes_that_hide_nothing_pass(sql):
+    assert refused_statements(sql) == []
+
+
+@pytest.mark.parametrize(
+    ("sql", "line", "what"),
+    [
+        ("SELECT 1;\n\\commit\n", 2, "psql meta-command, not SQL"),
+        ("SELECT 1;\n  \\i other.sql\nCOMMIT;", 2, "psql meta-command, not SQL"),
+        ("SELECT 1 \\g", 1, "psql meta-command, not SQL"),
+        ("SELECT 1;\nSELECT 'a\\'; COMMIT; --';", 2, "standard_conforming_strings"),
+    ],
+)
+def test_text_that_is_not_sql_or_reads_two_ways_is_refused(sql, line, what):
+    with pytest.raises(SqlScanError) as caught:
+        split_statements(sql)
+    assert caught.value.line == line and what in caught.value.what
+
+
+def _differential_shapes() -> list[str]:
+    shapes = [sql for _, sql in DISAGREED] + LEGIT_FX1[:2]
+    for ident in IDENT_CHARS:
+        for delim in DELIMS[:3]:
+            shapes.append(_hidden_behind(ident, delim))
+            shapes.append(f"SELECT 1 AS a{ident} {delim}x{delim};\nCOMMIT;")  # a real body
+    return shapes
+
+
+def test_differential_a_file_that_passes_the_scan_commits_nothing_on_postgresql(pg_schema_url):
+    """Against the real server, through the sandbox's runner (what the Management API does): each
+    shape is applied the way the job applies a file, followed by an error. Either the scan refuses
+    it, or nothing of it is committed (its marker table is absent); and PostgreSQL does commit
+    some of these shapes, so the check is not vacuous."""
+    from sandbox.sql_runner import PostgresRunner, SqlError
+
+    runner = PostgresRunner(pg_schema_url)
+    runner.run(migrations_lib.CREATE_TRACKING_SQL)
+    committed_by_server, passed_scan = 0, 0
+    for n, shape in enumerate(_differential_shapes()):
+        body = f"CREATE TABLE marker_{n} (id int);\n{shape}\nSELECT 1/0;"
+        migration = migrations_lib.Migration(f"{n:04d}", "x", f"{n:04d}_x.sql", body)
+        try:
+            refused = bool(refused_statements(body))
+        except SqlScanError:
+            refused = True
+        with pytest.raises(SqlError):
+            runner.run(migrations_lib.apply_sql(migration))
+        exists = runner.run(f"SELECT to_regclass('marker_{n}') IS NOT NULL AS e;")[0]["e"]
+        committed_by_server += exists
+        passed_scan += not refused
+        assert refused or not exists, f"passed the scan but PostgreSQL committed: {shape!r}"
+    assert committed_by_server >= len(IDENT_CHARS) and passed_scan > 0
+
+
+def test_an_absent_tracking_row_claims_only_what_is_known():
+    """The tracking row being absent proves the job's transaction did not commit, not that a
+    statement the scan missed did not commit on its own: the message says so."""
+    migration = migrations_lib.Migration("0007", "x", "0007_x.sql", "SELECT 1;")
+    absent = migrations_lib.failure_outcome(False, migration)
+    assert "that transaction did not commit" in absent
+    assert "passed the transaction-control check" in absent
+    assert "check that none of the objects it creates exist" in absent
+    assert not absent.rstrip(".").endswith("nothing of it was committed")
