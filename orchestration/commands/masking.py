@@ -19,8 +19,14 @@ adjacent ones its own.
 - When the stream ends (EOF, or a command killed mid-line) a trailing *partial* secret of at least
   ``MIN_ANYWHERE`` characters is masked too: it may be a secret cut short by the kill.
 
-Bytes vs text: ``MaskedLines`` decodes with an incremental UTF-8 decoder, so a multi-byte character
-(or a non-ASCII secret) split across reads is decoded whole before masking.
+Bytes first, then text: ``MaskedLines`` masks the raw *bytes* (``ByteStreamMasker``) before its
+incremental UTF-8 decoder sees them, then the text. On bytes, a secret of ``MIN_ANYWHERE``
+characters or more is masked in its UTF-8 encoding and, when it has one, its Latin-1 and cp1252
+encodings (a command printing in a legacy encoding; for a secret those cannot encode whole, each
+run of 4+ characters they can, as a tool would print it around a ``?``), and a trailing partial
+of ``MIN_ANYWHERE`` bytes or more at EOF is masked whatever character it is cut in (decoding a
+cut character gives U+FFFD, which no longer matches the secret's text: a text-only check let 9 of
+16 characters through). Other encodings (UTF-16, EBCDIC) are not recognised.
 """
 
 from __future__ import annotations
@@ -159,6 +165,106 @@ def mask_text(text: str, secrets: Iterable[str]) -> str:
     return masker.feed(text) + masker.flush()
 
 
+_LEGACY = ("latin-1", "cp1252")
+
+
+def _encodable(char: str) -> bool:
+    return any(_can_encode(char, codec) for codec in _LEGACY)
+
+
+def _can_encode(text: str, codec: str) -> bool:
+    try:
+        text.encode(codec)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _encodings(secret: str) -> set[bytes]:
+    """The byte forms of ``secret`` a command may print: UTF-8, and Latin-1/cp1252 if it has them.
+
+    A secret with characters neither legacy codec has (an emoji, a CJK character) comes out of a
+    legacy-encoding tool mangled (``?``, a transliteration), so each run of ``MIN_ANYWHERE`` or
+    more characters between those is a form too, in every encoding.
+    """
+    texts = {secret}
+    if not all(_encodable(c) for c in secret):
+        run: list[str] = []
+        for char in [*secret, "\uffff"]:  # U+FFFF: encodable by neither, ends the last run
+            if _encodable(char):
+                run.append(char)
+                continue
+            if len(run) >= MIN_ANYWHERE:
+                texts.add("".join(run))
+            run = []
+    forms = set()
+    for text in texts:
+        forms.add(text.encode("utf-8"))
+        forms.update(text.encode(codec) for codec in _LEGACY if _can_encode(text, codec))
+    return forms
+
+
+class ByteStreamMasker:
+    """``StreamMasker`` for raw bytes, for the secrets masked anywhere (>= ``MIN_ANYWHERE`` chars).
+
+    Every byte form of each secret (``_encodings``) is masked wherever it occurs; a suffix that may
+    still become one is held back; at EOF a trailing proper prefix of ``MIN_ANYWHERE`` bytes or
+    more of any form is masked, even if it ends inside a multi-byte character.
+    """
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        forms = {f for s in set(secrets) if len(s) >= MIN_ANYWHERE for f in _encodings(s)}
+        self._forms = sorted(forms, key=len, reverse=True)
+        self._longest = len(self._forms[0]) if self._forms else 0
+        self._buf = b""
+
+    def _spans(self, data: bytes) -> list[tuple[int, int]]:
+        found = []
+        for form in self._forms:
+            i = data.find(form)
+            while i >= 0:
+                found.append((i, i + len(form)))
+                i = data.find(form, i + 1)
+        return _merge(found)
+
+    def _prefix_start(self, data: bytes, shortest: int) -> int:
+        """Earliest i with ``data[i:]`` a proper prefix of a form, at least ``shortest`` long."""
+        for i in range(max(0, len(data) - self._longest + 1), len(data) - shortest + 1):
+            rest = data[i:]
+            if any(len(f) > len(rest) and f.startswith(rest) for f in self._forms):
+                return i
+        return len(data)
+
+    def feed(self, raw: bytes) -> bytes:
+        if not self._forms:
+            return raw
+        data = self._buf + raw
+        spans = self._spans(data)
+        cut = self._prefix_start(data, 1)
+        for a, b in spans:  # never cut through a complete occurrence
+            if a < cut < b:
+                cut = a
+        self._buf = data[cut:]
+        return _render_bytes(data, cut, [(a, b) for a, b in spans if b <= cut])
+
+    def flush(self) -> bytes:
+        data, self._buf = self._buf, b""
+        spans = self._spans(data)
+        tail = self._prefix_start(data, MIN_ANYWHERE)
+        if tail < len(data):
+            spans = _merge([*spans, (tail, len(data))])
+        return _render_bytes(data, len(data), spans)
+
+
+def _render_bytes(data: bytes, end: int, spans: list[tuple[int, int]]) -> bytes:
+    out, pos = [], 0
+    for a, b in spans:
+        out += [data[pos:a], MASK.encode()]
+        pos = b
+    out.append(data[pos:end])
+    return b"".join(out)
+
+
 class MaskedLines:
     """One output stream: bytes in, masked lines out (each ending in ``\\n`` except the last).
 
@@ -168,16 +274,19 @@ class MaskedLines:
     """
 
     def __init__(self, secrets: Iterable[str], max_line: int) -> None:
+        secrets = list(secrets)
+        self._bytes = ByteStreamMasker(secrets)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._masker = StreamMasker(secrets)
         self._line = ""
         self.max_line = max_line
 
     def feed(self, raw: bytes) -> list[str]:
-        return self._split(self._masker.feed(self._decoder.decode(raw)))
+        return self._split(self._masker.feed(self._decoder.decode(self._bytes.feed(raw))))
 
     def close(self) -> list[str]:
-        text = self._masker.feed(self._decoder.decode(b"", final=True)) + self._masker.flush()
+        last = self._decoder.decode(self._bytes.flush(), final=True)
+        text = self._masker.feed(last) + self._masker.flush()
         lines = self._split(text)
         if self._line:
             lines.append(self._line)

@@ -428,3 +428,89 @@ def test_the_reaper_ends_processes_that_left_the_group_of_a_sigkilled_worker(
         assert store.events_for(engine, row["id"])[-1]["message"] == reaped.orphans
     finally:
         _kill(pids, token)
+
+
+# --- masking on bytes: a cut inside a character, legacy encodings (FX1) -------------------------
+
+# 2-, 3- and 4-byte UTF-8 characters, alone and mixed with ASCII.
+MULTIBYTE_SECRETS = [
+    "pässwört€\U0001d11e-123_Z",
+    "ключ-доступа",
+    "秘密の鍵です",
+    "\U0001f511\U0001f5dd\U0001f510\U0001f512",
+    "ab€€€cd",
+    "éééééé",
+]
+LEGACY_SECRETS = [("pässwört-Ä1", "latin-1"), ("pass€word‰", "cp1252"), ("ßüöä", "latin-1")]
+
+
+def _byte_leaks(form: bytes, out: str) -> list[bytes]:
+    """Every 4-byte piece of ``form`` found in the UTF-8 bytes of ``out``."""
+    data = out.encode("utf-8")
+    return [form[i : i + 4] for i in range(len(form) - 3) if form[i : i + 4] in data]
+
+
+def _bytes_through_stream(raw: bytes, secrets: list[str], read_size: int) -> str:
+    stream = MaskedLines(secrets, max_line=1 << 16)
+    lines = []
+    for start in range(0, len(raw), read_size):
+        lines += stream.feed(raw[start : start + read_size])
+    return "".join(lines + stream.close())
+
+
+def test_a_secret_cut_at_every_byte_at_the_end_of_the_stream_leaves_nothing():
+    """A command killed mid-secret: the stream ends at any byte of the secret's encoding, inside a
+    2/3/4-byte character too; no 4+ character piece, no 4+ byte piece survives."""
+    for secret in MULTIBYTE_SECRETS:
+        form = secret.encode()
+        for cut in range(1, len(form) + 1):
+            for read_size in (1, 3, 16, REAL_READ):
+                out = _bytes_through_stream(b"out: " + form[:cut], [secret], read_size)
+                assert not _leaks(secret, out) and not _byte_leaks(form, out), (secret, cut, out)
+                assert out.startswith("out: ")
+                if cut >= MIN_ANYWHERE:
+                    assert out == "out: " + MASK, (secret, cut, read_size)
+
+
+def test_a_secret_printed_in_a_legacy_encoding_is_masked_whole_and_cut():
+    """Latin-1 / cp1252 bytes of a secret (a legacy tool), whole mid-stream and cut at EOF; and a
+    secret those cannot encode whole, printed with ``?`` for what they lack."""
+    cases = [(s, s.encode(codec), True) for s, codec in LEGACY_SECRETS]
+    emoji = "pässwört€\U0001d11e-123_Z"  # mangled: "?" and "EUR" are not the secret's bytes
+    cases.append((emoji, "pässwört€?-123_Z".encode("cp1252"), False))
+    cases.append((emoji, "pässwörtEUR?-123_Z".encode("latin-1"), False))  # iconv //TRANSLIT
+    for secret, form, exact in cases:
+        out = _bytes_through_stream(b"a " + form + b" end\n", [secret], 5)
+        assert not _leaks(secret, out) and not (exact and _byte_leaks(form, out)), (secret, out)
+        for cut in range(1, len(form) + 1):
+            out = _bytes_through_stream(b"out: " + form[:cut], [secret], 7)
+            assert not _leaks(secret, out), (secret, cut, out)
+            assert not (exact and _byte_leaks(form, out)), (secret, cut, out)
+
+
+def _printf_bytes(data: bytes) -> str:
+    return "printf '" + "".join(f"\\{b:03o}" for b in data) + "'"  # POSIX: octal
+
+
+def test_a_command_killed_mid_character_or_printing_latin1_leaves_nothing():
+    """Real subprocesses: printf of the secret's bytes cut inside a character, then killed by the
+    timeout; and the Latin-1 bytes of a secret. Run log, tails and message hold no piece."""
+    secret = "pässwört€\U0001d11e-123_Z"
+    form = secret.encode()
+    latin = "pässwört-Ä1"
+    for printed, secrets, cmd_tail in (
+        (form[: form.index("€".encode()) + 2], [secret], "; sleep 30"),  # 9 chars + 2 of 3 bytes
+        (form[:-1], [secret], "; sleep 30"),  # inside no character: 1 byte short
+        (form[:-6], [secret], "; sleep 30"),  # inside the 4-byte character
+        (latin.encode("latin-1") + b"\n", [latin], ""),
+    ):
+        lines: list[str] = []
+        result = runner.run(
+            _spec(_printf_bytes(printed) + cmd_tail, timeout=1, secrets=secrets),
+            on_line=lambda _stream, line, into=lines: into.append(line),
+            grace_seconds=0.5,
+        )
+        seen = "".join(lines) + result.stdout_tail + result.stderr_tail + result.message
+        for s in secrets:
+            assert not _leaks(s, seen), (printed, seen)
+        assert MASK in seen
