@@ -8,7 +8,9 @@ and still present, and the next pass exports it again (idempotent overwrite) and
 nothing is lost, nothing is deleted unverified.
 """
 
+import glob
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -93,7 +95,8 @@ def read_archive(path: Path) -> ArchivedRun:
         events = [i for i in items if i["kind"] == "event"]
         entries = [deserialize_value(i["entry"], dg.EventLogEntry) for i in events]
         storage_ids = [i["storage_id"] for i in events]
-    except (DeserializationError, ValueError, KeyError, TypeError) as exc:
+    except (DeserializationError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        # RecursionError: a serialized value nested deeper than the decoder goes (an edited file)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ArchiveError(f"{path}: a record does not read back as Dagster data: {first}") from exc
     if len(runs) != 1:
@@ -101,8 +104,19 @@ def read_archive(path: Path) -> ArchivedRun:
     return ArchivedRun(runs[0], entries, storage_ids)
 
 
+RUN_ID_RULE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$"
+
+
+def is_run_id(value: str) -> bool:
+    """Whether ``value`` can be a run id (Dagster's are UUIDs): no path or glob character."""
+    return re.fullmatch(RUN_ID_RULE, value) is not None
+
+
 def find_archive(root: Path, run_id: str) -> Path | None:
-    matches = sorted((root / "runs").glob(f"*/*/{run_id}.jsonl.gz"))
+    """The archive file of ``run_id``; the id is matched literally, never as a pattern."""
+    if not is_run_id(run_id):
+        return None
+    matches = sorted((root / "runs").glob(f"*/*/{glob.escape(run_id)}.jsonl.gz"))
     return matches[0] if matches else None
 
 

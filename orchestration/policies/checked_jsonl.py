@@ -4,6 +4,12 @@ A file is ``{"kind": "header", "format": …}``, the payload lines, then
 ``{"kind": "end", <count_key>: n, "sha256": …}`` over every line before it. It is written to
 ``.tmp``, fsynced and renamed, so a reader sees a whole file or none; reading it back checks the
 format, the count and the checksum, which is what lets the archives delete the source rows.
+
+Reading is bounded (docs/policies.md, "Reading limits"): one decompressed line is at most
+``MAX_LINE_BYTES`` and one file at most ``MAX_FILE_BYTES``. The writers stay far below both: a
+line is one Dagster event or one record-store row (a command run with its events, output tails
+capped at 64 KiB), a file is one run's event log or one batch of at most 10,000 rows. Anything
+larger is damage (or a gzip bomb) and is refused before it is held in memory.
 """
 
 import gzip
@@ -11,9 +17,12 @@ import hashlib
 import json
 import os
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+MAX_LINE_BYTES = 16 * 1024 * 1024
+MAX_FILE_BYTES = 1024 * 1024 * 1024
 
 
 def write(
@@ -46,32 +55,33 @@ def read(
     """The lines of ``path`` before its trailer (header first), after checking all of it.
 
     Every kind of damage raises ``error`` with one line naming the file and what is wrong (never
-    a bare ``EOFError``/``zlib.error``/``JSONDecodeError``): so a caller can set the file aside
-    and a CLI can print one line. Refused: an empty file, a cut or corrupt gzip stream, bytes
-    that are not UTF-8 JSON objects with a ``kind``, another format, a missing header or trailer,
-    anything after the trailer, a count or checksum that does not match (a truncated or edited
-    file). An ``OSError`` of the file itself (missing, unreadable) is not damage and propagates.
+    a bare ``EOFError``/``zlib.error``/``JSONDecodeError``/``RecursionError``): so a caller can
+    set the file aside and a CLI can print one line. Refused: an empty file, a cut or corrupt
+    gzip stream, bytes that are not UTF-8 JSON objects with a ``kind``, a line over
+    ``MAX_LINE_BYTES`` or a file over ``MAX_FILE_BYTES`` decompressed (a gzip bomb), JSON nested
+    too deeply to parse, another format, a missing header or trailer, anything after the
+    trailer, a count or checksum that does not match (a truncated or edited file). An
+    ``OSError`` of the file itself (missing, unreadable) is not damage and propagates.
+
+    Two passes, so that memory is bounded before the file is trusted: the first checks all of
+    it keeping nothing but one line at a time (a damaged file never costs more); only a file
+    that verified is parsed again and kept, and it must give the same checksum again.
     """
     if path.stat().st_size == 0:
         raise error(f"{path}: empty file (0 bytes)")
     try:
-        items, trailer, digest = _parse(path)
+        digest = _verify(path, fmt, counted_kind, count_key)
+        items: list[dict[str, Any]] = []
+        again = hashlib.sha256()
+        for raw, item in _scan(path):
+            if item["kind"] == "end":
+                break
+            again.update(raw)
+            items.append(item)
+        if again.hexdigest() != digest:
+            raise _Damage("changed while being read (read it again)")
     except _Damage as exc:
         raise error(f"{path}: {exc}") from exc
-    if not items or items[0].get("kind") != "header":
-        raise error(f"{path}: no header line (not an archive file, or its start is damaged)")
-    if items[0].get("format") != fmt:
-        raise error(f"{path}: unknown format {items[0].get('format')!r} (expected {fmt!r})")
-    if trailer is None:
-        raise error(f"{path}: no trailer (the file was cut short)")
-    counted = sum(1 for item in items if item["kind"] == counted_kind)
-    if trailer.get(count_key) != counted:
-        raise error(
-            f"{path}: {count_key} count mismatch: the trailer says {trailer.get(count_key)!r}, "
-            f"the file holds {counted}"
-        )
-    if trailer.get("sha256") != digest:
-        raise error(f"{path}: checksum mismatch: the content is not what was written (edited?)")
     return items
 
 
@@ -79,28 +89,69 @@ class _Damage(Exception):
     """What is wrong with a file, as one line (the path is added by ``read``)."""
 
 
-def _parse(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]:
-    """(items before the trailer, the trailer, sha256 of those lines), or ``_Damage``."""
-    items: list[dict[str, Any]] = []
+def _verify(path: Path, fmt: str, counted_kind: str, count_key: str) -> str:
+    """Check every line of ``path`` keeping only counts; sha256 of the lines before the trailer."""
     digest = hashlib.sha256()
-    trailer = None
+    trailer: dict[str, Any] | None = None
+    counted = 0
     number = 0
+    for number, (raw, item) in enumerate(_scan(path), start=1):
+        if number == 1:
+            _check_header(item, fmt)
+        if trailer is not None:
+            raise _Damage(f"line {number} follows the trailer")
+        if item["kind"] == "end":
+            trailer = item
+            continue
+        digest.update(raw)
+        counted += item["kind"] == counted_kind
+    if number == 0:
+        _check_header({}, fmt)  # a gzip stream of no lines at all
+    if trailer is None:
+        raise _Damage("no trailer (the file was cut short)")
+    if trailer.get(count_key) != counted:
+        raise _Damage(
+            f"{count_key} count mismatch: the trailer says {trailer.get(count_key)!r}, "
+            f"the file holds {counted}"
+        )
+    if trailer.get("sha256") != digest.hexdigest():
+        raise _Damage("checksum mismatch: the content is not what was written (edited?)")
+    return digest.hexdigest()
+
+
+def _check_header(item: dict[str, Any], fmt: str) -> None:
+    """The first line must be this format's header: checked first, so a foreign file stops at
+    line 1 instead of being read to its end."""
+    if item.get("kind") != "header":
+        raise _Damage("no header line (not an archive file, or its start is damaged)")
+    if item.get("format") != fmt:
+        raise _Damage(f"unknown format {_short(item.get('format'))} (expected {fmt!r})")
+
+
+def _scan(path: Path) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    """(raw line, parsed line) one at a time, within the size caps, or ``_Damage``."""
+    number = 0
+    total = 0
     try:
         with gzip.open(path, "rb") as fh:
-            for number, raw in enumerate(fh, start=1):
-                item = _item(raw, number)
-                if trailer is not None:
-                    raise _Damage(f"line {number} follows the trailer")
-                if item["kind"] == "end":
-                    trailer = item
-                    continue
-                digest.update(raw)
-                items.append(item)
+            while raw := fh.readline(MAX_LINE_BYTES + 1):
+                number += 1
+                if len(raw) > MAX_LINE_BYTES:
+                    raise _Damage(
+                        f"line {number} is over {_mib(MAX_LINE_BYTES)} decompressed, longer than "
+                        "any line the archive writes (a damaged file or a gzip bomb)"
+                    )
+                total += len(raw)
+                if total > MAX_FILE_BYTES:
+                    raise _Damage(
+                        f"over {_mib(MAX_FILE_BYTES)} decompressed by line {number}, more than "
+                        "the archive writes to one file (a damaged file or a gzip bomb)"
+                    )
+                yield raw, _item(raw, number)
     except EOFError as exc:
         raise _Damage(f"gzip stream cut short {_where(number)} (truncated file)") from exc
     except (gzip.BadGzipFile, zlib.error) as exc:
         raise _Damage(f"not a valid gzip stream {_where(number)} ({_first_line(exc)})") from exc
-    return items, trailer, digest.hexdigest()
 
 
 def _item(raw: bytes, number: int) -> dict[str, Any]:
@@ -111,9 +162,20 @@ def _item(raw: bytes, number: int) -> dict[str, Any]:
         raise _Damage(f"line {number} is not UTF-8 text") from exc
     except json.JSONDecodeError as exc:
         raise _Damage(f"line {number} is not JSON ({exc.msg})") from exc
+    except RecursionError as exc:  # the C decoder's depth guard; no writer nests this deep
+        raise _Damage(f"line {number} is JSON nested too deeply to read") from exc
     if not isinstance(item, dict) or not isinstance(item.get("kind"), str):
         raise _Damage(f"line {number} is not an archive record (no 'kind')")
     return item
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:80]}… ({len(text)} characters)"
+
+
+def _mib(n: int) -> str:
+    return f"{n // (1024 * 1024)} MiB"
 
 
 def _where(lines_read: int) -> str:

@@ -252,3 +252,200 @@ def test_cli_archive_records_and_show_on_a_damaged_file_is_one_line(tmp_path, ki
     run_file.write_bytes(damage(good))
     shown = _run_cli("archive", "show", "some-run", "--dir", str(tmp_path))
     _assert_one_line_error(shown, run_file)
+
+
+# -- Reading is bounded: gzip bombs, deep nesting, run ids that are patterns -------------------
+
+BOMB_BYTES = 200 * 1024 * 1024  # decompressed; a few hundred KB on disk
+MEMORY_BOUND_MIB = 120  # the line cap is 16 MiB: growth stays well under this when bounded
+
+
+def _write_bomb(path: Path, header: dict, shape: str) -> None:
+    """A valid header line, then ``BOMB_BYTES`` of one endless line or of tiny records."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wb", compresslevel=9) as gz:
+        gz.write(json.dumps(header).encode() + b"\n")
+        if shape == "one endless line":
+            chunk = b"\0" * (1024 * 1024)
+            repeats = BOMB_BYTES // len(chunk)
+        else:  # so many small records that keeping them parsed would take gigabytes
+            chunk = b'{"kind": "event"}\n' * 50_000
+            repeats = 30  # 1.5 M records, ~27 MB: enough to show they are not all kept
+        for _ in range(repeats):
+            gz.write(chunk)
+
+
+# Imports the heavy modules first, so the growth measured is the read alone.
+_MEASURE = """
+import json, resource, sys
+from pathlib import Path
+import orchestration.cli, orchestration.policies.archive_job
+from orchestration.policies import record_archive
+from resources.db import make_engine
+from tests.policies.record_seed import CUTOFF, spec
+args = json.loads(sys.argv[1])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if args["what"] == "cli":
+    out = orchestration.cli.main(args["argv"])
+else:
+    report = record_archive.archive_table(
+        make_engine(args["url"]), Path(args["root"]), spec(args["table"]), CUTOFF, batch_size=50
+    )
+    moved = [[q.file, q.reason] for q in report.quarantined]
+    out = {"archived": report.archived, "quarantined": moved}
+growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(json.dumps({"growth_mib": growth, "out": out}))
+"""
+
+
+def _measured(**args) -> tuple[dict, str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.splitlines()[-1]), proc.stderr
+
+
+BOMBS = ["one endless line", "many tiny records"]
+
+
+@pytest.mark.parametrize("shape", BOMBS)
+def test_cli_show_on_a_gzip_bomb_is_damaged_within_a_memory_bound(tmp_path, shape):
+    from orchestration.policies.archive import FORMAT
+
+    run_file = tmp_path / "runs" / "2024" / "01" / "bomb-run.jsonl.gz"
+    _write_bomb(run_file, {"kind": "header", "format": FORMAT, "run_id": "bomb-run"}, shape)
+    result, stderr = _measured(
+        what="cli", argv=["archive", "show", "bomb-run", "--dir", str(tmp_path)]
+    )
+    assert result["out"] == 2, stderr
+    assert len(stderr.splitlines()) == 1 and "Traceback" not in stderr, stderr
+    assert f"damaged archive {run_file}" in stderr
+    assert result["growth_mib"] < MEMORY_BOUND_MIB, result
+
+
+@pytest.mark.parametrize("shape", BOMBS)
+def test_pending_pass_quarantines_a_gzip_bomb_within_a_memory_bound(
+    sqlite_store_url, tmp_path, shape
+):
+    engine = make_engine(sqlite_store_url)
+    pending, rows = _pending_for_new_rows(engine, tmp_path)
+    header = {"kind": "header", "format": record_archive.FORMAT, "table": TABLE}
+    _write_bomb(pending, header, shape)
+    result, stderr = _measured(what="pass", url=sqlite_store_url, root=str(tmp_path), table=TABLE)
+    assert result["out"]["archived"] == len(rows), stderr  # the pass went on: rows re-archived
+    ((file, reason),) = result["out"]["quarantined"]
+    assert file == str(pending) and re.search("line 2 is over 16 MiB|no trailer", reason), reason
+    assert result["growth_mib"] < MEMORY_BOUND_MIB, result
+    assert sorted(_archived_ids(tmp_path)) == sorted(r["id"] for r in rows)
+
+
+def _record_file(path: Path, lines: list[bytes]) -> Path:
+    """A record-archive file of raw ``lines`` (header first) with a correct trailer."""
+    import hashlib
+
+    body = b"".join(line + b"\n" for line in lines)
+    rows = sum(1 for line in lines[1:])
+    trailer = {"kind": "end", "rows": rows, "sha256": hashlib.sha256(body).hexdigest()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(body + json.dumps(trailer).encode() + b"\n"))
+    return path
+
+
+def _header_line() -> bytes:
+    return json.dumps({"kind": "header", "format": record_archive.FORMAT, "table": TABLE}).encode()
+
+
+def test_line_cap_boundary_at_every_offset_around_it(tmp_path, monkeypatch):
+    """A line of exactly the cap (newline included) reads; one byte more is damage, named."""
+    cap = 4096
+    monkeypatch.setattr(checked_jsonl, "MAX_LINE_BYTES", cap)
+    prefix = b'{"kind": "row", "row": {"id": 1, "pad": "'
+    suffix = b'"}}'
+    for size in range(cap - 3, cap + 4):
+        pad = size - 1 - len(prefix) - len(suffix)  # the newline counts
+        line = prefix + b"x" * pad + suffix
+        path = _record_file(tmp_path / f"{size}.jsonl.gz", [_header_line(), line])
+        if size <= cap:
+            (row,) = record_archive.read_batch(path)[1]
+            assert len(row["pad"]) == pad
+        else:
+            with pytest.raises(record_archive.RecordArchiveError, match="line 2 is over"):
+                record_archive.read_batch(path)
+
+
+def test_file_cap_boundary_at_every_offset_around_it(tmp_path, monkeypatch):
+    """The file cap counts every decompressed byte, trailer included; one byte over is damage."""
+    lines = [
+        _header_line(),
+        *(json.dumps({"kind": "row", "row": {"id": i}}).encode() for i in range(5)),
+    ]
+    path = _record_file(tmp_path / "f.jsonl.gz", lines)
+    total = len(gzip.decompress(path.read_bytes()))
+    for cap in range(total - 3, total + 4):
+        monkeypatch.setattr(checked_jsonl, "MAX_FILE_BYTES", cap)
+        if cap >= total:
+            assert len(record_archive.read_batch(path)[1]) == 5
+        else:
+            with pytest.raises(record_archive.RecordArchiveError, match="decompressed by line 7"):
+                record_archive.read_batch(path)
+
+
+@pytest.mark.parametrize("depth", [1_000, 10_000, 200_000])
+@pytest.mark.parametrize("bracket", ["[", '{"a":'])
+def test_deeply_nested_json_is_damage_in_any_line(tmp_path, depth, bracket):
+    close = {"[": "]", '{"a":': "}"}[bracket]
+    nested = (bracket * depth + "0" + close * depth).encode()
+    row = b'{"kind": "row", "row": ' + nested + b"}"
+    for n, lines in enumerate([[_header_line(), row], [nested]]):
+        path = _record_file(tmp_path / f"deep-{n}.jsonl.gz", lines)
+        with pytest.raises(record_archive.RecordArchiveError, match="nested too deeply"):
+            record_archive.read_batch(path)
+
+
+def test_cli_show_a_run_record_nested_too_deeply_is_damaged_exit_2(tmp_path):
+    """A line that parses, with a serialized run that does not (deep): damage, exit 2."""
+    from orchestration.policies.archive import FORMAT
+
+    deep = "[" * 100_000 + "]" * 100_000
+    run_file = tmp_path / "runs" / "2024" / "01" / "deep-run.jsonl.gz"
+    run_file.parent.mkdir(parents=True)
+    header = json.dumps({"kind": "header", "format": FORMAT, "run_id": "deep-run"})
+    checked_jsonl.write(run_file, [header, json.dumps({"kind": "run", "run": deep})], "events", 0)
+    _assert_one_line_error(
+        _run_cli("archive", "show", "deep-run", "--dir", str(tmp_path)), run_file
+    )
+
+
+@pytest.mark.parametrize(
+    "run_id",
+    ["*", "?", "[a]", "[!x]*", "**", "*-run", "a*", "../01/other", "a/b", "", "_x", "a\nb"],
+)
+def test_cli_show_never_uses_the_run_id_as_a_pattern_or_path(tmp_path, run_id):
+    """Another run's file is there; a pattern or path never reaches it."""
+    other = tmp_path / "runs" / "2024" / "01" / "other-run.jsonl.gz"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"")  # damaged: reading it would print its name
+    proc = _run_cli("archive", "show", run_id, "--dir", str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and "not a run id" in proc.stderr, proc.stderr
+    assert "other-run" not in proc.stderr and proc.stdout == ""
+
+
+def test_find_archive_matches_the_run_id_literally():
+    import tempfile
+
+    from orchestration.policies.archive import find_archive
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for name in ("abc", "abd", "a-c"):
+            path = root / "runs" / "2024" / "01" / f"{name}.jsonl.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x")
+        assert find_archive(root, "abc") == root / "runs" / "2024" / "01" / "abc.jsonl.gz"
+        for pattern in ("ab?", "ab[cd]", "a*", "*", "ab"):
+            assert find_archive(root, pattern) is None, pattern
