@@ -115,9 +115,15 @@ def _release_unlock(environment: str, store_url: str | None) -> int:
 def _archive_show(run_id: str, directory: Path | None, *, as_json: bool) -> int:
     import json
 
-    from orchestration.policies.archive import find_archive, read_archive
+    from orchestration.policies.archive import RUN_ID_RULE, find_archive, is_run_id, read_archive
     from orchestration.policies.archive_job import default_archive_dir
+    from resources.identifiers import display
 
+    if not is_run_id(run_id):  # a glob or path character would look up another file
+        raise cli_errors.CliInputError(
+            f"not a run id: {display(run_id)} (a run id matches {RUN_ID_RULE}, e.g. the UUID "
+            "on the run's page in the UI)"
+        )
     root = Path(directory or default_archive_dir())
     path = find_archive(root, run_id)
     if path is None:
