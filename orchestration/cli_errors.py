@@ -9,9 +9,10 @@ an error becomes ``<prog>: error: <one line naming the input and the fix>``. Exi
   unexpected error: that line ends with a hint to set ``PLATFORM_OPS_DEBUG=1``, which prints the
   traceback as well (for every error).
 
-Nothing secret is printed: a store URL is shown by SQLAlchemy's ``render_as_string(
-hide_password=True)`` (or with its password masked when it does not even parse), and its
-password is masked anywhere else in the line (a driver may echo its DSN).
+Nothing secret is printed: a store URL is shown by ``resources.db.show_url`` (scheme, host, port,
+database; never the userinfo or the query; nothing at all of a value that is not a URL), and every
+4+ character piece of any password the URL could hold is masked anywhere else in the line (a
+driver may echo its DSN, or a password's tail it took for the host).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ DEBUG_ENV = "PLATFORM_OPS_DEBUG"
 INPUT = 2
 FAILURE = 1
 STORE_HINT = "check RECORD_STORE_URL / --store-url"
-_PASSWORD_IN_URL = re.compile(r"(://[^/:@\s]*:)[^@/\s]*@")
+# user:password@ of any other URL in a line; greedy to the token's last '@' (a password may hold
+# an unescaped one).
+_PASSWORD_IN_URL = re.compile(r"(://[^/:@\s]*:)\S*@")
 _NOT_SET_UP = re.compile(r"no such table|relation \S+ does not exist", re.IGNORECASE)
 
 
@@ -45,32 +48,71 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         self.exit(INPUT, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
 
 
+def _shown_arg(text: str, limit: int = 24) -> str:
+    """An argument's value for an error line: repr'd, cut (a 5,000-digit number is not echoed)."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+def bounded_number(
+    low: float, high: float, *, unit: str = "seconds", integer: bool = False
+) -> Callable[[str], float | int]:
+    """An argparse ``type``: a finite number from ``low`` to ``high`` (a whole one if
+    ``integer``), else one line naming the range. The text is checked before conversion: no
+    ``int()`` of thousands of digits (Python refuses over 4,300), no ``nan`` / ``inf``."""
+    kind = "a whole number" if integer else "a number"
+    rule = f"must be {kind} of {unit} from {low:g} to {high:g}"
+    pattern = (
+        r"[+-]?[0-9]{1,12}" if integer else r"[+-]?(?:[0-9]{1,12}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})"
+    )
+
+    def parse(text: str) -> float | int:
+        if not re.fullmatch(pattern, text.strip()):
+            raise argparse.ArgumentTypeError(f"{rule} (got {_shown_arg(text)})")
+        value = int(text) if integer else float(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{rule} (got {_shown_arg(text)})")
+        return value
+
+    return parse
+
+
+def identifier(max_chars: int, what: str = "name") -> Callable[[str], str]:
+    """An argparse ``type``: ``[A-Za-z0-9][A-Za-z0-9_.-]*`` of at most ``max_chars`` (the column
+    width), else one line: an empty id, spaces, a NUL or a 10 kB value never reach the store."""
+    pattern = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{max_chars - 1}}}")
+
+    def parse(text: str) -> str:
+        if not pattern.fullmatch(text):
+            raise argparse.ArgumentTypeError(
+                f"a {what} is 1 to {max_chars} letters, digits, '_', '.' or '-', starting with "
+                f"a letter or digit (got {_shown_arg(text)})"
+            )
+        return text
+
+    return parse
+
+
 _store_url: str | None = None
 
 
 def store_url(url: str) -> str:
     """Note the record-store URL this CLI uses (for the error line) and check its form."""
+    from resources import db
+
     global _store_url
     _store_url = url
-    import sqlalchemy as sa
-
     try:
-        sa.engine.make_url(url)
-    except (sa.exc.ArgumentError, ValueError) as exc:
-        raise CliInputError(
-            f"invalid record store URL {safe_url(url)}: {_first_line(exc)}; {STORE_HINT}"
-        ) from None
+        db.checked_url(url)
+    except db.RecordStoreUrlError as exc:
+        raise CliInputError(str(exc)) from None
     return url
 
 
 def safe_url(url: str) -> str:
-    """``url`` without its password (``***``), whether or not SQLAlchemy can parse it."""
-    import sqlalchemy as sa
+    """``url`` as a person may see it: ``resources.db.show_url`` (no userinfo, no query)."""
+    from resources import db
 
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return _PASSWORD_IN_URL.sub(r"\1***@", url)
+    return db.show_url(url)
 
 
 def run(
@@ -110,11 +152,12 @@ def describe(
     import yaml
 
     failure = _loaded("dagster", "Failure")
+    setting_error = _loaded("resources.db", "RecordStoreSettingError")
     final_failure = _loaded("orchestration.errors", "FinalFailure")
     archive_error = _loaded("orchestration.policies.archive", "ArchiveError")
 
     url = safe_url(_store_url) if _store_url else "the configured URL"
-    if isinstance(exc, CliInputError | final_failure):
+    if isinstance(exc, CliInputError | final_failure | setting_error):
         return _one_line(str(exc)), INPUT
     if isinstance(exc, sa.exc.ArgumentError):
         return f"invalid record store URL {url}: {_first_line(exc)}; {STORE_HINT}", INPUT
@@ -124,7 +167,8 @@ def describe(
             f"by the first run that uses it or by `platform-ops-commands list-runs`; {STORE_HINT}"
         ), FAILURE
     if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
-        return f"record store unreachable at {url}: {_driver_line(exc)}; {STORE_HINT}", FAILURE
+        hint = f"{STORE_HINT}{_url_hint()}"
+        return f"record store unreachable at {url}: {_driver_line(exc)}; {hint}", FAILURE
     if isinstance(exc, OSError) and _is_store_path(exc.filename):
         line = f"{exc.filename}: {exc.strerror or _first_line(exc)}"
         return f"record store unreachable at {url}: {line}; {STORE_HINT}", INPUT
@@ -144,14 +188,18 @@ def describe(
 
 
 def scrub(text: str) -> str:
-    """Mask the store URL's password wherever it appears in ``text``."""
+    """Mask the store URL's password (every 4+ character piece of it) wherever it appears in
+    ``text``, and the password of any other ``scheme://user:password@`` in it."""
+    from resources import db
+
     text = _PASSWORD_IN_URL.sub(r"\1***@", text)
-    if _store_url:
-        text = text.replace(_store_url, safe_url(_store_url))
-        password = _password_of(_store_url)
-        if password:
-            text = text.replace(password, "***")
-    return text
+    return db.hide_url_secrets(text, _store_url)
+
+
+def _url_hint() -> str:
+    from resources import db
+
+    return db.url_hint(_store_url) if _store_url else ""
 
 
 def _known(exc: BaseException) -> bool:
@@ -184,17 +232,6 @@ def _is_store_path(filename: object) -> bool:
         return False
     db, name = os.path.abspath(database), os.path.abspath(os.fsdecode(filename))  # type: ignore[arg-type]
     return db == name or db.startswith(name.rstrip(os.sep) + os.sep)
-
-
-def _password_of(url: str) -> str | None:
-    import sqlalchemy as sa
-
-    try:
-        password = sa.engine.make_url(url).password
-    except Exception:
-        match = _PASSWORD_IN_URL.search(url)
-        password = match[0][len(match[1]) : -1] if match else None
-    return str(password) if password else None
 
 
 def _driver_line(exc: BaseException) -> str:

@@ -118,15 +118,197 @@ def settings(environ: os._Environ | dict | None = None) -> Settings:
     return Settings(*v)
 
 
-def where(url: str) -> str:
-    """``host:port/db`` (PostgreSQL) or the SQLite file: the store named without any credential."""
+# --- showing a store URL ---------------------------------------------------------------------
+# One place decides what of a record-store URL a person may see (the CLIs' error lines, the
+# sensor / run headline ``record store unreachable at …``, the workers' log lines): the scheme,
+# host, port and database, never the userinfo, never the query string (it can carry
+# ``password=`` or a ``passfile``). A value that is not ``dialect://…`` at all may be the
+# password pasted in: nothing of it is shown. A password holding an unescaped '@' makes the URL
+# ambiguous (SQLAlchemy ends the userinfo at the first '@', so the password's tail becomes the
+# "host" and the driver echoes it): for display the userinfo ends at the LAST '@', and every piece
+# of four characters or more of every password the value could hold is masked in whatever line
+# is shown (a driver's message included).
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]{0,40})://(.*)\Z", re.DOTALL)
+# ``password=…`` / ``PASSWORD=…`` / ``sslpassword=…`` / ``passfile=…`` in a query or a libpq DSN.
+# The value up to '&' (a query) and, as well, up to the next blank (a password holding a raw '&'
+# becomes a bogus parameter the driver names).
+_SECRET_KEY = re.compile(r"[A-Za-z_]*pass[A-Za-z_]*\s*=\s*('(?:[^'\\]|\\.)*'|[^&\s]*)", re.I)
+_SECRET_TAIL = re.compile(r"[A-Za-z_]*pass[A-Za-z_]*\s*=\s*(\S*)", re.I)
+_HOST = re.compile(r"[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
+_PORT = re.compile(r"[0-9]{1,5}")
+_DATABASE = re.compile(r"[A-Za-z0-9_.$-]{1,63}")
+_MASK_MIN = 4  # a piece this long of a password is never shown
+NOT_A_URL = (
+    "invalid record store URL: the value of RECORD_STORE_URL / --store-url is not a URL "
+    "(dialect://host:port/db, e.g. postgresql://host:5432/records or "
+    "sqlite:////var/lib/platform-ops/store.sqlite); nothing of it is shown"
+)
+RESERVED_IN_USERINFO = "the password holds '@': write it percent-encoded, as %40"
+
+
+class RecordStoreUrlError(RecordStoreSettingError):
+    """The record store URL cannot be used as given; the message is the one line (no secret)."""
+
+
+@dataclass(frozen=True)
+class StoreUrl:
+    """What may be shown of a store URL: each part already checked to be harmless text."""
+
+    scheme: str
+    host: str | None = None
+    port: str | None = None
+    database: str | None = None
+    ambiguous_userinfo: bool = False
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.scheme.split("+", 1)[0] == "sqlite"
+
+
+def parse_store_url(url: str) -> StoreUrl | None:
+    """The displayable parts of ``url`` (None when it is not ``dialect://…``).
+
+    Does not use SQLAlchemy's parser on purpose: that one ends the userinfo at the first '@'.
+    """
+    match = _SCHEME.match(url.strip())
+    if not match:
+        return None
+    scheme, rest = match[1], match[2]
+    if scheme.split("+", 1)[0] == "sqlite":
+        path = rest[1:] if rest.startswith("/") else rest
+        path = path.partition("?")[0]
+        return StoreUrl(scheme, database=path or ":memory:")
+    at = rest.rfind("@")
+    userinfo, hostpart = (rest[:at], rest[at + 1 :]) if at >= 0 else ("", rest)
+    hostpart = hostpart.partition("#")[0]
+    hostpart, _, query = hostpart.partition("?")
+    netloc, _, database = hostpart.partition("/")
+    host, port = _split_netloc(netloc)
+    options = dict(_query_pairs(query))
+    host = host or options.get("host")
+    port = port or options.get("port")
+    return StoreUrl(
+        scheme,
+        host=_shown(host, _HOST),
+        port=_shown(port, _PORT),
+        database=_shown(database, _DATABASE),
+        ambiguous_userinfo="@" in userinfo,
+    )
+
+
+def _split_netloc(netloc: str) -> tuple[str | None, str | None]:
+    if netloc.startswith("["):
+        host, _, tail = netloc.partition("]")
+        return host + "]", tail[1:] if tail.startswith(":") else None
+    host, sep, port = netloc.rpartition(":")
+    return (host, port) if sep else (netloc or None, None)
+
+
+def _query_pairs(query: str) -> list[tuple[str, str]]:
+    from urllib.parse import parse_qsl
+
     try:
-        u = sa.engine.make_url(normalize_url(url))
-    except Exception:
-        return "<unparseable RECORD_STORE_URL>"
-    if u.get_backend_name() == "sqlite":
-        return f"sqlite file {u.database or ':memory:'}"
-    return f"{u.host or 'localhost'}:{u.port or 5432}/{u.database or ''}"
+        return parse_qsl(query, keep_blank_values=True)
+    except ValueError:
+        return []
+
+
+def _shown(value: str | None, pattern: re.Pattern) -> str | None:
+    if not value:
+        return None
+    return value if pattern.fullmatch(value) else "<not shown>"
+
+
+def show_url(url: str) -> str:
+    """``postgresql://host:port/db`` or ``sqlite:///<path>``: the store named for a person."""
+    parts = parse_store_url(url)
+    if parts is None:
+        return "<RECORD_STORE_URL not shown: not a URL>"
+    if parts.is_sqlite:
+        return hide_url_secrets(f"{parts.scheme}:///{_printable(parts.database)}", url)
+    shown = f"{parts.scheme}://{parts.host or 'localhost'}"
+    shown += f":{parts.port}" if parts.port else ""
+    return hide_url_secrets(f"{shown}/{parts.database or ''}", url)
+
+
+def where(url: str) -> str:
+    """``host:port/db`` (PostgreSQL) or the SQLite file: the store named without any credential
+    (the sensor and run headline; ``show_url`` is the same parts with the scheme)."""
+    parts = parse_store_url(normalize_url(url))
+    if parts is None:
+        return "<RECORD_STORE_URL not shown: not a URL>"
+    if parts.is_sqlite:
+        return hide_url_secrets(f"sqlite file {_printable(parts.database)}", url)
+    shown = f"{parts.host or 'localhost'}:{parts.port or 5432}/{parts.database or ''}"
+    return hide_url_secrets(shown, url)
+
+
+def _printable(text: str | None) -> str:
+    text = text or ""
+    return text if text.isprintable() else repr(text)
+
+
+def url_secrets(url: str) -> list[str]:
+    """Every string ``url`` could hold as a password, whichever way it is read: after the first
+    ':' of the userinfo up to the last '@', SQLAlchemy's reading (first '@'), every ``*pass*=``
+    value of the query or a DSN, each raw and percent-decoded; a value that is not a URL (and
+    not a DSN) is itself taken as a secret."""
+    from urllib.parse import unquote, unquote_plus
+
+    text = url.strip()
+    found: list[str] = []
+    match = _SCHEME.match(text)
+    if match is None and not any(c.isspace() for c in text) and "=" not in text:
+        found.append(text)
+    if match is not None:
+        at = match[2].rfind("@")
+        userinfo = match[2][:at] if at >= 0 else ""
+        if ":" in userinfo:
+            found.append(userinfo.split(":", 1)[1])
+    with suppress(Exception):
+        password = sa.engine.make_url(text).password
+        if password:
+            found.append(str(password))
+    found += [value.strip("'") for value in _SECRET_KEY.findall(text)]
+    found += _SECRET_TAIL.findall(text)
+    every = {form for s in found for form in (s, unquote(s), unquote_plus(s))}
+    return sorted(s for s in every if s)
+
+
+def hide_url_secrets(text: str, url: str | None) -> str:
+    """``text`` with every run of characters that belongs to a piece (4+ characters) of any
+    password ``url`` could hold replaced by ``***``. Shorter passwords are not searched for
+    (they would mask ordinary words); they never reach a shown URL anyway."""
+    if not url or not text:
+        return text
+    grams = {
+        secret[i : i + _MASK_MIN]
+        for secret in url_secrets(url)
+        for i in range(len(secret) - _MASK_MIN + 1)
+    }
+    if not grams:
+        return text
+    hidden = [False] * len(text)
+    for i in range(len(text) - _MASK_MIN + 1):
+        if text[i : i + _MASK_MIN] in grams:
+            hidden[i : i + _MASK_MIN] = [True] * _MASK_MIN
+    out, i = [], 0
+    while i < len(text):
+        if hidden[i]:
+            while i < len(text) and hidden[i]:
+                i += 1
+            out.append("***")
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def url_hint(url: str) -> str:
+    """``; <how to fix the URL>`` when its userinfo is ambiguous, else ``""``."""
+    parts = parse_store_url(url)
+    return f"; {RESERVED_IN_USERINFO}" if parts is not None and parts.ambiguous_userinfo else ""
 
 
 def _pg_connect_args(url: sa.URL, s: Settings) -> dict:
@@ -153,15 +335,65 @@ def _pg_connect_args(url: sa.URL, s: Settings) -> dict:
     return args
 
 
+# The default store (``resources.record_store.DEFAULT_URL``): the only one whose directory is
+# created; an explicit URL whose directory is missing is a typo, refused before anything exists.
+DEFAULT_SQLITE_PATH = Path(__file__).resolve().parents[1] / ".dagster_home" / "record_store.sqlite"
+_URL_HINT = "check RECORD_STORE_URL / --store-url"
+
+
+def checked_url(url: str) -> sa.URL:
+    """SQLAlchemy's URL for ``url``, or ``RecordStoreUrlError`` with one line that says what is
+    wrong and echoes nothing but ``show_url`` (SQLAlchemy's own messages can quote the value)."""
+    if parse_store_url(url) is None:
+        raise RecordStoreUrlError(NOT_A_URL)
+    shown = show_url(url)
+    try:
+        parsed = sa.engine.make_url(normalize_url(url))
+    except ValueError:
+        raise RecordStoreUrlError(
+            f"invalid record store URL {shown}: the port must be a number; {_URL_HINT}"
+        ) from None
+    except sa.exc.ArgumentError:
+        raise RecordStoreUrlError(
+            f"invalid record store URL {shown}: not dialect://user:password@host:port/db; "
+            f"{_URL_HINT}"
+        ) from None
+    try:
+        parsed.get_dialect()
+    except sa.exc.NoSuchModuleError:
+        raise RecordStoreUrlError(
+            f"invalid record store URL {shown}: unknown database kind (use postgresql:// or "
+            f"sqlite:///); {_URL_HINT}"
+        ) from None
+    return parsed
+
+
+def _sqlite_directory(database: str | None) -> None:
+    """Create the default store's directory; refuse an explicit file whose directory is missing
+    (nothing is created for a mistyped URL)."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    parent = Path(database).parent
+    if parent.is_dir():
+        return
+    if Path(database).resolve() == DEFAULT_SQLITE_PATH:
+        parent.mkdir(parents=True, exist_ok=True)
+        return
+    state = "is not a directory" if parent.exists() else "does not exist"
+    raise RecordStoreUrlError(
+        f"directory {_printable(str(parent))} of the SQLite record store {state}: create it "
+        f"(mkdir -p) or fix the path; nothing was created; {_URL_HINT}"
+    )
+
+
 def make_engine(url: str, environ: os._Environ | dict | None = None) -> sa.Engine:
     """The record store's engine; every engine of the project comes from here (bounded waits,
     ``pool_pre_ping`` so a connection the server dropped is replaced, not handed out)."""
     s = settings(environ)
+    parsed = checked_url(url)
     url = normalize_url(url)
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if parsed.get_backend_name() == "sqlite":
+        _sqlite_directory(parsed.database)
         engine = sa.create_engine(url, connect_args={"timeout": s.busy_timeout_ms / 1000})
         busy = s.busy_timeout_ms
 
@@ -174,7 +406,6 @@ def make_engine(url: str, environ: os._Environ | dict | None = None) -> sa.Engin
             cur.close()
 
         return engine
-    parsed = sa.engine.make_url(url)
     return sa.create_engine(
         parsed.difference_update_query(["options"]),
         connect_args=_pg_connect_args(parsed, s),
@@ -268,15 +499,10 @@ def retrying(
 
 def unreachable_message(url: str, exc: BaseException) -> str:
     """The one line for a store that cannot be reached: where (no credential), why, what to do."""
-    why = reason(exc)
-    password = None
-    with suppress(Exception):
-        password = sa.engine.make_url(normalize_url(url)).password
-    if password:
-        why = why.replace(str(password), "***")
+    why = hide_url_secrets(reason(exc), url)
     return (
         f"record store unreachable at {where(url)}: {why} "
-        "(check RECORD_STORE_URL and that the database server is up)"
+        f"(check RECORD_STORE_URL and that the database server is up{url_hint(url)})"
     )
 
 

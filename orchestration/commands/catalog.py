@@ -44,6 +44,11 @@ MAX_NAME_CHARS = 200  # the String(200) columns (PostgreSQL enforces it; SQLite 
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_YAML_NODES = 200_000  # after alias expansion: an alias bomb is refused, not expanded
+# A catalog is 5 levels deep (catalog > environments > [i] > variables > NAME > value); deeper
+# nesting is refused while composing, before the recursive parts of PyYAML and pydantic see it
+# (5,000 nested brackets were a RecursionError).
+MAX_YAML_DEPTH = 64
+MAX_INT_CHARS = 32  # a YAML integer longer than this is refused (int() stops at 4,300 digits)
 # Set by the runner for every command (they would silently replace an operator's value).
 RESERVED_VARIABLES = ("COMMAND_RUN_ID", "COMMAND_NAME", "COMMAND_ENVIRONMENT", "COMMAND_RUN_TOKEN")
 SECTIONS = {"commands": "command", "environments": "environment", "schedules": "schedule"}
@@ -512,11 +517,15 @@ class _Walk:
     lines: dict[tuple, int] = field(default_factory=dict)  # path -> 1-based line
     dupes: list[tuple[tuple, str, int, int]] = field(default_factory=list)  # path, key, lines
     budget: int = MAX_YAML_NODES
+    too_deep: int | None = None  # the line where aliases nest past MAX_YAML_DEPTH
 
     def visit(self, node: yaml.Node, path: tuple = ()) -> None:
         self.budget -= 1
         if self.budget < 0:
             return  # an alias bomb (or a cycle) stops here; reported by the caller
+        if len(path) > MAX_YAML_DEPTH:  # composed nodes are bounded; aliases can stack them
+            self.too_deep = self.too_deep or node.start_mark.line + 1
+            return
         self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             first: dict[str, int] = {}
@@ -533,9 +542,78 @@ class _Walk:
                 self.visit(item, (*path, index))
 
 
+class _Refused(yaml.MarkedYAMLError):
+    """A YAML value the catalog refuses while loading (too deep, a number too long, a value the
+    YAML constructor cannot build): reported with its line like a syntax error."""
+
+
+class _CatalogLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, bounded: nesting depth while composing, the length of an integer
+    before ``int()``, and any error of a value's constructor (a date like 2024-02-30) named with
+    the value's line instead of escaping as a bare ``ValueError``."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _Refused(
+                    problem=f"nested more than {MAX_YAML_DEPTH} levels deep (a catalog needs 5)",
+                    problem_mark=self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        digits = str(node.value).replace("_", "")
+        if len(digits) > MAX_INT_CHARS:
+            raise _Refused(
+                problem=f"a number of {len(digits)} characters (at most {MAX_INT_CHARS})",
+                problem_mark=node.start_mark,
+            )
+        return super().construct_yaml_int(node)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise _Refused(
+                problem=f"{node.tag.rsplit(':', 1)[-1]} value that cannot be read ({exc})",
+                problem_mark=node.start_mark,
+            ) from None
+
+
+_CatalogLoader.add_constructor("tag:yaml.org,2002:int", _CatalogLoader.construct_yaml_int)
+
+
+def _reader_problem(exc: yaml.reader.ReaderError, text: str) -> str:
+    """A character YAML does not accept (NUL, other controls): its line and column."""
+    before = text[: max(exc.position, 0)]
+    line = before.count("\n") + 1
+    column = exc.position - (before.rfind("\n") + 1) + 1
+    char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+    return (
+        f"line {line}, column {column}: not valid YAML: character U+{ord(char):04X} is not "
+        "allowed in YAML text (remove it; write control characters as escapes in a "
+        'double-quoted string, e.g. "\\t")'
+    )
+
+
 def loads_catalog(text: str, source: str = "<catalog>") -> Catalog:
-    """Parse YAML text: syntax errors with their line, then every schema/cross-entry problem."""
-    loader = yaml.SafeLoader(text)
+    """Parse YAML text: syntax errors with their line, then every schema/cross-entry problem.
+
+    Every way loading can fail is a ``CatalogError`` naming the source and the line: a character
+    YAML refuses (NUL), nesting deeper than ``MAX_YAML_DEPTH``, an integer longer than
+    ``MAX_INT_CHARS``, a value its constructor cannot build, an alias bomb.
+    """
+    try:
+        loader = _CatalogLoader(text)
+    except yaml.reader.ReaderError as exc:
+        raise CatalogError([_reader_problem(exc, text)], source) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -547,14 +625,26 @@ def loads_catalog(text: str, source: str = "<catalog>") -> Catalog:
             raise CatalogError(
                 [f"more than {MAX_YAML_NODES} values once YAML aliases are expanded"], source
             )
+        if walk.too_deep is not None:
+            raise CatalogError(
+                [f"line {walk.too_deep}: nested more than {MAX_YAML_DEPTH} levels deep once YAML "
+                 "aliases are expanded (a catalog needs 5)"], source,
+            )  # fmt: skip
         data = loader.construct_document(node)
+    except yaml.reader.ReaderError as exc:
+        raise CatalogError([_reader_problem(exc, text)], source) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         what = " ".join(filter(None, [exc.context, exc.problem]))
-        raise CatalogError([f"{at}not valid YAML: {what}"], source) from None
+        kind = "refused" if isinstance(exc, _Refused) else "not valid YAML"
+        raise CatalogError([f"{at}{kind}: {what}"], source) from None
     except yaml.YAMLError as exc:
         raise CatalogError([f"not valid YAML: {exc}"], source) from None
+    except RecursionError:  # a path not bounded above; named, never a traceback
+        raise CatalogError(
+            [f"nested too deeply (at most {MAX_YAML_DEPTH} levels)"], source
+        ) from None
     finally:
         loader.dispose()
     where = _Located(data, walk.lines)

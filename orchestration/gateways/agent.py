@@ -82,7 +82,7 @@ class Agent:
                 if not registry.heartbeat(self.engine, self.id, self.lease_seconds, self._inflight):
                     self._register()
             except Exception as exc:  # store unreachable: keep trying, the lease decides
-                log(f"heartbeat failed: {type(exc).__name__}: {exc}")
+                log(cli_errors.scrub(f"heartbeat failed: {type(exc).__name__}: {exc}"))
 
     def run(self) -> int:
         self._register()
@@ -96,7 +96,7 @@ class Agent:
                 try:
                     claimed = claim_tasks(self.engine, self.id, free, self.lease_seconds)
                 except Exception as exc:
-                    log(f"claim failed: {type(exc).__name__}: {exc}")
+                    log(cli_errors.scrub(f"claim failed: {type(exc).__name__}: {exc}"))
                     self.stopping.wait(self.poll_seconds)
                     continue
                 for task in claimed:
@@ -130,29 +130,50 @@ class Agent:
                     "(the task was reassigned)"
                 )
         except Exception as exc:
-            log(f"task {task.id} failed: {type(exc).__name__}: {exc}")
+            log(cli_errors.scrub(f"task {task.id} failed: {type(exc).__name__}: {exc}"))
         finally:
             with self._lock:
                 self._inflight -= 1
             self._slot_freed.set()
 
 
+# Argument bounds, checked by the parser before anything is written (an empty id, ``--poll nan``
+# or ``--concurrency 0`` used to register first and fail after). Ids are the column widths of
+# ``gateways.id`` / ``partition`` / the targets' ``domain``.
+HEARTBEAT_S = (0.05, 3_600.0)
+LEASE_S = (0.1, 86_400.0)
+POLL_S = (0.01, 3_600.0)
+CONCURRENCY = (1, 256)
+seconds = cli_errors.bounded_number
+name = cli_errors.identifier
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = cli_errors.OneLineArgumentParser(prog=PROG)
-    parser.add_argument("--id", required=True, help="Gateway id (stable across restarts).")
-    parser.add_argument("--partition", required=True)
     parser.add_argument(
-        "--domain", action="append", default=[], help="Endpoint domain served (repeatable)."
+        "--id", required=True, type=name(200, "gateway id"), help="Stable across restarts."
     )
+    parser.add_argument("--partition", required=True, type=name(100, "partition"))
+    parser.add_argument(
+        "--domain", action="append", default=[], type=name(100, "domain"),
+        help="Endpoint domain served (repeatable).",
+    )  # fmt: skip
     parser.add_argument(
         "--store-url",
         default=os.environ.get("RECORD_STORE_URL"),
         help="Record store URL (default $RECORD_STORE_URL).",
     )
-    parser.add_argument("--heartbeat", type=float, default=2.0, help="Seconds between renewals.")
-    parser.add_argument("--lease", type=float, default=10.0, help="Lease length in seconds.")
-    parser.add_argument("--poll", type=float, default=0.5, help="Seconds between claim attempts.")
-    parser.add_argument("--concurrency", type=int, default=8, help="Checks in flight at once.")
+    parser.add_argument(
+        "--heartbeat", type=seconds(*HEARTBEAT_S), default=2.0, help="Seconds between renewals."
+    )
+    parser.add_argument("--lease", type=seconds(*LEASE_S), default=10.0, help="Lease in seconds.")
+    parser.add_argument(
+        "--poll", type=seconds(*POLL_S), default=0.5, help="Seconds between claim attempts."
+    )
+    parser.add_argument(
+        "--concurrency", type=seconds(*CONCURRENCY, unit="checks", integer=True), default=8,
+        help="Checks in flight at once.",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if not args.store_url:
         parser.error("--store-url or $RECORD_STORE_URL is required")
