@@ -2,21 +2,86 @@
 
 The resource holds configuration only; ``client()`` returns an :class:`PlatformApiClient` bound to
 the run's environment and log, so ops read as one call per endpoint in PLATFORM_API.md.
+
+Every response body is checked against its shape in PLATFORM_API.md (the ``*Reply`` models,
+strict types) before any caller reads it: a body of another shape is one
+:class:`~resources.http_api.ApiResponseError` naming the service, the call and the first problem
+(never retried: the same request gets the same answer), instead of a ``TypeError`` three step
+attempts later. Unknown extra fields are kept (a newer API may add some).
 """
 
+import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
 import dagster as dg
-from pydantic import Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from orchestration.environments import PLATFORM, EnvVarName, read_secret
 from orchestration.errors import FinalFailure
 from resources.environment import PlatformEnvironment
-from resources.http_api import ApiClient, RetryLog, RetrySettings
+from resources.http_api import (
+    ApiClient,
+    ApiResponseError,
+    RetryLog,
+    RetrySettings,
+    redact_then_truncate,
+)
 from resources.identifiers import ORG_SLUG_RULE, api_path, display, is_org_slug
 
 API_KEY_SECRET = "ca-root-api-key"
+MAX_CURSOR_CHARS = 4096  # a cursor is sent back in the query string
+SHAPE_EXCERPT_CHARS = 80  # what a mismatch message shows of the offending value
+
+
+class _Reply(BaseModel):
+    """A 200 body of the platform API: strict types (no "5" for 5, no true for 1), extras kept."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+
+Count = Annotated[int, Field(ge=0)]
+
+
+class OrgsPage(_Reply):
+    """``GET /admin/orgs``. Entries are checked one by one by :meth:`PlatformApiClient.iter_orgs`:
+    one odd entry is a failed org of its batch (like a bad slug), not a lost listing."""
+
+    orgs: list[Any]
+    next_cursor: Annotated[str, Field(max_length=MAX_CURSOR_CHARS)] | None
+
+
+class BootstrapReply(_Reply):
+    status: Literal["ok"]
+    mode: Literal["fresh", "sync"]
+    tables_created: list[str]
+    columns_added: dict[str, list[str]]
+    tables_existing: Count
+
+
+class OrgSyncReply(_Reply):
+    status: Literal["ok"]
+    org_slug: str
+    datasets_synced: Count
+
+
+class QuotaResetReply(_Reply):
+    status: Literal["ok"]
+    orgs_reset: Count
+
+
+class StaleCleanupReply(_Reply):
+    status: Literal["ok"]
+    counters_fixed: Count
+
+
+class AlertsReply(_Reply):
+    status: Literal["ok"]
+    orgs_processed: Count
+    alerts_sent: Count
+
+
+ReplyT = TypeVar("ReplyT", bound=_Reply)
 
 
 class InvalidOrgSlug(FinalFailure):
@@ -42,6 +107,50 @@ class PlatformApiClient:
 
     def __init__(self, api: ApiClient) -> None:
         self.api = api
+        # The values to scrub from a mismatch excerpt: the ones the ApiClient scrubs everywhere.
+        self._secrets: tuple[str, ...] = api._secrets
+
+    def _checked(self, model: type[ReplyT], method: str, path: str, body: Any) -> ReplyT:
+        """``body`` as ``model``, or one final :class:`ApiResponseError` naming its first problem.
+
+        The location can hold a key the server chose: it is escaped to one ASCII line, scrubbed
+        and cut like the excerpt of the value.
+        """
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:
+            problem = exc.errors(include_url=False)[0]
+        where = ascii(".".join(str(part) for part in problem["loc"]))[1:-1] or "the body"
+        where = redact_then_truncate(where, self._secrets, SHAPE_EXCERPT_CHARS)
+        if problem["type"] == "missing":
+            what = f"{where} is missing"
+        elif not problem["loc"]:
+            what = f"the body is not a JSON object (got {self._excerpt(problem.get('input'))})"
+        else:
+            what = f"{where}: {problem['msg']} (got {self._excerpt(problem.get('input'))})"
+        raise ApiResponseError(
+            f"{self.api.service}: {method} {path} returned HTTP 200 but its body does not match "
+            f"PLATFORM_API.md: {what}; not retried (the same "
+            "request gets the same answer). Check that the platform API version matches this "
+            "project's contract.",
+            service=self.api.service,
+            method=method,
+            path=path,
+            status=200,
+            detail=what,
+            allow_retries=False,
+        )
+
+    def _excerpt(self, value: Any) -> str:
+        """The JSON type and a short scrubbed start of an offending value."""
+        kind = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+        name = kind.get(type(value), "number")
+        text = json.dumps(value, ensure_ascii=True, default=str)[: SHAPE_EXCERPT_CHARS * 50]
+        return f"{name} {redact_then_truncate(text, self._secrets, SHAPE_EXCERPT_CHARS)}"
+
+    def _post(self, model: type[ReplyT], path: str, body: Any, key: str) -> dict[str, Any]:
+        reply = self.api.post_json(path, body, idempotency_key=key)
+        return self._checked(model, "POST", path, reply).model_dump()
 
     def close(self) -> None:
         self.api.close()
@@ -53,32 +162,33 @@ class PlatformApiClient:
         self.close()
 
     def bootstrap(self, *, idempotency_key: str) -> dict[str, Any]:
-        return self.api.post_json(
-            "/admin/bootstrap", {"mode": "smart"}, idempotency_key=idempotency_key
-        )
+        return self._post(BootstrapReply, "/admin/bootstrap", {"mode": "smart"}, idempotency_key)
 
     def list_orgs_page(
         self, *, status: str = "active", limit: int = 1000, cursor: str | None = None
-    ) -> dict[str, Any]:
+    ) -> OrgsPage:
         params: dict[str, Any] = {"status": status, "limit": limit}
         if cursor:
             params["cursor"] = cursor
-        return self.api.get_json("/admin/orgs", params=params)
+        page = self.api.get_json("/admin/orgs", params=params)
+        return self._checked(OrgsPage, "GET", "/admin/orgs", page)
 
     def iter_orgs(self, *, status: str = "active", page_size: int = 1000) -> Iterator[str]:
         """Every org slug with ``status``, following ``next_cursor`` to the end.
 
+        A page of another shape stops the listing (:class:`ApiResponseError`, nothing synced).
         Slugs are yielded as listed, unchecked: the caller reports bad ones by name. An entry
-        without a string ``org_slug`` yields a placeholder that no slug rule accepts.
+        that is not an object with a string ``org_slug`` yields a placeholder that no slug rule
+        accepts, so it is a failed org named in its batch and the other orgs still sync.
         """
         cursor: str | None = None
         seen: set[str] = set()
         while True:
             page = self.list_orgs_page(status=status, limit=page_size, cursor=cursor)
-            for org in page.get("orgs", []):
+            for org in page.orgs:
                 slug = org.get("org_slug") if isinstance(org, dict) else None
                 yield slug if isinstance(slug, str) else f"<no string org_slug: {display(org)}>"
-            cursor = page.get("next_cursor")
+            cursor = page.next_cursor
             if not cursor:
                 return
             if cursor in seen:  # a server bug would otherwise page forever
@@ -91,25 +201,23 @@ class PlatformApiClient:
     def sync_org(self, org_slug: str, *, idempotency_key: str) -> dict[str, Any]:
         """Refuses a slug outside the rule before sending; the slug is one escaped segment."""
         path = api_path("admin", "orgs", check_org_slug(org_slug), "sync")
-        return self.api.post_json(path, {}, idempotency_key=idempotency_key)
+        return self._post(OrgSyncReply, path, {}, idempotency_key)
 
     def reset_daily_quota(self, date: str, *, idempotency_key: str) -> dict[str, Any]:
-        return self.api.post_json(
-            "/admin/quota/reset-daily", {"date": date}, idempotency_key=idempotency_key
+        return self._post(
+            QuotaResetReply, "/admin/quota/reset-daily", {"date": date}, idempotency_key
         )
 
     def cleanup_stale_quota(self, *, idempotency_key: str) -> dict[str, Any]:
-        return self.api.post_json("/admin/quota/cleanup-stale", {}, idempotency_key=idempotency_key)
+        return self._post(StaleCleanupReply, "/admin/quota/cleanup-stale", {}, idempotency_key)
 
     def reset_monthly_quota(self, month: str, *, idempotency_key: str) -> dict[str, Any]:
-        return self.api.post_json(
-            "/admin/quota/reset-monthly", {"month": month}, idempotency_key=idempotency_key
+        return self._post(
+            QuotaResetReply, "/admin/quota/reset-monthly", {"month": month}, idempotency_key
         )
 
     def process_alerts(self, date: str, *, idempotency_key: str) -> dict[str, Any]:
-        return self.api.post_json(
-            "/admin/alerts/process-all", {"date": date}, idempotency_key=idempotency_key
-        )
+        return self._post(AlertsReply, "/admin/alerts/process-all", {"date": date}, idempotency_key)
 
 
 class PlatformApiResource(dg.ConfigurableResource):
