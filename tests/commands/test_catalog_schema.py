@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -412,3 +413,100 @@ def test_cli_set_paths_refuse_what_the_file_refuses(store_url, capsys):
     with engine.connect() as conn:
         crons = conn.execute(sa.select(m.schedule_crons.c.cron)).scalars().all()
     assert crons == ["0 0 * * *"]
+
+
+# --- FX2: loading is bounded and every failure names the file and the line ------------------------
+
+GOOD = "commands:\n  - name: backup\n    command: echo hi\n    timeout_seconds: 600\n"
+
+
+def _load_error(text: str, tmp_path) -> str:
+    path = tmp_path / "catalog.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(catalog.CatalogError) as err:  # never RecursionError / ValueError
+        catalog.load_catalog(path)
+    message = str(err.value)
+    assert str(path) in message, message
+    return message
+
+
+# style -> (text nested ``d`` levels, how many YAML nodes its deepest path has, deepest tried:
+# block styles grow quadratically with their indentation).
+NESTINGS = {
+    "flow seq": (lambda d: "commands: " + "[" * d + "]" * d + "\n", lambda d: d + 1, 50_000),
+    "flow map": (lambda d: "commands: " + "{a: " * d + "1" + "}" * d + "\n", lambda d: d + 2,
+                 50_000),
+    "block map": (lambda d: "".join("  " * i + "k:\n" for i in range(d)) + "  " * d + "v\n",
+                  lambda d: d + 1, 1_000),
+    "block seq": (lambda d: "commands:\n" + "".join("  " * i + "-\n" for i in range(1, d))
+                  + "  " * d + "- x\n", lambda d: d + 2, 1_000),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("style", NESTINGS)
+def test_nesting_depth_is_bounded_at_every_depth_around_the_limit(style, tmp_path):
+    limit = catalog.MAX_YAML_DEPTH
+    text, nodes, deepest = NESTINGS[style]
+    for depth in [*range(limit - 4, limit + 4), deepest // 5, deepest]:
+        message = _load_error(text(depth), tmp_path)
+        deep = f"nested more than {limit} levels deep" in message
+        assert deep == (nodes(depth) > limit), (depth, message[:300])
+        if deep:
+            assert re.search(r"line \d+, column \d+: refused: nested", message), message[:300]
+
+
+def test_aliases_cannot_stack_nesting_past_the_limit(tmp_path):
+    level = "[" * 40 + "x" + "]" * 40
+    text = f"a0: &a0 {level}\n" + "".join(
+        f"a{i}: &a{i} {'[' * 40}*a{i - 1}{']' * 40}\n" for i in range(1, 6)
+    )
+    message = _load_error(text, tmp_path)
+    assert "nested more than" in message and "aliases" in message, message
+
+
+def test_integers_are_bounded_before_conversion_at_every_length(tmp_path):
+    limit = catalog.MAX_INT_CHARS
+    for digits in [*range(1, limit + 4), 4_300, 4_301, 5_000, 100_000]:
+        for form in ("9" * digits, "-" + "9" * digits, "0x" + "f" * digits, "9_" * digits + "9"):
+            text = GOOD.replace("600", form)
+            if len(form.replace("_", "")) <= limit:
+                try:
+                    catalog.loads_catalog(text)
+                except catalog.CatalogError as err:
+                    assert "timeout_seconds" in str(err), str(err)
+                continue
+            message = _load_error(text, tmp_path)
+            assert f"line 4, column 22: refused: a number of {len(form.replace('_', ''))}" in (
+                message
+            ), message[:300]
+            assert len(message) < 600
+
+
+# What PyYAML refuses anywhere in a file (its reader's non-printable set).
+UNREADABLE = [chr(c) for c in [*range(0, 9), 11, 12, *range(14, 32), 127, 0x80, 0x84, 0x9F]] + [
+    "\ufffe",
+    "\uffff",
+]
+
+
+@pytest.mark.parametrize("char", UNREADABLE, ids=lambda c: f"U+{ord(c):04X}")
+def test_a_character_yaml_refuses_is_named_with_its_line_and_column(char, tmp_path):
+    lines = GOOD.splitlines(keepends=True)
+    for row, line in enumerate(lines):
+        for col in range(len(line)):  # every offset of the file
+            text = "".join(lines[:row]) + line[:col] + char + line[col:] + "".join(lines[row + 1 :])
+            message = _load_error(text, tmp_path)
+            assert f"line {row + 1}, column {col + 1}: not valid YAML: character " in message
+            assert f"U+{ord(char):04X}" in message
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [("2024-02-30", "day is out of range"), ("2023-13-01", "month must be in 1..12"),
+     ("2024-01-01 25:00:00", "hour must be in 0..23")],
+)  # fmt: skip
+def test_a_value_the_yaml_constructor_cannot_build_is_named_with_its_line(value, why, tmp_path):
+    text = GOOD + f"    description: {value}\n"
+    message = _load_error(text, tmp_path)
+    assert "line 5, column 18: refused: timestamp value that cannot be read" in message, message
+    assert why in message
