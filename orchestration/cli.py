@@ -67,15 +67,21 @@ def _main(argv: list[str] | None) -> int:
     release_sub = release.add_subparsers(dest="release_command", required=True)
     unlock = release_sub.add_parser(
         "unlock",
-        help="free an environment whose release died (marks its run canceled); only for a "
-        "holder whose process is known to be gone",
+        help="free an environment whose release died (marks its run canceled); refused while "
+        "its process runs on this machine",
     )
     unlock.add_argument("environment")
     unlock.add_argument("--store-url", help="record store URL (default $RECORD_STORE_URL)")
+    unlock.add_argument(
+        "--force",
+        action="store_true",
+        help="free a holder whose process cannot be checked from here (another machine or "
+        "container): only once you made sure its process is gone",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "release":
-        return _release_unlock(args.environment, args.store_url)
+        return _release_unlock(args.environment, args.store_url, force=args.force)
 
     if args.command == "archive" and args.archive_command == "records":
         return _archive_records(args.table, args.dir, args.id)
@@ -91,7 +97,9 @@ def _main(argv: list[str] | None) -> int:
     return run_demo(orgs=args.orgs, fresh=args.fresh)
 
 
-def _release_unlock(environment: str, store_url: str | None) -> int:
+def _release_unlock(environment: str, store_url: str | None, *, force: bool) -> int:
+    """A refusal (holder alive here, or unknown without ``--force``) is ``UnlockRefused``: one
+    line and exit 2 through ``cli_errors``, nothing changed."""
     import dagster as dg
 
     from orchestration.environments import ENVIRONMENTS
@@ -108,7 +116,7 @@ def _release_unlock(environment: str, store_url: str | None) -> int:
     with store.clear_errors():
         ensure_upgraded(store.url)
     with dg.DagsterInstance.get() as instance:
-        print(unlock_release(store.engine(), instance, environment))
+        print(unlock_release(store.engine(), instance, environment, force=force))
     return 0
 
 

@@ -46,6 +46,20 @@ class ConcurrentReleaseError(FinalFailure):
     """Another release of the same environment holds it."""
 
 
+class UnlockRefused(FinalFailure):
+    """``unlock_release`` will not free a holder that may still be running."""
+
+
+class EnvironmentLostError(FinalFailure):
+    """This release no longer holds its environment (unlocked or taken over while it ran)."""
+
+
+# Runs that took their environment in this process: {run_id: (engine, environment)}. The release
+# job runs every step in its own process (in-process executor), so the steps after the claim find
+# it here and check the row is still theirs; other jobs never claim, so they are never checked.
+_CLAIMS: dict[str, tuple[sa.Engine, str]] = {}
+
+
 @dataclass(frozen=True)
 class Holder:
     environment: str
@@ -88,15 +102,29 @@ def process_identity(pid: int | None = None) -> str | None:
     return f"{machine}:{pid}:{start}" if machine and start else None
 
 
+ALIVE, GONE, UNKNOWN = "alive", "gone", "unknown"
+
+
+def process_state(identity: str | None) -> str:
+    """``ALIVE`` or ``GONE`` only when certain (same machine boot and pid namespace: that pid
+    runs with the same start time, or not); ``UNKNOWN`` otherwise (another machine or container,
+    no identity recorded, an unreadable one): only its run status, or an operator, can tell."""
+    if not identity or identity.count(":") != 3:
+        return UNKNOWN
+    boot, namespace, pid, start = identity.split(":")
+    if _machine() != f"{boot}:{namespace}" or not pid.isdigit():
+        return UNKNOWN
+    return ALIVE if _start_time(int(pid)) == start else GONE
+
+
 def process_gone(identity: str | None) -> bool:
     """True only when certain: same machine boot and pid namespace, and that process is gone
     (no such pid, or the pid now belongs to a process started at another time)."""
-    if not identity or identity.count(":") != 3:
-        return False
-    boot, namespace, pid, start = identity.split(":")
-    if _machine() != f"{boot}:{namespace}" or not pid.isdigit():
-        return False  # another machine or container: cannot tell, its run status decides
-    return _start_time(int(pid)) != start
+    return process_state(identity) == GONE
+
+
+def _pid(identity: str | None) -> str:
+    return (identity or "").split(":")[2] if (identity or "").count(":") == 3 else "?"
 
 
 def _now() -> dt.datetime:
@@ -132,7 +160,7 @@ def ended_because(instance: dg.DagsterInstance, holder: Holder) -> str | None:
     if run.is_finished:
         return f"ended with status {run.status.value}"
     if process_gone(holder.holder_process):
-        pid = (holder.holder_process or "").split(":")[2]
+        pid = _pid(holder.holder_process)
         instance.report_run_failed(
             run,
             message=f"Its process {pid} is gone (killed?); marked failed by the next release "
@@ -140,6 +168,35 @@ def ended_because(instance: dg.DagsterInstance, holder: Holder) -> str | None:
         )
         return f"was {run.status.value} but its process {pid} is gone (marked failed)"
     return None
+
+
+def _claimed(engine: sa.Engine, holder: Holder) -> Holder:
+    _CLAIMS[holder.run_id] = (engine, holder.environment)
+    return holder
+
+
+def ensure_held(run_id: str, step: str) -> None:
+    """Fail ``step`` at once if ``run_id`` took its environment in this process and no longer
+    holds it (``platform-ops release unlock`` freed it, or another release took it over while
+    this one looked dead): two releases must never work on one environment.
+
+    A no-op for a run that claimed nothing here (``migrate``, ``bootstrap``, ``org_sync_all``).
+    """
+    claim = _CLAIMS.get(run_id)
+    if claim is None:
+        return
+    engine, environment = claim
+    holder = read_holder(engine, environment)
+    if holder is not None and holder.run_id == run_id:
+        return
+    now = f"release run {holder.run_id} holds it now" if holder else "nobody holds it now"
+    raise EnvironmentLostError(
+        f"This release no longer holds environment '{environment}' ({now}: it was freed by "
+        f"`platform-ops release unlock` or taken over while this run looked dead); step "
+        f"'{step}' stopped before sending anything. Start a new release once the environment "
+        "is free.",
+        environment=environment,
+    )
 
 
 def _refusal(holder: Holder, environment: str) -> ConcurrentReleaseError:
@@ -178,12 +235,12 @@ def acquire_release_lock(
         }
         with engine.begin() as conn:
             if _insert_if_free(conn, mine):
-                return Holder(**mine)
+                return _claimed(engine, Holder(**mine))
         holder = read_holder(engine, environment)
         if holder is None:
             continue  # released between our INSERT and our read: try again
         if holder.run_id == run_id:
-            return holder
+            return _claimed(engine, holder)
         reason = ended_because(instance, holder)
         if reason is None:
             raise _refusal(holder, environment)
@@ -199,7 +256,7 @@ def acquire_release_lock(
                 f"Took environment '{environment}' over from {holder.job_name} run "
                 f"{holder.run_id}, which {reason}."
             )
-            return Holder(**mine)
+            return _claimed(engine, Holder(**mine))
     holder = read_holder(engine, environment)
     if holder is not None and holder.run_id != run_id:
         raise _refusal(holder, environment)
@@ -211,6 +268,11 @@ def acquire_release_lock(
 
 def release_release_lock(engine: sa.Engine, environment: str, run_id: str) -> bool:
     """Free ``environment`` if ``run_id`` still holds it (never another run's lock)."""
+    _CLAIMS.pop(run_id, None)
+    return _delete_row(engine, environment, run_id)
+
+
+def _delete_row(engine: sa.Engine, environment: str, run_id: str) -> bool:
     with engine.begin() as conn:
         return (
             conn.execute(
@@ -222,22 +284,48 @@ def release_release_lock(engine: sa.Engine, environment: str, run_id: str) -> bo
         )
 
 
-def unlock_release(engine: sa.Engine, instance: dg.DagsterInstance, environment: str) -> str:
+def unlock_release(
+    engine: sa.Engine, instance: dg.DagsterInstance, environment: str, *, force: bool = False
+) -> str:
     """Clear a stuck release of ``environment`` (its process is gone, its run still STARTED).
 
-    Marks the holder's run canceled if the instance still shows it running (so the run queue's
-    tag limit lets the next release through too), then frees the row. Returns one line saying
-    what was done. Only for a run whose process is known to be dead.
+    Refuses (``UnlockRefused``, nothing changed) while the holder may still be running: its
+    process alive on this machine (same pid and start time) is always refused, since freeing it
+    would let a second release work beside it; a holder whose process cannot be checked from
+    here (another machine or container, no identity recorded) needs ``force``. A holder whose
+    run has ended, or whose process is known gone, is freed as is. Marks the holder's run
+    canceled if the instance still shows it running (so the run queue's tag limit lets the next
+    release through too), then frees the row. Returns one line saying what was done.
     """
     holder = read_holder(engine, environment)
     if holder is None:
         return f"Environment '{environment}' is not held by any release; nothing to do."
     run = instance.get_run_by_id(holder.run_id)
+    state = process_state(holder.holder_process)
+    who = f"{holder.job_name} run {holder.run_id}"
+    if state == ALIVE:
+        raise UnlockRefused(
+            f"Not unlocked: environment '{environment}' is held by {who}, whose process "
+            f"{_pid(holder.holder_process)} is still running on this machine. Stop the run first "
+            "(UI: Terminate) or wait for it to end; nothing was changed.",
+            holder_run_id=holder.run_id,
+        )
+    running = run is not None and not run.is_finished
+    if running and state == UNKNOWN and not force:
+        raise UnlockRefused(
+            f"Not unlocked: environment '{environment}' is held by {who} "
+            f"({run.status.value}), whose holder runs on another machine or container (its "
+            "process cannot be checked from here). Make sure its process is gone, then re-run "
+            f"with --force: `platform-ops release unlock {environment} --force`; nothing was "
+            "changed.",
+            holder_run_id=holder.run_id,
+        )
     marked = ""
-    if run is not None and not run.is_finished:
+    if running:
         instance.report_run_canceled(
             run, message=f"Marked canceled by `platform-ops release unlock {environment}`."
         )
         marked = f" and marked run {holder.run_id} canceled (it was {run.status.value})"
-    release_release_lock(engine, environment, holder.run_id)
-    return f"Freed environment '{environment}' from {holder.job_name} run {holder.run_id}{marked}."
+    if not _delete_row(engine, environment, holder.run_id):
+        return f"Environment '{environment}' changed hands meanwhile; nothing was freed."
+    return f"Freed environment '{environment}' from {who}{marked}."

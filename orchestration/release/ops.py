@@ -102,6 +102,8 @@ class MigrateConfig(dg.Config):
 def apply_migrations(
     context: dg.OpExecutionContext, config: MigrateConfig, supabase: SupabaseManagementResource
 ) -> None:
+    # In the release job: stop here if the environment was taken away (no-op elsewhere).
+    guard.ensure_held(context.run_id, context.get_step_execution_context().step.key)
     migrations = migrations_lib.discover(Path(config.migrations_dir))
     with supabase.client(on_retry=context.log.warning) as client:
         result = migrations_lib.migrate(
@@ -125,6 +127,7 @@ def apply_migrations(
     description="POST /admin/bootstrap (smart): fresh install or schema sync, never destructive.",
 )
 def run_bootstrap(context: dg.OpExecutionContext, platform_api: PlatformApiResource) -> None:
+    guard.ensure_held(context.run_id, context.get_step_execution_context().step.key)
     with platform_api.client(on_retry=context.log.warning) as client:
         result = bootstrap_lib.run_bootstrap(client, idempotency_key=f"bootstrap:{context.run_id}")
     context.log.info(f"Bootstrap {result.summary()}")
@@ -156,6 +159,7 @@ class PlanOrgSyncConfig(dg.Config):
 def plan_org_batches(
     context: dg.OpExecutionContext, config: PlanOrgSyncConfig, platform_api: PlatformApiResource
 ) -> Iterator[dg.DynamicOutput[org_sync_lib.OrgBatch]]:
+    guard.ensure_held(context.run_id, context.get_step_execution_context().step.key)
     with platform_api.client(on_retry=context.log.warning) as client:
         orgs = list(client.iter_orgs(status="active", page_size=config.page_size))
     if config.only_orgs is not None:
@@ -204,6 +208,7 @@ def sync_org_batch(
     platform_api: PlatformApiResource,
     batch: org_sync_lib.OrgBatch,
 ) -> org_sync_lib.BatchOutcome:
+    guard.ensure_held(context.run_id, context.get_step_execution_context().step.key)
     orgs = list(batch.orgs)
     previous_failures = _failed_in_parent(context)
     if previous_failures is not None:

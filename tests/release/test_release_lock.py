@@ -174,7 +174,10 @@ def test_free_never_frees_another_runs_lock_and_unlock(store_url):
         )
         with pytest.raises(guard.ConcurrentReleaseError, match=other):
             guard.acquire_release_lock(engine, instance, "stage", _started_run(instance), "release")
-        line = guard.unlock_release(engine, instance, ENV)
+        # No process identity recorded: it cannot be checked, so unlocking it needs force.
+        with pytest.raises(guard.UnlockRefused, match="--force"):
+            guard.unlock_release(engine, instance, ENV)
+        line = guard.unlock_release(engine, instance, ENV, force=True)
         assert holder in line and "marked run" in line and "canceled" in line
         assert instance.get_run_by_id(holder).status == dg.DagsterRunStatus.CANCELED
         assert guard.read_holder(engine, ENV) is None
@@ -295,3 +298,159 @@ def test_a_killed_release_does_not_block_the_next(platform_env, store_url, tmp_p
         assert killed.status == dg.DagsterRunStatus.FAILURE
     assert guard.read_holder(engine, ENV) is None
     assert json.dumps(_keys(platform_env))  # requests were made by the second run
+
+
+# -- unlock and lost holdership (fix follow-up: unlock freed a live release) --------------------
+
+
+def _identities() -> dict[str, tuple[str | None, str]]:
+    """Every shape of holder identity -> the state unlock must see in it."""
+    sleeper = subprocess.Popen(["sleep", "60"])
+    alive = guard.process_identity(sleeper.pid)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    boot, namespace, pid, start = alive.split(":")
+    return {
+        "alive": (alive, guard.ALIVE),
+        "this process": (guard.process_identity(), guard.ALIVE),
+        "pid gone": (f"{boot}:{namespace}:{dead.pid}:1", guard.GONE),
+        "pid reused": (f"{boot}:{namespace}:{pid}:{int(start) + 1}", guard.GONE),
+        "other boot": (f"{uuid.uuid4()}:{namespace}:{pid}:{start}", guard.UNKNOWN),
+        "other pid namespace": (f"{boot}:1:{pid}:{start}", guard.UNKNOWN),
+        "none recorded": (None, guard.UNKNOWN),
+        "empty": ("", guard.UNKNOWN),
+        "malformed": ("a:b", guard.UNKNOWN),
+        "pid not a number": (f"{boot}:{namespace}:x1:{start}", guard.UNKNOWN),
+    }, sleeper
+
+
+def test_unlock_frees_only_a_holder_known_gone_or_forced(store_url):
+    """Each identity shape: alive here -> refused even with force, nothing changed; gone ->
+    freed; cannot be checked -> refused naming --force, freed with it. Before the fix every one
+    was freed (a live release too)."""
+    engine = make_engine(store_url)
+    identities, sleeper = _identities()
+    try:
+        with dg.instance_for_test() as instance:
+            for label, (identity, state) in identities.items():
+                assert guard.process_state(identity) == state, label
+                holder = _started_run(instance)
+                guard.acquire_release_lock(
+                    engine, instance, ENV, holder, "release", holder_process=identity
+                )
+                forced = (False, True) if state != guard.GONE else (False,)
+                for force in forced:
+                    if state == guard.GONE or (force and state == guard.UNKNOWN):
+                        line = guard.unlock_release(engine, instance, ENV, force=force)
+                        assert holder in line and "canceled" in line, label
+                        assert guard.read_holder(engine, ENV) is None, label
+                        break
+                    with pytest.raises(guard.UnlockRefused) as refused:
+                        guard.unlock_release(engine, instance, ENV, force=force)
+                    message = str(refused.value)
+                    assert holder in message and "nothing was changed" in message, label
+                    if state == guard.ALIVE:
+                        assert identity.split(":")[2] in message and "Terminate" in message
+                    else:
+                        assert "another machine" in message and "--force" in message, label
+                    assert guard.read_holder(engine, ENV).run_id == holder, label
+                    run = instance.get_run_by_id(holder)
+                    assert run.status == dg.DagsterRunStatus.STARTED, label
+                if state == guard.ALIVE:  # marked ended while its process runs: still refused
+                    instance.report_run_canceled(instance.get_run_by_id(holder))
+                    with pytest.raises(guard.UnlockRefused, match="still running"):
+                        guard.unlock_release(engine, instance, ENV, force=True)
+                    assert guard.release_release_lock(engine, ENV, holder)
+                assert guard.read_holder(engine, ENV) is None, label
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_ensure_held_stops_a_run_whose_environment_was_taken(store_url):
+    engine = make_engine(store_url)
+    with dg.instance_for_test() as instance:
+        mine, other = _started_run(instance), _started_run(instance)
+        guard.ensure_held(str(uuid.uuid4()), "run_bootstrap")  # never claimed here: no check
+        guard.acquire_release_lock(engine, instance, ENV, mine, "release")
+        guard.ensure_held(mine, "run_bootstrap")
+        guard.unlock_release(engine, instance, ENV, force=True)
+        with pytest.raises(guard.EnvironmentLostError, match="'run_bootstrap' stopped"):
+            guard.ensure_held(mine, "run_bootstrap")
+        guard.acquire_release_lock(engine, instance, ENV, other, "release")
+        with pytest.raises(guard.EnvironmentLostError, match=f"run {other} holds it now"):
+            guard.ensure_held(mine, "plan_org_batches")
+        guard.ensure_held(other, "plan_org_batches")
+        assert guard.release_release_lock(engine, ENV, other)
+        guard.ensure_held(other, "plan_org_batches")  # freed by itself: forgotten, no check
+
+
+def _stop_outside_a_transaction(proc: subprocess.Popen, home, engine) -> None:
+    """SIGSTOP ``proc`` at a moment it holds no SQLite lock (the record store's, the Dagster
+    instance's): stopped inside a write, it would block the unlock's writes for good."""
+    import sqlite3
+
+    for _ in range(500):
+        os.kill(proc.pid, signal.SIGSTOP)
+        files = [*home.rglob("*.db")]
+        if engine.dialect.name == "sqlite":
+            files.append(engine.url.database)
+        try:
+            for path in files:
+                probe = sqlite3.connect(path, timeout=0.05, isolation_level=None)
+                try:
+                    probe.execute("BEGIN EXCLUSIVE")
+                    probe.execute("ROLLBACK")
+                finally:
+                    probe.close()
+            return
+        except sqlite3.OperationalError:
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(0.005)
+    raise AssertionError("the release never left its SQLite transactions")
+
+
+def test_a_release_unlocked_while_running_stops_before_its_next_step(
+    platform_env, store_url, tmp_path
+):
+    """A holds the environment, its holder row is made foreign (as from another machine) and
+    `platform-ops release unlock test --force` frees it while A is stopped. Resumed, A fails at
+    its next step sending nothing; B then releases alone. Before the fix A went on and succeeded
+    beside B."""
+    home = dagster_home(tmp_path)
+    config = _config_file(tmp_path, store_url)
+    engine = make_engine(store_url)
+    platform_env.set_latency(200)
+    first = _start_release(home, config)
+    holder = _wait_for(lambda: guard.read_holder(engine, ENV), what="A's lock")
+    _stop_outside_a_transaction(first, home, engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                guard.RELEASE_LOCKS.update().values(holder_process=f"{uuid.uuid4()}:1:1:1")
+            )
+        unlock = subprocess.run(
+            [sys.executable, "-m", "orchestration.cli", "release", "unlock", ENV, "--force"],
+            cwd=REPO, env=job_env(home, {"RECORD_STORE_URL": store_url}),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert unlock.returncode == 0 and holder.run_id in unlock.stdout, unlock.stderr
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    output = first.communicate(timeout=180)[0]
+    assert first.returncode != 0, output[-3000:]
+    assert f"This release no longer holds environment '{ENV}'" in output
+    steps = _steps(home, holder.run_id)
+    # A stops at the first step that starts after the unlock: nothing of that step is sent.
+    assert steps[-1] in ("apply_migrations", "run_bootstrap"), steps
+    if steps[-1] == "apply_migrations":
+        assert all(holder.run_id not in k for k in _keys(platform_env))
+    assert not [
+        k
+        for k in _keys(platform_env)
+        if k.startswith((f"bootstrap:{holder.run_id}", f"org-sync:{holder.run_id}"))
+    ]
+    platform_env.set_latency(0)
+    second = _start_release(home, config)
+    assert second.communicate(timeout=180)[0] and second.returncode == 0
+    assert guard.read_holder(engine, ENV) is None

@@ -3,6 +3,8 @@ on another machine (its process cannot be checked from here), through the real C
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -47,7 +49,14 @@ def test_unlock_frees_a_foreign_holder_and_cancels_its_run(tmp_path, store_url):
         except guard.ConcurrentReleaseError:
             pass
 
-    done = _unlock(home, "stage", "--store-url", store_url)
+    # Its process cannot be checked from here: refused without --force, nothing changed.
+    refused = _unlock(home, "stage", "--store-url", store_url)
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
+    assert run_id in refused.stderr and "another machine" in refused.stderr
+    assert "--force" in refused.stderr and "Traceback" not in refused.stderr
+    assert guard.read_holder(engine, "stage").run_id == run_id
+
+    done = _unlock(home, "stage", "--store-url", store_url, "--force")
     assert done.returncode == 0, done.stderr
     assert run_id in done.stdout and "canceled" in done.stdout
     assert guard.read_holder(engine, "stage") is None
@@ -63,3 +72,40 @@ def test_unlock_of_an_unknown_environment_is_one_line(tmp_path, sqlite_store_url
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "unknown environment" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_unlock_refuses_a_release_running_on_this_machine(platform_env, store_url, tmp_path):
+    """A real release holds the environment mid-run: unlock (with or without --force) is one
+    line naming its pid and run id, changes nothing, and the release finishes. Before the fix it
+    marked the run canceled and freed the environment, and a second release ran beside it."""
+    from tests.release.test_release_lock import (
+        _config_file,
+        _start_release,
+        _stop_outside_a_transaction,
+        _wait_for,
+    )
+
+    home = dagster_home(tmp_path)
+    engine = make_engine(store_url)
+    platform_env.set_latency(300)
+    release = _start_release(home, _config_file(tmp_path, store_url))
+    try:
+        holder = _wait_for(lambda: guard.read_holder(engine, "test"), what="the release's lock")
+        # Stopped (SIGSTOP) it is still alive, and stays mid-run however slow the unlocks are.
+        _stop_outside_a_transaction(release, home, engine)
+        for extra in ((), ("--force",)):
+            refused = _unlock(home, "test", "--store-url", store_url, *extra)
+            assert refused.returncode == 2, refused.stdout + refused.stderr
+            line = refused.stderr.strip()
+            assert line.count("\n") == 0 and "Traceback" not in line
+            assert holder.run_id in line and f"process {release.pid} " in line
+            assert "Terminate" in line and "nothing was changed" in line
+            assert guard.read_holder(engine, "test") == holder
+        with instance_at(home) as instance:
+            assert instance.get_run_by_id(holder.run_id).status == dg.DagsterRunStatus.STARTED
+    finally:
+        os.kill(release.pid, signal.SIGCONT)
+        platform_env.set_latency(0)
+        output = release.communicate(timeout=180)[0]
+    assert release.returncode == 0, output[-3000:]
+    assert guard.read_holder(engine, "test") is None
