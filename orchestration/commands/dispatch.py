@@ -83,6 +83,102 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}"
 
 
+class BadValue(ValueError):
+    """A stored value of the wrong type or shape; ``str()`` names its table and column."""
+
+    def __init__(self, column: str, raw: object, why: str) -> None:
+        shown = raw if len(str(raw)) <= 60 else f"{str(raw)[:60]}…"
+        super().__init__(f"{column} {shown!r}: {why}")
+
+
+def _raw(column: sa.ColumnElement, dialect: str) -> sa.ColumnElement:
+    """The column as the database holds it, with no type processing on fetch.
+
+    SQLite keeps any value in any column and SQLAlchemy parses DateTime/Boolean while rows are
+    fetched, so one bad value ('garbage' in a DateTime) raised for the whole query, outside any
+    per-schedule isolation; PostgreSQL holds timestamps psycopg2 cannot convert (infinity, BC).
+    Bytes on SQLite (a blob or text that is not UTF-8 decodes here, not in the driver), text on
+    PostgreSQL; each value is parsed per schedule (``_text``, ``_bool``, ``_timestamp``).
+    """
+    return sa.cast(column, sa.LargeBinary if dialect == "sqlite" else sa.Text)
+
+
+def _text(raw: object) -> str | None:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes | memoryview) else raw
+
+
+# How each database hands a boolean back through ``_raw``: anything else is a bad value.
+BOOLEANS = {"sqlite": {"1": True, "0": False}, "postgresql": {"true": True, "false": False}}
+
+
+def _bool(column: str, raw: object, dialect: str) -> bool:
+    value = BOOLEANS[dialect].get(_text(raw) or "")
+    if value is None:
+        shape = "/".join(BOOLEANS[dialect])
+        raise BadValue(column, _text(raw), f"not a boolean ({shape})")
+    return value
+
+
+def _timestamp(column: str, raw: object) -> datetime:
+    text = _text(raw)
+    try:
+        return as_utc(datetime.fromisoformat(text or ""))
+    except (ValueError, TypeError, OverflowError):
+        raise BadValue(column, text, "not a timestamp (YYYY-MM-DD HH:MM:SS[+00])") from None
+
+
+def _due_query(dialect: str) -> sa.Select:
+    """Every (schedule, environment, cron) not disabled, columns raw (``_raw``).
+
+    Outer joins and ``IS DISTINCT FROM false`` (not ``IS true``) so that a schedule with a broken
+    link or a flag that is no boolean comes back and is named, instead of silently never
+    running; a value that is exactly false (disabled) is left out here.
+    """
+    s, c, se, e, sc = (
+        m.schedules, m.commands, m.schedule_environments, m.environments, m.schedule_crons,
+    )  # fmt: skip
+    raw = [
+        _raw(col, dialect)
+        for col in (s.c.name, s.c.enabled, s.c.command_id, s.c.created_at, c.c.enabled)
+    ]
+    env_raw = [_raw(col, dialect) for col in (se.c.environment_id, e.c.enabled, sc.c.cron)]
+    return (
+        sa.select(s.c.id, *raw[:4], c.c.id, raw[4], env_raw[0], e.c.id, *env_raw[1:])
+        .select_from(s)
+        .outerjoin(c, c.c.id == s.c.command_id)
+        .join(se, se.c.schedule_id == s.c.id)
+        .outerjoin(e, e.c.id == se.c.environment_id)
+        .join(sc, sc.c.schedule_id == s.c.id)
+        .where(
+            s.c.enabled.is_distinct_from(False),
+            c.c.enabled.is_distinct_from(False),
+            e.c.enabled.is_distinct_from(False),
+        )
+    )
+
+
+def _parse(row: sa.Row, dialect: str) -> tuple[bool, int, int, datetime, str]:
+    """(enabled, command id, environment id, created_at, cron) of one raw row, or ``BadValue``
+    naming the first column that does not hold what the dispatcher needs."""
+    s_enabled, command_ref, created_at, cmd_id, c_enabled = row[2:7]
+    env_ref, env_id, e_enabled, cron = row[7:11]
+    if cmd_id is None:
+        raise BadValue("schedules.command_id", _text(command_ref), "no command has this id")
+    if env_id is None:
+        raise BadValue(
+            "schedule_environments.environment_id", _text(env_ref), "no environment has this id"
+        )
+    enabled = (
+        _bool("schedules.enabled", s_enabled, dialect)
+        and _bool(f"commands.enabled (command id {cmd_id})", c_enabled, dialect)
+        and _bool(f"environments.enabled (environment id {env_id})", e_enabled, dialect)
+    )
+    cron_text = _text(cron) or ""
+    if "\ufffd" in cron_text:
+        raise BadValue("schedule_crons.cron", cron_text, "not UTF-8 text")
+    return enabled, cmd_id, env_id, _timestamp("schedules.created_at", created_at), cron_text
+
+
 def due_rows(
     conn: sa.Connection,
     window_start: datetime,
@@ -91,28 +187,28 @@ def due_rows(
 ) -> tuple[int, list[dict]]:
     """(rows considered, command_run values for every (schedule, environment) due in the window).
 
-    A schedule whose slot cannot be computed is left out and appended to ``errors`` (once).
+    A schedule whose row cannot be read (a value of the wrong type in any column the tick uses:
+    the error names the column) or whose slot cannot be computed is left out and appended to
+    ``errors`` (once); the other schedules go on.
     """
     errors = [] if errors is None else errors
-    s, c, se, e, sc = (
-        m.schedules, m.commands, m.schedule_environments, m.environments, m.schedule_crons,
-    )  # fmt: skip
-    query = (
-        sa.select(s.c.id, s.c.name, s.c.command_id, s.c.created_at, se.c.environment_id, sc.c.cron)
-        .join(c, c.c.id == s.c.command_id)
-        .join(se, se.c.schedule_id == s.c.id)
-        .join(e, e.c.id == se.c.environment_id)
-        .join(sc, sc.c.schedule_id == s.c.id)
-        .where(s.c.enabled.is_(True), c.c.enabled.is_(True), e.c.enabled.is_(True))
-    )
     slot_of = SlotCache(window_start, now)
     latest: dict[tuple[int, int], tuple[int, datetime]] = {}
     failed: dict[int, ScheduleError] = {}
     considered = 0
-    for sid, name, command_id, created_at, env_id, cron in conn.execute(query):
-        considered += 1
+    dialect = conn.dialect.name
+    for row in conn.execute(_due_query(dialect)):
+        sid, name = row[0], _text(row[1]) or "?"
         if sid in failed:
             continue
+        try:
+            enabled, command_id, env_id, created_at, cron = _parse(row, dialect)
+        except BadValue as exc:  # a bad stored value: this schedule only
+            failed[sid] = ScheduleError(sid, name, f"bad value in {exc}")
+            continue
+        if not enabled:
+            continue
+        considered += 1
         try:
             slot = slot_of(cron)
             if slot is None or slot < minute_floor(created_at):

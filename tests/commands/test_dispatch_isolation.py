@@ -8,6 +8,7 @@ Dagster instance against SQLite and PostgreSQL.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from datetime import timedelta
 
 import dagster as dg
@@ -19,8 +20,8 @@ from orchestration.commands import models as m
 from orchestration.commands.jobs import run_command_now_job
 from orchestration.commands.sensors import command_dispatch_sensor
 from orchestration.commands.timeutil import utcnow
-from resources.record_store import RecordStoreResource
-from tests.commands.helpers import backdate_schedules, engine_for, seed
+from resources.record_store import RecordStoreResource, ensure_upgraded
+from tests.commands.helpers import backdate_schedules, count_runs, engine_for, seed
 
 GOOD = ("good-a", "good-b")
 # Crons that a validation-free path could leave in the table; each must fail only its schedule.
@@ -197,3 +198,113 @@ def test_the_reaper_runs_even_when_the_whole_dispatch_fails(store_url, instance)
     with pytest.raises(Exception, match="schedule_crons"):
         _tick(store_url, instance)
     assert store.get_run(engine, dead)["status"] == m.LOST
+
+
+# -- one bad stored value (any column the tick reads) fails only its schedule --------------------
+
+# Every column of every table the tick reads for a schedule, with its key. The tick needs the
+# ones in READ; a bad value elsewhere (names, texts, timeouts) does not stop it dispatching.
+COLUMNS = {
+    "schedules": ["name", "command_id", "enabled", "created_at", "updated_at"],
+    "commands": ["name", "command", "use_shell", "enabled", "timeout_seconds", "working_dir",
+                 "description", "updated_at"],
+    "environments": ["name", "enabled", "updated_at"],
+    "schedule_environments": ["environment_id"],
+    "schedule_crons": ["cron"],
+}  # fmt: skip
+READ = {
+    "schedules.command_id", "schedules.enabled", "schedules.created_at", "commands.enabled",
+    "environments.enabled", "schedule_environments.environment_id", "schedule_crons.cron",
+}  # fmt: skip
+# A value of the wrong type for every column (SQLite keeps any value anywhere).
+GARBAGE = ["garbage", b"\x00\xff", 1.5, -7, "", "yes", "2026-13-45 99:99:99"]
+
+
+def _catalog_with_bad() -> dict:
+    data = _catalog()
+    data["environments"].append({"name": "bad-env"})
+    data["commands"].append({"name": "bad-cmd", "command": "true", "timeout_seconds": 30})
+    data["schedules"].append(
+        {"name": "bad", "command": "bad-cmd", "environments": ["bad-env"], "cron": "* * * * *"}
+    )
+    return data
+
+
+def _damage(engine: sa.Engine, table: str, column: str, value: object) -> int:
+    """Write ``value`` into ``table.column`` of the bad schedule's own rows; its schedule id."""
+    with engine.begin() as conn:
+        sid = conn.execute(sa.select(m.schedules.c.id).where(m.schedules.c.name == "bad")).scalar()
+        where = {
+            "schedules": f"id = {sid}",
+            "commands": "name = 'bad-cmd'",
+            "environments": "name = 'bad-env'",
+            "schedule_environments": f"schedule_id = {sid}",
+            "schedule_crons": f"schedule_id = {sid}",
+        }[table]
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"UPDATE {table} SET {column} = %s WHERE {where}", (value,))
+            return sid
+    # As the sqlite3 shell (or another tool) writes: no foreign-key checks, any type anywhere.
+    raw = sqlite3.connect(engine.url.database)
+    try:
+        raw.execute(f"UPDATE {table} SET {column} = ? WHERE {where}", (value,))
+        raw.commit()
+    finally:
+        raw.close()
+    return sid
+
+
+def _check_isolated(engine, instance, url, table, column, value) -> None:
+    seed(engine, _catalog_with_bad())
+    backdate_schedules(engine)
+    sid = _damage(engine, table, column, value)
+    dead = _dead_worker(engine, instance)
+    case = f"{table}.{column} = {value!r}"
+
+    result, lines = _tick(url, instance)
+
+    per_schedule = _runs_per_schedule(engine)
+    assert {n: per_schedule[n] for n in GOOD} == dict.fromkeys(GOOD, 1), case
+    bad_runs = count_runs(engine, schedule_id=sid)  # by id: its name may be the damaged value
+    assert store.get_run(engine, dead)["status"] == m.LOST, case  # the reaper ran
+    errors = lines.text(logging.ERROR)
+    if f"{table}.{column}" in READ:
+        assert bad_runs == 0, case
+        named = [f"bad value in {table}.{column}"] + (["cron"] if column == "cron" else [])
+        assert any(f"(id {sid}) skipped this tick: {n}" in errors for n in named), (case, errors)
+        assert "1 schedule(s) skipped" in lines.text(), case
+    else:  # not needed to dispatch: the schedule runs (its run checks what it needs)
+        assert bad_runs == 1, (case, errors)
+    assert len(result.run_requests) == 1, case
+
+
+def test_a_bad_value_in_any_column_fails_only_its_schedule_sqlite(tmp_path, instance):
+    """Every column the tick reads, every wrong-typed value, on SQLite (the default store).
+    Before the fix a bad created_at raised for the whole tick (no schedule ran) and a bad
+    enabled silently never ran."""
+    for table, columns in COLUMNS.items():
+        for column in columns:
+            for index, value in enumerate(GARBAGE):
+                url = f"sqlite:///{tmp_path / f'{table}-{column}-{index}.sqlite'}"
+                ensure_upgraded(url)
+                _check_isolated(engine_for(url), instance, url, table, column, value)
+
+
+# What PostgreSQL's types let through and its driver cannot read back (or the tick cannot use).
+PG_SHAPES = {
+    "created_at": ["infinity", "-infinity", "0001-01-01 00:00:00+00 BC"],
+    "updated_at": ["infinity", "-infinity", "0001-01-01 00:00:00+00 BC"],
+}
+
+
+def test_a_bad_value_postgres_allows_fails_only_its_schedule(pg_schema_url, instance):
+    ensure_upgraded(pg_schema_url)
+    engine = engine_for(pg_schema_url)
+    for column, values in PG_SHAPES.items():
+        for value in values:
+            with engine.begin() as conn:  # each case on a clean catalog
+                for table in ("command_run_events", "command_runs", "schedule_crons",
+                              "schedule_environments", "schedules", "variables", "commands",
+                              "environments"):  # fmt: skip
+                    conn.execute(sa.text(f"DELETE FROM {table}"))
+            _check_isolated(engine, instance, pg_schema_url, "schedules", column, value)
