@@ -455,6 +455,11 @@ class ApiClient:
     def _scrub(self, text: str) -> str:
         return redact(text, self._secrets)
 
+    def excerpt(self, text: str, limit: int) -> str:
+        """``text`` (e.g. a value from a response) safe to show: every secret of this client
+        scrubbed whole first, then cut to ``limit`` with a trailing partial secret masked."""
+        return redact_then_truncate(text, self._secrets, limit)
+
     def _attempt_timeout(self, deadline: float) -> httpx.Timeout:
         """This attempt's timeouts, none past the deadline (for transports without our sockets)."""
         remaining = max(0.001, deadline - time.monotonic())

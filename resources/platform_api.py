@@ -25,7 +25,6 @@ from resources.http_api import (
     ApiResponseError,
     RetryLog,
     RetrySettings,
-    redact_then_truncate,
 )
 from resources.identifiers import ORG_SLUG_RULE, api_path, display, is_org_slug
 
@@ -107,8 +106,6 @@ class PlatformApiClient:
 
     def __init__(self, api: ApiClient) -> None:
         self.api = api
-        # The values to scrub from a mismatch excerpt: the ones the ApiClient scrubs everywhere.
-        self._secrets: tuple[str, ...] = api._secrets
 
     def _checked(self, model: type[ReplyT], method: str, path: str, body: Any) -> ReplyT:
         """``body`` as ``model``, or one final :class:`ApiResponseError` naming its first problem.
@@ -120,8 +117,9 @@ class PlatformApiClient:
             return model.model_validate(body)
         except ValidationError as exc:
             problem = exc.errors(include_url=False)[0]
-        where = ascii(".".join(str(part) for part in problem["loc"]))[1:-1] or "the body"
-        where = redact_then_truncate(where, self._secrets, SHAPE_EXCERPT_CHARS)
+        # Scrubbed before escaping (an escaped non-ASCII secret would no longer match).
+        where = ".".join(str(part) for part in problem["loc"])
+        where = ascii(self.api.excerpt(where, SHAPE_EXCERPT_CHARS))[1:-1] or "the body"
         if problem["type"] == "missing":
             what = f"{where} is missing"
         elif not problem["loc"]:
@@ -145,8 +143,9 @@ class PlatformApiClient:
         """The JSON type and a short scrubbed start of an offending value."""
         kind = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
         name = kind.get(type(value), "number")
-        text = json.dumps(value, ensure_ascii=True, default=str)[: SHAPE_EXCERPT_CHARS * 50]
-        return f"{name} {redact_then_truncate(text, self._secrets, SHAPE_EXCERPT_CHARS)}"
+        # Scrubbed whole, then cut (a cut first could leave part of a key for the scrub to miss).
+        text = json.dumps(value, ensure_ascii=False, default=str)
+        return f"{name} {ascii(self.api.excerpt(text, SHAPE_EXCERPT_CHARS))[1:-1]}"
 
     def _post(self, model: type[ReplyT], path: str, body: Any, key: str) -> dict[str, Any]:
         reply = self.api.post_json(path, body, idempotency_key=key)

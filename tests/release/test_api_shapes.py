@@ -234,3 +234,29 @@ def test_org_sync_all_fails_once_naming_the_call_and_sends_nothing_else(
     assert "platform API (test): GET /admin/orgs returned HTTP 200 but its body" in message
     assert "TypeError" not in message and "AttributeError" not in message
     assert KEY not in message
+
+
+def test_a_non_ascii_secret_echoed_in_a_wrong_field_leaves_no_piece():
+    """Scrubbed before the excerpt is escaped to ASCII (an escaped secret would not match)."""
+    secret = "pässwört-geheim-€-𝄞"
+    pieces = {secret[i : i + 4] for i in range(len(secret) - 3)}
+    escaped = {ascii(p)[1:-1] for p in pieces}
+    for body in (
+        {"orgs": secret, "next_cursor": None},
+        {"orgs": [], "next_cursor": {secret: 1}},
+        {secret: 1, "orgs": 5},
+        [secret],
+    ):
+        with FaultyServer({"/admin/orgs": respond(200, json.dumps(body).encode())}) as server:
+            client = PlatformApiClient(
+                ApiClient(
+                    service=SERVICE,
+                    base_url=server.base_url,
+                    headers={"X-CA-Root-Key": KEY},
+                    secrets=[KEY, secret],
+                )
+            )
+            with client, pytest.raises(ApiResponseError) as caught:
+                list(client.iter_orgs())
+        text = str(caught.value) + str(caught.value.detail)
+        assert not [p for p in pieces | escaped if p in text], text
