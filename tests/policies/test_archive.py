@@ -93,13 +93,15 @@ def test_damaged_archive_is_detected(instance, platform_env, tmp_path):
 
 def test_archive_job_and_cli_read_back(instance, platform_env, sqlite_store_url, tmp_path):
     old = _run_jobs(instance, 2)
-    cutoff = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
-    config = archive_config(tmp_path, sqlite_store_url, runs_cutoff=cutoff)
+    # Cutoffs taken after what they must cover has ended (not "now + 1 s": under load a run
+    # takes longer than that, and the first archive run then was not old enough for the second).
+    config = archive_config(tmp_path, sqlite_store_url, runs_cutoff=datetime.now(UTC).isoformat())
     job = defs.get_job_def("archive_run_history")
     result = job.execute_in_process(instance=instance, run_config=config)
     meta = step_metadata(result, "archive_old_runs")
     assert meta["archived"] == 2 and meta["done"] == 2
     assert all(instance.get_run_by_id(r) is None for r in old)
+    config = archive_config(tmp_path, sqlite_store_url, runs_cutoff=datetime.now(UTC).isoformat())
     second = job.execute_in_process(instance=instance, run_config=config)
     meta = step_metadata(second, "archive_old_runs")
     assert meta["archived"] == 1  # only the first archive run itself; the old ones are gone
