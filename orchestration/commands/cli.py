@@ -38,6 +38,13 @@ def _engine(url: str | None) -> sa.Engine:
     return make_engine(url)
 
 
+# Every number an operator types is checked in the parser, before the store is opened.
+_DELAY = cli_errors.bounded_number(0, 366 * 86_400, integer=True)  # `run --in`: up to a year
+_RUN_ID = cli_errors.bounded_number(1, 10**12 - 1, unit="(a command run id)", integer=True)
+_LIMIT = cli_errors.bounded_number(1, 10_000, unit="rows", integer=True)
+_TIMEOUT = cli_errors.bounded_number(1, catalog.MAX_TIMEOUT_SECONDS, integer=True)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = cli_errors.OneLineArgumentParser(
         prog="platform-ops-commands", description=__doc__.split("\n")[0]
@@ -49,20 +56,20 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="run a command now (next dispatch tick) or in N seconds")
     s.add_argument("command")
     s.add_argument("--env", required=True)
-    s.add_argument("--in", dest="in_seconds", type=int, default=0)
+    s.add_argument("--in", dest="in_seconds", type=_DELAY, default=0)
     s = sub.add_parser("retry", help="retry a failed, timed-out or cancelled command run")
-    s.add_argument("run_id", type=int)
+    s.add_argument("run_id", type=_RUN_ID)
     s = sub.add_parser("list-runs", help="latest command runs")
     s.add_argument("--command")
     s.add_argument("--env")
     s.add_argument("--status", choices=[m.PENDING, m.QUEUED, m.RUNNING, *m.TERMINAL])
-    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--limit", type=_LIMIT, default=50)
     s = sub.add_parser("show-run", help="one command run with its events and output tails")
-    s.add_argument("run_id", type=int)
+    s.add_argument("run_id", type=_RUN_ID)
     s = sub.add_parser("set-command", help="create or update one command")
     s.add_argument("name")
     s.add_argument("--command", required=True)
-    s.add_argument("--timeout", type=int, default=3600)
+    s.add_argument("--timeout", type=_TIMEOUT, default=3600)
     s.add_argument("--workdir")
     s.add_argument("--no-shell", action="store_true", help="split into argv, no /bin/sh")
     s.add_argument("--disable", action="store_true")
@@ -100,19 +107,24 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
 def _main(argv: Sequence[str] | None, out) -> int:
     out = out or sys.stdout
     args = _parser().parse_args(argv)
+    # A catalog file is read and checked before the store is opened: a bad file creates nothing.
+    loaded = catalog.load_catalog(args.file) if args.action == "sync-catalog" else None
     engine = _engine(args.store_url)
 
     def say(text: str) -> None:
         print(text, file=out)
 
-    _dispatch(args, engine, say)
+    _dispatch(args, engine, say, loaded)
     return 0
 
 
-def _dispatch(args: argparse.Namespace, engine: sa.Engine, say) -> None:
+def _dispatch(
+    args: argparse.Namespace, engine: sa.Engine, say, loaded: catalog.Catalog | None = None
+) -> None:
     """Run one subcommand; its errors propagate to ``cli_errors.run``."""
     if args.action == "sync-catalog":
-        say(f"catalog synced: {catalog.sync_file(engine, args.file).summary()}")
+        synced = catalog.apply(engine, loaded or catalog.load_catalog(args.file), prune=True)
+        say(f"catalog synced: {synced.summary()}")
     elif args.action == "run":
         run_id = actions.request_run(
             engine, args.command, args.env, in_seconds=args.in_seconds, requested_by="cli"

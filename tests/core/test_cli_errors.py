@@ -334,3 +334,36 @@ def test_catalog_loading_errors_are_one_line_naming_file_and_line(sqlite_store_u
     line = assert_one_line(proc, 2, str(bad), where, problem, "nothing was changed")
     assert len(line) < 500 and "unexpected" not in line
     assert _rows(sqlite_store_url) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["retry", "0"],
+        ["retry", "9" * 5000],
+        ["show-run", "-3"],
+        ["list-runs", "--limit", "0"],
+        ["list-runs", "--limit", "1e9"],
+        ["run", "backup", "--env", "staging", "--in", "-1"],
+        ["run", "backup", "--env", "staging", "--in", "nan"],
+        ["set-command", "c", "--command", "true", "--timeout", "0"],
+        ["set-command", "c", "--command", "true", "--timeout", "604801"],
+    ],
+    ids=" ".join,
+)
+def test_commands_cli_numbers_are_checked_before_the_store_is_opened(tmp_path, args):
+    """Each number is refused by the parser: one line, exit 2, and no store file is created."""
+    store = tmp_path / "store.sqlite"
+    proc = run([*COMMANDS, "--store-url", f"sqlite:///{store}", *args])
+    assert_one_line(proc, 2, "error:", "must be")
+    assert not store.exists()
+
+
+def test_sync_catalog_reads_the_file_before_opening_the_store(tmp_path):
+    """A bad catalog against a new store URL creates no store (nothing changed, nothing made)."""
+    store = tmp_path / "store.sqlite"
+    bad = tmp_path / "catalog.yaml"
+    bad.write_text("commands:\n  - name: x\n    command: true\n    shell: 'false'\n")
+    proc = run([*COMMANDS, "--store-url", f"sqlite:///{store}", "sync-catalog", str(bad)])
+    assert_one_line(proc, 2, str(bad))
+    assert not store.exists()
