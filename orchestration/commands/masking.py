@@ -27,6 +27,14 @@ run of 4+ characters they can, as a tool would print it around a ``?``), and a t
 of ``MIN_ANYWHERE`` bytes or more at EOF is masked whatever character it is cut in (decoding a
 cut character gives U+FFFD, which no longer matches the secret's text: a text-only check let 9 of
 16 characters through). Other encodings (UTF-16, EBCDIC) are not recognised.
+
+Storable and readable, after masking: ``printable`` replaces every C0 control character except
+tab and newline (a carriage return only when it is not the ``\\r`` of a ``\\r\\n``), DEL, and a
+lone surrogate by a visible escape (``\\x00``, ``\\x1b``; a surrogate-escaped byte as ``\\xNN``, any
+other as U+FFFD). PostgreSQL text cannot hold NUL (a ``find -print0`` left the run stuck
+``running``), and ESC sequences would drive the terminal of whoever reads the log. Invalid UTF-8
+is already U+FFFD from the decoder. It runs on masked text: a secret is masked before any of its
+characters is escaped, and an escape only ever replaces one character, so it cannot split one.
 """
 
 from __future__ import annotations
@@ -265,8 +273,26 @@ def _render_bytes(data: bytes, end: int, spans: list[tuple[int, int]]) -> bytes:
     return b"".join(out)
 
 
+# C0 controls but tab and newline, a CR not ending a line, DEL, lone surrogates (see the docstring)
+_UNPRINTABLE = re.compile("\r(?!\n)|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|[\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # a byte kept by errors="surrogateescape"
+        return f"\\x{code - 0xDC00:02x}"
+    return "\ufffd" if code >= 0xD800 else f"\\x{code:02x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters, DEL and lone surrogates escaped (storable in PostgreSQL,
+    safe on a terminal, encodable as UTF-8). Idempotent: an escape is plain ASCII."""
+    return _UNPRINTABLE.sub(_escape, text)
+
+
 class MaskedLines:
-    """One output stream: bytes in, masked lines out (each ending in ``\\n`` except the last).
+    """One output stream: bytes in, masked lines out (each ending in ``\\n`` except the last),
+    made ``printable`` after masking.
 
     A line longer than ``max_line`` characters is handed on in pieces of ``max_line`` so that a
     command printing without newlines never grows memory or one log line without bound; the
@@ -289,7 +315,7 @@ class MaskedLines:
         text = self._masker.feed(last) + self._masker.flush()
         lines = self._split(text)
         if self._line:
-            lines.append(self._line)
+            lines.append(printable(self._line))
             self._line = ""
         return lines
 
@@ -307,4 +333,4 @@ class MaskedLines:
             lines.append(data[pos:end])
             pos = end
         self._line = data[pos:]
-        return lines
+        return [printable(line) for line in lines]

@@ -134,6 +134,8 @@ def execute_command_run(
         context.log.info(f"{what} already finished {row['status']}; not run again")
     events = store.events_for(engine, command_run_id)
     final = next((e for e in reversed(events) if e["kind"] in m.TERMINAL), None)
+    if final is not None and store.NOT_STORED in (final["message"] or ""):
+        context.log.warning(f"{what}: {final['message']}")  # recorded without its output
     from orchestration.commands.runner import CommandResult
 
     result = outcome.result

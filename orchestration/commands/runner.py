@@ -17,7 +17,8 @@ Why it is built this way:
   (``masking.MaskedLines``: a secret straddling two reads is still masked whole), then handed line
   by line to an ``on_line`` callback (the Dagster step streams it to the run log) and kept as a
   capped tail. Everything downstream (run log, tails in the store, step metadata) is built from
-  this masked text only.
+  this masked text only, made ``printable`` after masking (a NUL byte, ``find -print0``, binary
+  output: PostgreSQL text refuses NUL, and a terminal obeys ESC), as are messages.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from orchestration.commands.masking import MaskedLines, mask_text
+from orchestration.commands.masking import MaskedLines, mask_text, printable
 from orchestration.commands.models import CANCELLED, FAILED, SUCCEEDED, TIMED_OUT
 from orchestration.commands.timeutil import utcnow
 
@@ -47,13 +48,14 @@ PROC = "/proc"
 
 
 class Masker:
-    """Masks a whole text (a message, an exception) the way the output stream is masked."""
+    """Masks a whole text (a message, an exception) the way the output stream is masked, then
+    makes it ``printable`` (storable, no control characters)."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self.secrets = [s for s in secrets if s]
 
     def __call__(self, text: str) -> str:
-        return mask_text(text, self.secrets)
+        return printable(mask_text(text, self.secrets))
 
 
 def run_token(dagster_run_id: str | None, command_run_id: int) -> str:

@@ -6,21 +6,32 @@ and only from ``running`` — or from ``lost``: the reaper's ``lost`` is an infe
 looked dead), the worker's own result is an observation, so a late real result replaces ``lost``
 (both events stay in the history). ``mark_lost`` in turn only moves ``running`` → ``lost``, so it
 can never overwrite a result that was recorded first.
+
+A result the store refuses (a value PostgreSQL cannot hold) never leaves the run ``running``:
+``finish`` records a minimal result instead (status, exit code, duration, "output could not be
+stored: <reason>") and logs one warning line.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import socket
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from orchestration.commands import models as m
+from orchestration.commands.masking import printable
 from orchestration.commands.runner import CommandResult, CommandSpec
 from orchestration.commands.timeutil import as_utc, utcnow
+
+log = logging.getLogger(__name__)
+NOT_STORED = "output could not be stored"
+INT32 = range(-(2**31), 2**31)  # the exit_code column (INTEGER) on PostgreSQL
 
 
 class UnknownCommandRun(LookupError):
@@ -163,6 +174,54 @@ def mark_lost(engine: sa.Engine, run_id: int, message: str) -> bool:
 
 
 def finish(engine: sa.Engine, run_id: int, result: CommandResult) -> bool:
+    """Record the outcome (running or lost → its status) with its event; False when the run was
+    not running (someone else finished it). Tails and message are made ``printable`` first; a
+    result the store still refuses is recorded minimal (``_finish_minimal``), never left running.
+    """
+    try:
+        return _finish(engine, run_id, _storable(result))
+    except Exception as exc:  # the refused value; a store that is down fails the fallback too
+        reason = _reason(exc)
+        log.warning(
+            "command run %s finished %s (exit code %s) but its %s (%s); recording it without "
+            "output", run_id, result.status, result.exit_code, NOT_STORED, reason,
+        )  # fmt: skip
+        return _finish_minimal(engine, run_id, result, reason)
+
+
+def _storable(result: CommandResult) -> CommandResult:
+    return replace(
+        result,
+        stdout_tail=printable(result.stdout_tail or ""),
+        stderr_tail=printable(result.stderr_tail or ""),
+        message=printable(result.message or ""),
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    """One short line from the driver's error (never the SQL parameters: they hold the output)."""
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [""])[0]
+    return printable(f"{type(orig).__name__}: {first}"[:200])
+
+
+def _finish_minimal(engine: sa.Engine, run_id: int, result: CommandResult, reason: str) -> bool:
+    """Status, times and what fits of exit code and duration; the tails are dropped."""
+    code = result.exit_code if result.exit_code in INT32 else None
+    duration = result.duration_seconds
+    if duration is not None and not math.isfinite(duration):
+        duration = None
+    note = f"{NOT_STORED}: {reason}"
+    if code != result.exit_code:
+        note += f"; exit code {result.exit_code}"
+    minimal = replace(
+        result, exit_code=code, duration_seconds=duration, stdout_tail="", stderr_tail="",
+        message=note if not result.message else f"{printable(result.message)[:500]} ({note})",
+    )  # fmt: skip
+    return _finish(engine, run_id, minimal)
+
+
+def _finish(engine: sa.Engine, run_id: int, result: CommandResult) -> bool:
     t = m.command_runs
     with engine.begin() as conn:
         res = conn.execute(
