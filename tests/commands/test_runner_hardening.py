@@ -514,3 +514,143 @@ def test_a_command_killed_mid_character_or_printing_latin1_leaves_nothing():
         for s in secrets:
             assert not _leaks(s, seen), (printed, seen)
         assert MASK in seen
+
+
+# --- control characters and invalid UTF-8 in output: stored, readable, the run ends ----------
+
+CONTROL_BYTES = [*range(0x20), 0x7F]
+INVALID_UTF8 = [b"\xff", b"\xc3", b"\xe2\x82", b"\xf0\x9d\x84", b"\xed\xa0\x80", b"\x80\xbf"]
+_UNSTORABLE = {chr(b) for b in CONTROL_BYTES} - {"\t", "\n", "\r"}
+
+
+def _storable(text: str) -> bool:
+    """No NUL/C0/DEL (but tab, newline, the CR of a CRLF), no lone surrogate."""
+    if any(ch in _UNSTORABLE or 0xD800 <= ord(ch) <= 0xDFFF for ch in text):
+        return False
+    return all(text[i + 1 : i + 2] == "\n" for i, ch in enumerate(text) if ch == "\r")
+
+
+def _escaped(byte: int) -> str:
+    return chr(byte) if byte in (0x09, 0x0A) else f"\\x{byte:02x}"
+
+
+def test_every_control_byte_and_invalid_utf8_at_every_position_is_escaped_after_masking():
+    """Each byte 0x00-0x1F and 0x7F, and invalid UTF-8, at the start, middle and end of a line and
+    at every offset around the read boundary: what comes out is storable and shows the byte; a
+    secret next to it is still masked whole."""
+    secret = "sk-Zq7-secret"
+    for bad in [bytes([b]) for b in CONTROL_BYTES] + INVALID_UTF8:
+        for read_size in (1, 7, 16):
+            for offset in range(read_size * 2 + 1):
+                raw = b"." * offset + bad + b"mid" + bad + secret.encode() + bad + b"\n" + bad
+                out = _bytes_through_stream(raw, [secret], read_size)
+                assert _storable(out), (bad, read_size, offset, out)
+                assert not _leaks(secret, out) and MASK in out, (bad, offset, out)
+                if len(bad) == 1 and bad[0] in CONTROL_BYTES and bad[0] != 0x0D:
+                    assert out.count(_escaped(bad[0])) >= 4, (bad, out)
+                elif len(bad) == 1 and bad[0] == 0x0D:  # a CR that is not a CRLF
+                    assert "\\x0d" in out, out
+                else:
+                    assert "\ufffd" in out, (bad, out)
+    assert MaskedLines([], 16).feed(b"a\r\nb\n") == ["a\r\n", "b\n"]  # CRLF stays a line end
+
+
+def test_messages_are_masked_then_escaped():
+    """A message (an exception's text) holding control characters: masked whole, then escaped."""
+    masked = runner.Masker(["sekret-1"])("a\x00sekret-1\x1b[2J\x7f\udcfe")
+    assert masked == "a\\x00****\\x1b[2J\\x7f\\xfe" and _storable(masked)
+
+
+def _control_command() -> str:
+    """printf of every control byte and invalid UTF-8 sequence, at a line's start, middle and end,
+    padded so that many straddle a 16-byte read."""
+    parts = [bytes([b]) for b in CONTROL_BYTES] + INVALID_UTF8
+    data = b"".join(p + b"start" + p + b"-" * (i % 13) + p + b"\n" for i, p in enumerate(parts))
+    return _printf_bytes(data) + "; " + _printf_bytes(data) + " >&2; echo done"
+
+
+def test_control_bytes_in_output_end_the_run_succeeded_with_readable_tails(store_url):
+    """The probe's ``printf 'found: a\\0b\\n'`` generalised, through the pool into the real store
+    (PostgreSQL refused NUL: the run stayed ``running``)."""
+    engine = engine_for(store_url)
+    seed(engine, {"environments": [{"name": "staging"}],
+                  "commands": [{"name": "bin", "command": _control_command()}]})  # fmt: skip
+    run_id = actions.request_run(engine, "bin", "staging", status=m.QUEUED)
+    pool = CommandPool(engine, "dagster-run-nul", read_size=16)
+    outcome = pool.ensure(run_id).future.result(timeout=60)
+    pool.shutdown(cancel=False)
+    assert outcome.result.status == m.SUCCEEDED
+    assert store.get_run(engine, run_id)["status"] == m.SUCCEEDED
+    final = store.events_for(engine, run_id)[-1]
+    assert final["kind"] == m.SUCCEEDED and not final["message"]
+    for tail in (final["stdout_tail"], final["stderr_tail"]):
+        assert _storable(tail)
+        for b in CONTROL_BYTES:
+            assert _escaped(b) in tail, b
+        assert "\ufffd" in tail
+    assert final["stdout_tail"].endswith("done\n")
+
+
+def test_a_dagster_run_with_nul_output_succeeds_and_logs_readable_lines(store_url, instance):
+    engine = engine_for(store_url)
+    command = "printf 'found: a\\0b\\n'; echo done"
+    seed(engine, {"environments": [{"name": "staging"}],
+                  "commands": [{"name": "nul", "command": command}]})  # fmt: skip
+    result = run_command_now_job.execute_in_process(
+        run_config={"ops": {"request_command_run": {"config": {
+            "command": "nul", "environment": "staging"}}}},
+        instance=instance,
+        resources={"record_store": RecordStoreResource(url=store_url, auto_upgrade=False),
+                   "commands_runner": CommandRunnerResource(kill_grace_seconds=0.2)},
+        raise_on_error=False,
+    )  # fmt: skip
+    assert result.success
+    run_id = result.output_for_node("request_command_run", "command_run_id")
+    assert store.get_run(engine, run_id)["status"] == m.SUCCEEDED
+    assert store.events_for(engine, run_id)[-1]["stdout_tail"] == "found: a\\x00b\ndone\n"
+    messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert "[stdout] found: a\\x00b" in messages
+    assert all(_storable(text) for text in messages)
+
+
+@pytest.mark.parametrize("exit_code", [2**64, -(2**63) - 1])  # past INTEGER on both backends
+def test_a_result_the_store_refuses_is_recorded_minimal_never_left_running(
+    store_url, exit_code, caplog
+):
+    """A real value the store refuses (an exit code INTEGER cannot hold; PostgreSQL: "integer out
+    of range", SQLite: too large): the run still ends with its status, one warning line."""
+    engine = engine_for(store_url)
+    seed(engine, {"environments": [{"name": "staging"}],
+                  "commands": [{"name": "c", "command": "true"}]})  # fmt: skip
+    run_id = actions.request_run(engine, "c", "staging", status=m.QUEUED)
+    assert store.claim_start(engine, run_id, "dagster-run-refused")
+    now = utcnow()
+    result = runner.CommandResult(
+        m.FAILED, exit_code, now, now, 0.5, "out\x00put\n", "err\n", f"exited with code {exit_code}"
+    )
+    with caplog.at_level("WARNING", logger="orchestration.commands.store"):
+        assert store.finish(engine, run_id, result)
+    row = store.get_run(engine, run_id)
+    assert row["status"] == m.FAILED and row["exit_code"] is None
+    final = store.events_for(engine, run_id)[-1]
+    assert final["kind"] == m.FAILED and final["stdout_tail"] in ("", None)
+    assert store.NOT_STORED in final["message"] and str(exit_code) in final["message"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and f"command run {run_id}" in warnings[0], warnings
+    assert not store.finish(engine, run_id, result)  # finished: a second result changes nothing
+
+
+def test_finish_escapes_a_result_built_outside_the_runner(store_url):
+    engine = engine_for(store_url)
+    seed(engine, {"environments": [{"name": "staging"}],
+                  "commands": [{"name": "c", "command": "true"}]})  # fmt: skip
+    run_id = actions.request_run(engine, "c", "staging", status=m.QUEUED)
+    assert store.claim_start(engine, run_id, "dagster-run-built")
+    now = utcnow()
+    raw = "".join(chr(b) for b in CONTROL_BYTES) + "\udcff\ud800"
+    assert store.finish(engine, run_id, runner.CommandResult(m.SUCCEEDED, 0, now, now, 0.1,
+                                                             raw, raw, raw))  # fmt: skip
+    final = store.events_for(engine, run_id)[-1]
+    assert final["kind"] == m.SUCCEEDED
+    for key in ("stdout_tail", "stderr_tail", "message"):
+        assert _storable(final[key]) and "\\x00" in final[key] and "\\xff" in final[key], key
