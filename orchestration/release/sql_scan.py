@@ -49,6 +49,7 @@ _QUOTED = "<quoted>"
 
 TRANSACTION_CONTROL = "transaction control: the job opens and commits the transaction"
 NOT_IN_TRANSACTION = "cannot run inside a transaction block"
+_DOLLAR_ADVICE = "use a $$-quoted function body instead (AS $$ ... $$)"
 
 
 class SqlScanError(ValueError):
@@ -160,32 +161,66 @@ def _opens_body(kind: str, word: str) -> bool:
 
 
 def split_statements(sql: str) -> list[Statement]:
-    """Top-level statements of ``sql`` with their words; raises ``SqlScanError`` if unsure."""
+    """Top-level statements of ``sql`` with their words; raises ``SqlScanError`` if unsure.
+
+    A routine body (``BEGIN ATOMIC``, or a SQLite trigger's ``BEGIN INSERT ...``) ends where the
+    server's grammar ends it: at an ``END`` that starts a statement of the body (right after
+    ``ATOMIC`` or after a ``;`` of the body). Inside a body statement no word counts, so ``CASE``
+    or ``END`` as a label, after a dot or in ``CASE ... END`` cannot close or keep open the body
+    (psql's own heuristic counts every ``CASE`` and ``END`` and is fooled by ``SELECT 1 AS case``,
+    while the server, which gets the file in one query, is not). Valid SQL is all that matters:
+    a file the server cannot parse runs nothing. What could still read two ways is refused: a
+    body inside a body, and a body that never ends.
+    """
     statements: list[Statement] = []
     words: list[str] = []
-    first_pos = -1
-    parens = begin_depth = 0
+    first_pos = body_pos = -1
+    parens = 0
+    in_body = False  # inside a routine body: ';' ends a statement of the body, not the file's
+    body_start = False  # the next token starts a statement of the body
     top_begin = False  # the previous token is a BEGIN outside parentheses
     i = 0
 
     def finish() -> None:
-        nonlocal words, first_pos, parens, begin_depth, top_begin
+        nonlocal words, first_pos, parens, top_begin
+        if in_body:
+            raise SqlScanError(
+                _line_at(sql, body_pos),
+                f"a BEGIN ATOMIC body with no END where the server would end it: {_DOLLAR_ADVICE}",
+            )
         if words:
             statements.append(Statement(_line_at(sql, first_pos), tuple(words)))
-        words, first_pos, parens, begin_depth, top_begin = [], -1, 0, 0, False
+        words, first_pos, parens, top_begin = [], -1, 0, False
 
     def token(pos: int, word: str) -> None:
-        nonlocal first_pos, begin_depth, top_begin
+        nonlocal first_pos, in_body, body_start, body_pos, top_begin
         if not words:
             first_pos = pos
         words.append(word)
-        kind = _body_kind(words) if parens == 0 else None
-        if kind is not None:
-            if (top_begin and _opens_body(kind, word)) or (word == "CASE" and begin_depth > 0):
-                begin_depth += 1
-            elif word == "END" and begin_depth > 0:
-                begin_depth -= 1
+        if in_body:
+            if body_start and word == "END":
+                in_body = False
+            elif top_begin and word == "ATOMIC":
+                raise SqlScanError(
+                    _line_at(sql, pos), f"a BEGIN ATOMIC body inside another one: {_DOLLAR_ADVICE}"
+                )
+        else:
+            kind = _body_kind(words) if parens == 0 else None
+            if kind is not None and top_begin and _opens_body(kind, word):
+                # After ATOMIC comes the body's first statement; a trigger's word is its start.
+                in_body, body_pos = True, pos
+                body_start = kind != "TRIGGER"
+                top_begin = False
+                return
+        body_start = False
         top_begin = parens == 0 and word == "BEGIN"
+
+    def other(pos: int, char: str) -> None:
+        """Any other token (a number, an operator, a parenthesis): never a keyword."""
+        nonlocal body_start, top_begin
+        if not words:
+            token(pos, char)
+        body_start = top_begin = False
 
     while i < len(sql):
         char, pair = sql[i], sql[i : i + 2]
@@ -209,6 +244,7 @@ def split_statements(sql: str) -> list[Statement]:
         elif word := _WORD.match(sql, i):
             i = _word(sql, i, word.group(), token)
         elif number := _NUMBER.match(sql, i):
+            other(i, char)
             i = _junk_end(sql, number.end())
         elif char == "\\":
             raise SqlScanError(
@@ -216,19 +252,19 @@ def split_statements(sql: str) -> list[Statement]:
                 f"{sql[i:].split(None, 1)[0][:20]!r} is a psql meta-command, not SQL: the file is "
                 "sent to the server as SQL; remove it",
             )
-        elif char == "(":
-            parens, i, top_begin = parens + 1, i + 1, False
-        elif char == ")":
-            parens, i, top_begin = max(parens - 1, 0), i + 1, False
-        elif char == ";" and parens == 0 and begin_depth == 0:
-            finish()
+        elif char == ";" and parens == 0:
+            if in_body:
+                body_start, top_begin = True, False
+            else:
+                finish()
             i += 1
         else:
+            if char == "(":
+                parens += 1
+            elif char == ")":
+                parens = max(parens - 1, 0)
             if not char.isspace() and char != ";":
-                if words:
-                    top_begin = False
-                else:
-                    token(i, char)
+                other(i, char)
             i += 1
     finish()
     return statements

@@ -409,8 +409,85 @@ def test_text_that_is_not_sql_or_reads_two_ways_is_refused(sql, line, what):
     assert caught.value.line == line and what in caught.value.what
 
 
+# Words that a BEGIN ATOMIC body may hold where they open or close nothing (FY1: a scanner that
+# counted every CASE/END missed the COMMIT after `SELECT 1 AS case; END;`).
+ATOMIC_WORDS = [
+    "case", "CASE", "Case", "end", "END", "begin", "atomic", '"case"', '"end"', 'U&"end"',
+]  # fmt: skip
+ATOMIC_STATEMENTS = [
+    "SELECT 1 AS {w}",
+    "SELECT tw.{w} FROM tw",
+    "SELECT 1 {w}",
+    "SELECT x AS {w} FROM (SELECT 1 AS x) AS {w}",
+    "SELECT 1; SELECT 1 AS {w}",
+]
+ATOMIC_BODIES = [
+    *(st.format(w=w) for st in ATOMIC_STATEMENTS for w in ATOMIC_WORDS),
+    "SELECT CASE WHEN true THEN CASE WHEN false THEN 1 END ELSE 2 END",
+    "SELECT CASE 1 WHEN 1 THEN 2 END AS end",
+    "SELECT CASE WHEN true THEN 1 END; SELECT 1 AS case",
+    "SELECT length('end; case; commit;') /* end; case */ -- end; case\n",
+    "SELECT length($$ case end; $$ || $t$ end; $t$)",
+    "SELECT 1;; ;SELECT 1 AS case",
+    "IF true THEN SELECT 1; END IF; SELECT 1",  # plpgsql: a syntax error in an atomic body
+    "LOOP SELECT 1; END LOOP; SELECT 1",
+    "SELECT 1 AS begin; SELECT 1 AS case",
+    "SELECT (SELECT 1 AS end)",
+]
+ATOMIC_HEADS = [
+    "CREATE FUNCTION fa_{n}() RETURNS SETOF int LANGUAGE sql\nBEGIN ATOMIC\n  ",
+    "create or replace procedure pa_{n}() language sql begin atomic ",
+]
+ATOMIC_TAILS = [";\nEND;\nCOMMIT;", ";\nend\n;\nCOMMIT;", "; END; END;", "; END;\nROLLBACK;"]
+ATOMIC_SETUP = 'CREATE TABLE IF NOT EXISTS tw ("case" int, "end" int, begin int, atomic int);\n'
+
+
+def _atomic_shapes() -> list[str]:
+    """Every body x head x tail: each hides a COMMIT (or END/ROLLBACK) after a valid body."""
+    shapes = []
+    for body in ATOMIC_BODIES:
+        for head in ATOMIC_HEADS:
+            for tail in ATOMIC_TAILS:
+                shapes.append(ATOMIC_SETUP + head.format(n=len(shapes)) + body + tail)
+    return shapes
+
+
+def test_a_begin_atomic_body_ends_where_the_server_ends_it():
+    """The probe's shapes, and each word as a label, after a dot or quoted: the statement after
+    the body's END is top level, so its COMMIT is found, on its line."""
+    for body in (b for b in ATOMIC_BODIES if not b.startswith(("IF", "LOOP"))):
+        head = "CREATE FUNCTION f() RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n"
+        sql = f"{head}  {body};\nEND;\nCOMMIT;"
+        found = [(r.line, r.text) for r in refused_statements(sql)]
+        assert found == [(5 + body.count("\n"), "COMMIT")], sql
+
+
+@pytest.mark.parametrize(
+    ("sql", "line", "what"),
+    [
+        (
+            "SELECT 1;\nCREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC\n"
+            "  CREATE FUNCTION g() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END;\nEND;",
+            3,
+            "a BEGIN ATOMIC body inside another one",
+        ),
+        (
+            "SELECT 1;\n\nCREATE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC SELECT 1 AS x;\nCOMMIT;",
+            3,
+            "a BEGIN ATOMIC body with no END",
+        ),
+        ("CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC", 1, "with no END"),
+    ],
+)
+def test_a_begin_atomic_body_that_could_read_two_ways_is_refused(sql, line, what):
+    with pytest.raises(SqlScanError) as caught:
+        split_statements(sql)
+    assert caught.value.line == line and what in caught.value.what
+    assert "use a $$-quoted function body instead" in caught.value.what
+
+
 def _differential_shapes() -> list[str]:
-    shapes = [sql for _, sql in DISAGREED] + LEGIT_FX1[:2]
+    shapes = [sql for _, sql in DISAGREED] + LEGIT_FX1[:2] + _atomic_shapes()
     for ident in IDENT_CHARS:
         for delim in DELIMS[:3]:
             shapes.append(_hidden_behind(ident, delim))
