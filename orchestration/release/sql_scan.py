@@ -322,12 +322,72 @@ def _why(words: tuple[str, ...]) -> str | None:
     return None
 
 
+OTHER_SESSION = (
+    "runs SQL outside the migration's transaction (another session commits it on its own): "
+    "do that change in a migration of its own, without dblink/pg_background"
+)
+# Functions that run SQL in another session, which commits whatever the migration's transaction
+# does: dblink (dblink_exec, dblink_connect, dblink(...)) and the pg_background extension.
+_OTHER_SESSION = re.compile(r"(?:dblink|pg_background)[A-Za-z0-9_$]*", re.IGNORECASE)
+_UESCAPE = re.compile(r"UESCAPE\s*'(.)'", re.IGNORECASE)
+_E_ESCAPE = re.compile(
+    r"\\(?:(\\)|x([0-9A-Fa-f]{1,2})|([0-7]{1,3})|u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8}))"
+)
+
+
+def _chr(code: int) -> str:
+    return chr(code) if code <= 0x10FFFF else ""
+
+
+def _e_char(match: re.Match[str]) -> str:
+    """The character an ``E'...'`` escape stands for: ``\\x62``, ``\\142``, ``\\u0062``..."""
+    if match[1]:
+        return "\\"
+    hexa = match[2] or match[4] or match[5]
+    return _chr(int(hexa, 16)) if hexa else _chr(int(match[3], 8))
+
+
+def _readings(line: str, escapes: set[str]) -> set[str]:
+    """``line`` as written and with every escape PostgreSQL decodes in a name or a string
+    (``U&"d\\0062link"``, ``U&"d!0062link" UESCAPE '!'``, ``E'd\\x62link'``), decoded wherever
+    it stands and again in what that gives (a string executed by a ``DO`` block is decoded
+    twice): a name spelled with escapes is still that name, and a string may be executed."""
+    decoders = [lambda text: _E_ESCAPE.sub(_e_char, text)]
+    for esc in escapes:
+        pattern = re.compile(re.escape(esc) + r"(?:\+([0-9A-Fa-f]{6})|([0-9A-Fa-f]{4}))")
+        decoders.append(lambda text, p=pattern: p.sub(lambda m: _chr(int(m[1] or m[2], 16)), text))
+    readings, latest = {line}, {line}
+    for _ in range(3):
+        latest = {decode(text) for text in latest for decode in decoders} - readings
+        readings |= latest
+    return readings
+
+
+def other_session_calls(sql: str) -> list[Refused]:
+    """Lines naming a function that runs SQL in another session (dblink, pg_background).
+
+    Searched in the whole text, strings, dollar bodies and comments included, because a ``DO``
+    block runs its body at once: refusing a mention in a comment is the price of never missing
+    a call. SQL assembled at run time from pieces (``'dbl' || 'ink_exec'``) is not found: that
+    needs the migration role to have no EXECUTE on those functions (docs/runbook.md).
+    """
+    escapes = {"\\", *(m[1] for m in _UESCAPE.finditer(sql))}
+    found = []
+    for number, line in enumerate(sql.splitlines(), start=1):
+        for reading in _readings(line, escapes):
+            if match := _OTHER_SESSION.search(reading):
+                found.append(Refused(number, match.group().lower(), OTHER_SESSION))
+                break
+    return found
+
+
 def refused_statements(sql: str) -> list[Refused]:
-    """Statements of ``sql`` that would end, split or refuse the job's transaction."""
+    """Statements of ``sql`` that would end, split or refuse the job's transaction, or that
+    run SQL in another session (which commits on its own), in line order."""
     refused = []
     for statement in split_statements(sql):
         why = _why(statement.words)
         if why is not None:
             shown = " ".join(w for w in statement.words[:4] if w != _QUOTED)
             refused.append(Refused(statement.line, shown, why))
-    return refused
+    return sorted(refused + other_session_calls(sql), key=lambda r: r.line)

@@ -13,6 +13,7 @@ import pytest
 
 from orchestration.definitions import defs
 from orchestration.release import migrations as migrations_lib
+from orchestration.release import sql_scan
 from orchestration.release.sql_scan import SqlScanError, refused_statements, split_statements
 from sandbox.server import SandboxServer
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN, run_config
@@ -530,3 +531,61 @@ def test_an_absent_tracking_row_claims_only_what_is_known():
     assert "passed the transaction-control check" in absent
     assert "check that none of the objects it creates exist" in absent
     assert not absent.rstrip(".").endswith("nothing of it was committed")
+
+
+# -- Calls that run SQL in another session, which commits on its own (FY1 defect 6) ------------
+
+OTHER_SESSION_CALLS = [
+    ("SELECT dblink_exec('dbname=test', 'CREATE TABLE x()')", "dblink_exec"),
+    ("SELECT public.dblink_exec('dbname=test', 'CREATE TABLE x()')", "dblink_exec"),
+    ("SELECT \"public\".\"dblink_exec\"('', 'CREATE TABLE x()')", "dblink_exec"),
+    ("SELECT \"dblink_exec\"('', 'x')", "dblink_exec"),
+    ("select DBLINK_EXEC('', 'x')", "dblink_exec"),
+    ("SELECT * FROM dblink('dbname=test', 'DELETE FROM t RETURNING 1') AS r(x int)", "dblink"),
+    ("SELECT dblink_connect('c', 'dbname=test')", "dblink_connect"),
+    ("SELECT dblink_send_query('c', 'CREATE TABLE x()')", "dblink_send_query"),
+    ("CREATE EXTENSION IF NOT EXISTS dblink", "dblink"),
+    ("SELECT pg_background_launch('CREATE TABLE x()')", "pg_background_launch"),
+    ("SELECT pg_background_result(pg_background_launch('x')) AS (r text)", "pg_background_result"),
+    ("SELECT U&\"d\\0062link_exec\"('', 'x')", "dblink_exec"),
+    ("SELECT U&\"d\\+000062link_exec\"('', 'x')", "dblink_exec"),
+    ("SELECT U&\"d!0062link_exec\" UESCAPE '!' ('', 'x')", "dblink_exec"),
+    ("DO $$ BEGIN PERFORM dblink_exec('', 'CREATE TABLE x()'); END $$", "dblink_exec"),
+    ("DO $$ BEGIN EXECUTE E'SELECT d\\x62link_exec(1)'; END $$", "dblink_exec"),
+    ("DO $$ BEGIN EXECUTE E'SELECT d\\142link_exec(1)'; END $$", "dblink_exec"),
+    ("DO $$ BEGIN EXECUTE E'SELECT d\\\\x62link_exec(1)'; END $$", "dblink_exec"),
+    ("DO $q$ BEGIN EXECUTE 'SELECT pg_background_launch(''x'')'; END $q$", "pg_background_launch"),
+    (
+        "CREATE FUNCTION r() RETURNS int AS $$ SELECT dblink_exec('', 'x') $$ LANGUAGE sql",
+        "dblink_exec",
+    ),
+    ("-- dblink_exec is not used here", "dblink_exec"),
+]
+
+
+@pytest.mark.parametrize(("call", "name"), OTHER_SESSION_CALLS)
+def test_a_call_that_runs_sql_in_another_session_is_refused_on_its_line(call, name):
+    """Each shape after 0..3 lines, alone and after a statement on its own line: refused, naming
+    the function and the line, with the reason; nothing else in the file is refused."""
+    for before in range(4):
+        head = "CREATE TABLE a (id int);\n" * before
+        found = [(r.line, r.text, r.why) for r in refused_statements(f"{head}{call};\nSELECT 1;")]
+        assert found == [(before + 1, name, sql_scan.OTHER_SESSION)], call
+
+
+def test_names_that_only_look_like_other_session_calls_pass():
+    for sql in ("SELECT 1 AS db_link;", "CREATE TABLE background (id int);", "SELECT 'pg_back';"):
+        assert refused_statements(sql) == [], sql
+
+
+def test_check_atomic_names_the_file_line_and_why_for_another_session():
+    files = [
+        migrations_lib.Migration(
+            "0001", "a", "0001_a.sql", "CREATE TABLE a (id int);\nSELECT dblink_exec('', 'x');"
+        )
+    ]
+    with pytest.raises(migrations_lib.MigrationError) as caught:
+        migrations_lib.check_atomic(files)
+    message = str(caught.value)
+    assert "0001_a.sql line 2: dblink_exec (runs SQL outside the migration's transaction" in message
+    assert "\n" not in message
