@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import contextvars
 import email.utils
+import html
 import json as jsonlib
 import logging
+import re
 import time
+import urllib.parse
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +45,10 @@ EXCERPT_LIMIT = 200
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a success (JSON) body
 MAX_ERROR_BODY_BYTES = 64 * 1024  # what is read of an error body for its detail
 MAX_DEFAULT_DEADLINE_SECONDS = 600.0
+# The one content-coding layer we decode ourselves (see _BodyDecoder); we ask for nothing else.
+ACCEPT_ENCODING = "gzip, deflate"
+# Input fed to zlib per step: with max_length, output per step is bounded too.
+_DECODE_STEP = 64 * 1024
 
 
 class ApiError(dg.Failure):
@@ -187,6 +195,76 @@ def mask_cut_secret(text: str, secrets: Iterable[str]) -> str:
     return f"{text[: len(text) - longest]}{REDACTED}" if longest else text
 
 
+# The escapes a server (or a library's repr) may put on a secret it echoes: JSON / Python string
+# escapes (a UTF-16 surrogate pair first, so it becomes one character), then HTML character
+# references, then percent-encoding.
+_BACKSLASH_ESCAPE = re.compile(
+    r"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})|\\x([0-9a-fA-F]{2})|\\([\\/\"'bfnrt])"
+)
+_SIMPLE_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+_PERCENT_RUN = re.compile(r"(?:%[0-9a-fA-F]{2})+")
+# An escape the cut of a body left unfinished at its end ("\u00", "%4", "&#x5", a lone high
+# surrogate): dropped before a trailing partial secret is looked for.
+_CUT_ESCAPE = re.compile(
+    r"(?:\\(?:u[dD][89abAB][0-9a-fA-F]{2}(?:\\u?[0-9a-fA-F]{0,3})?|u[0-9a-fA-F]{0,3}"
+    r"|U[0-9a-fA-F]{0,7}|x[0-9a-fA-F]?)?|%[0-9a-fA-F]?|&#?[xX]?[0-9a-zA-Z]{0,10})$"
+)
+_UNESCAPE_ROUNDS = 3
+
+
+def _backslash_unescape(match: re.Match[str]) -> str:
+    high, low, u4, u8, x2, simple = match.groups()
+    if high:
+        return chr(0x10000 + ((int(high, 16) - 0xD800) << 10) + (int(low, 16) - 0xDC00))
+    code = u4 or u8 or x2
+    if code:
+        value = int(code, 16)
+        return chr(value) if value <= 0x10FFFF else match.group(0)
+    return _SIMPLE_ESCAPES.get(simple, simple)
+
+
+def unescape(text: str) -> str:
+    """``text`` with the escapes a server may apply undone (one layer of each kind).
+
+    JSON and Python string escapes (``\\/``, ``\\uXXXX`` with surrogate pairs, ``\\xNN``,
+    ``\\n``...), HTML character references (``&#x51;``, ``&amp;``) and percent-encoding (UTF-8).
+    Whole-value redaction only matches a secret's real characters; an echoed secret with any
+    subset of its characters escaped would otherwise be shown whole.
+    """
+    text = _BACKSLASH_ESCAPE.sub(_backslash_unescape, text)
+    if "&" in text:
+        text = html.unescape(text)
+    if "%" in text:
+        text = _PERCENT_RUN.sub(lambda m: urllib.parse.unquote(m.group(0), errors="replace"), text)
+    return text
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """Raw server (or library) text with every secret replaced, escaped forms included.
+
+    Redacts, undoes one layer of escapes (:func:`unescape`), redacts again, a few rounds until
+    nothing changes: a secret escaped twice is found too. The result is the unescaped text: what
+    is shown no longer depends on which characters the server chose to escape.
+    """
+    secrets = _secret_list(secrets)
+    text = redact(text, secrets)
+    for _ in range(_UNESCAPE_ROUNDS):
+        plain = redact(unescape(text), secrets)
+        if plain == text:
+            break
+        text = plain
+    return text
+
+
+def scrub_cut(text: str, secrets: Iterable[str]) -> str:
+    """:func:`scrub` for a text cut at its end: an unfinished escape there is dropped, then a
+    trailing partial secret is masked (:func:`mask_cut_secret`)."""
+    secrets = _secret_list(secrets)
+    text = _CUT_ESCAPE.sub("", text)
+    return mask_cut_secret(scrub(text, secrets), secrets)
+
+
 def redact_then_truncate(text: str, secrets: Iterable[str], limit: int = DETAIL_LIMIT) -> str:
     """What may be shown of a server's text: scrubbed whole, then cut to ``limit`` characters.
 
@@ -207,11 +285,11 @@ def _redact_json(value: Any, secrets: list[str]) -> Any:
     Serialising first would escape a secret's quotes or backslashes so it no longer matches.
     """
     if isinstance(value, str):
-        return redact(value, secrets)
+        return scrub(value, secrets)
     if isinstance(value, list):
         return [_redact_json(v, secrets) for v in value]
     if isinstance(value, dict):
-        return {redact(str(k), secrets): _redact_json(v, secrets) for k, v in value.items()}
+        return {scrub(str(k), secrets): _redact_json(v, secrets) for k, v in value.items()}
     return value
 
 
@@ -219,16 +297,17 @@ def detail_of(body: bytes, secrets: Iterable[str], *, cut: bool = False) -> str:
     """The server's explanation from an error body: ``detail``/``message``/``error`` or all of it.
 
     Scrubbed, then cut to ``DETAIL_LIMIT``. ``cut`` says the body was itself cut by the read cap,
-    so its end may hold a partial secret.
+    so its end may hold a partial secret. Raw text (cut, or not JSON) is unescaped before it is
+    scrubbed (:func:`scrub`): a server may echo a key with ``\\/``, ``\\u0051``, ``%2F``...
     """
     secrets = _secret_list(secrets)
     text = body.decode("utf-8", errors="replace")
     if cut:
-        text = mask_cut_secret(redact(text, secrets), secrets)
+        return redact_then_truncate(scrub_cut(text, secrets), secrets, DETAIL_LIMIT)
     try:
         parsed = jsonlib.loads(text)
     except ValueError:
-        return redact_then_truncate(text, secrets, DETAIL_LIMIT)
+        return redact_then_truncate(scrub(text, secrets), secrets, DETAIL_LIMIT)
     parsed = _redact_json(parsed, secrets)
     if isinstance(parsed, dict):
         for key in ("detail", "message", "error"):
@@ -341,6 +420,77 @@ def _deadline_transport() -> httpx.HTTPTransport:
     return transport
 
 
+class _EncodingRefused(Exception):
+    """Internal: a body whose content-coding we do not decode (or that does not decode)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _BodyDecoder:
+    """Decodes the raw body of one response with a bound on what each step may produce.
+
+    httpx decodes a whole network read at once and stacks one decoder per listed coding, so a
+    2 KB ``gzip, gzip`` body inflates to gigabytes before any cap can count it. Here at most one
+    coding (``gzip`` / ``deflate``; ``identity`` is none) is accepted, and zlib's ``max_length``
+    keeps every step within what is left of the cap: memory stays bounded by the cap whatever
+    the compression ratio. More than one coding, or any other, is refused unread.
+    """
+
+    def __init__(self, content_encoding: str) -> None:
+        codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
+        codings = [c for c in codings if c != "identity"]
+        if len(codings) > 1:
+            raise _EncodingRefused(
+                f"Content-Encoding {', '.join(codings)!r} stacks {len(codings)} codings; only one "
+                "of gzip or deflate is accepted"
+            )
+        self._coding = codings[0] if codings else ""
+        if self._coding not in ("", "gzip", "x-gzip", "deflate"):
+            raise _EncodingRefused(
+                f"Content-Encoding {self._coding[:40]!r} is not accepted (only gzip or deflate)"
+            )
+        self._zlib: Any = None
+        if self._coding in ("gzip", "x-gzip"):
+            self._zlib = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        self._pending = b""
+
+    def feed(self, raw: bytes, room: int) -> bytes:
+        """Decoded bytes of ``raw``: at most ``room`` + 1 (one more says "over the cap")."""
+        if not self._coding:
+            return raw[: room + 1]
+        if self._zlib is None:  # deflate: a zlib stream, or (some servers) raw deflate
+            self._pending += raw
+            if len(self._pending) < 2:
+                return b""
+            head = self._pending[:2]
+            zlib_wrapped = head[0] & 0x0F == 8 and int.from_bytes(head, "big") % 31 == 0
+            self._zlib = zlib.decompressobj(zlib.MAX_WBITS if zlib_wrapped else -zlib.MAX_WBITS)
+            raw, self._pending = self._pending, b""
+        out: list[bytes] = []
+        size = 0
+        data = raw
+        try:
+            while data and size <= room and not self._zlib.eof:
+                piece = self._zlib.decompress(data[:_DECODE_STEP], room + 1 - size)
+                data = self._zlib.unconsumed_tail + data[_DECODE_STEP:]
+                out.append(piece)
+                size += len(piece)
+                if not piece and not self._zlib.unconsumed_tail and len(data) == 0:
+                    break
+        except zlib.error as exc:
+            raise _EncodingRefused(f"its {self._coding} body does not decode ({exc})") from None
+        return b"".join(out)
+
+    def finish(self) -> None:
+        """Refuse a compressed body that ended before its compressed stream did."""
+        if self._coding and self._zlib is not None and not self._zlib.eof:
+            raise _EncodingRefused(f"its {self._coding} body ends before its compressed stream")
+        if self._coding and self._zlib is None and self._pending:
+            raise _EncodingRefused(f"its {self._coding} body is too short to decode")
+
+
 class CheckedResponse(httpx.Response):
     """A response read whole within the caps, whose ``json()`` fails as an :class:`ApiError`.
 
@@ -437,7 +587,7 @@ class ApiClient:
         self.max_error_body_bytes = max_error_body_bytes
         self._client = httpx.Client(
             base_url=self.base_url,
-            headers=dict(headers),
+            headers={"Accept-Encoding": ACCEPT_ENCODING, **dict(headers)},
             timeout=httpx.Timeout(timeout_seconds, connect=min(10.0, timeout_seconds)),
             transport=transport if transport is not None else _deadline_transport(),
             follow_redirects=False,
@@ -458,7 +608,7 @@ class ApiClient:
     def excerpt(self, text: str, limit: int) -> str:
         """``text`` (e.g. a value from a response) safe to show: every secret of this client
         scrubbed whole first, then cut to ``limit`` with a trailing partial secret masked."""
-        return redact_then_truncate(text, self._secrets, limit)
+        return redact_then_truncate(scrub(text, self._secrets), self._secrets, limit)
 
     def _attempt_timeout(self, deadline: float) -> httpx.Timeout:
         """This attempt's timeouts, none past the deadline (for transports without our sockets)."""
@@ -469,20 +619,25 @@ class ApiClient:
     def _read_capped(
         self, response: httpx.Response, cap: int, deadline: float, describe: Callable[[], str]
     ) -> tuple[bytes, bool]:
-        """Up to ``cap`` bytes of the body, streamed; ``True`` when there was more.
+        """Up to ``cap`` DECODED bytes of the body, streamed; ``True`` when there was more.
 
-        The clock is checked per chunk as well as per socket read (custom transports).
+        The raw bytes are decoded here (:class:`_BodyDecoder`), never by httpx, so the cap bounds
+        memory whatever the compression; a refused coding raises :class:`_EncodingRefused`. The
+        clock is checked per chunk as well as per socket read (custom transports).
         """
+        decoder = _BodyDecoder(response.headers.get("Content-Encoding", ""))
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_bytes():  # as received: a chunk_size would buffer
+        for raw in response.iter_raw():  # as received: a chunk_size would buffer
             if time.monotonic() >= deadline:
                 raise _DeadlinePassed(f"{describe()} while reading the body ({size} bytes read)")
+            chunk = decoder.feed(raw, cap - size)
             if size + len(chunk) > cap:
                 chunks.append(chunk[: cap - size])
                 return b"".join(chunks), True
             chunks.append(chunk)
             size += len(chunk)
+        decoder.finish()
         return b"".join(chunks), False
 
     def _too_large(self, method: str, path: str, status: int, what: str) -> ApiResponseError:
@@ -510,7 +665,7 @@ class ApiClient:
         except ValueError:
             pass
         text = response.content.decode("utf-8", errors="replace")
-        excerpt = redact_then_truncate(text, self._secrets, EXCERPT_LIMIT)
+        excerpt = redact_then_truncate(scrub(text, self._secrets), self._secrets, EXCERPT_LIMIT)
         content_type = response.headers.get("Content-Type", "no Content-Type")
         raise ApiResponseError(
             f"{self.service}: {method} {path} returned HTTP {response.status_code} but its body is "
@@ -569,12 +724,18 @@ class ApiClient:
                     status = response.status_code
                     if status in ok:
                         return self._read_ok(response, method, path, deadline, past_deadline)
-                    body, cut = self._read_capped(
-                        response, self.max_error_body_bytes, deadline, past_deadline
-                    )
+                    try:
+                        body, cut = self._read_capped(
+                            response, self.max_error_body_bytes, deadline, past_deadline
+                        )
+                    except _EncodingRefused as exc:  # the status still decides
+                        body, cut = f"(body not read: {exc.reason})".encode(), False
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection error"
-                text = redact_then_truncate(str(exc) or type(exc).__name__, self._secrets)
+                # h11 and httpx quote values as bytes reprs (b'..\\n..'): scrub() unescapes them.
+                text = redact_then_truncate(
+                    scrub(str(exc) or type(exc).__name__, self._secrets), self._secrets
+                )
                 if time.monotonic() >= deadline:
                     raise _DeadlinePassed(f"{past_deadline()} ({kind}: {text})") from None
                 raise _Retryable(f"{kind}: {text}", None, None, None) from None
@@ -668,7 +829,19 @@ class ApiClient:
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             raise self._too_large(method, path, status, f"of {_size(int(declared))} (declared)")
-        body, over = self._read_capped(response, self.max_body_bytes, deadline, past_deadline)
+        try:
+            body, over = self._read_capped(response, self.max_body_bytes, deadline, past_deadline)
+        except _EncodingRefused as exc:
+            raise ApiResponseError(
+                f"{self.service}: {method} {path} returned HTTP {status} but {exc.reason}; not "
+                "read and not retried (the server or a proxy must send the body plain, gzip or "
+                "deflate, one layer).",
+                service=self.service,
+                method=method,
+                path=path,
+                status=status,
+                allow_retries=False,
+            ) from None
         if over:
             raise self._too_large(method, path, status, "that kept going")
         kept = [
