@@ -224,4 +224,35 @@ def read_secret(env_var: str, secret_base: str, environment: Environment) -> str
             f"'{environment.secret_name(secret_base)}'"
             + (f" (GCP project {environment.gcp_project})." if environment.gcp_project else ".")
         )
-    return value.strip()
+    value = value.strip()
+    problem = header_value_problem(value)
+    if problem:
+        raise EnvironmentConfigError(
+            f"Secret in environment variable {env_var} {problem}; it is sent as an HTTP header, "
+            "which takes visible ASCII only (0x21-0x7E). Fix the secret (a careless paste?) and "
+            "set the variable again. The value is not shown; nothing was sent."
+        )
+    return value
+
+
+def header_value_problem(value: str) -> str | None:
+    """What makes ``value`` unfit for a header-carried secret (never quoting it), else None.
+
+    A line break or control character is refused by the HTTP library with the value quoted as
+    bytes (``b'..\\n..'``), an escaped form that whole-value redaction cannot match; refusing it
+    before the client is made keeps the secret out of every message and sends nothing.
+    """
+    for position, char in enumerate(value, start=1):
+        code = ord(char)
+        if 0x21 <= code <= 0x7E:
+            continue
+        if char in "\r\n":
+            kind = "a line break"
+        elif char == " ":
+            kind = "a space"
+        elif code < 0x20 or code == 0x7F:
+            kind = "a control character"
+        else:
+            kind = "a non-ASCII character"
+        return f"contains {kind} at position {position} of {len(value)}"
+    return None

@@ -33,6 +33,7 @@ import httpcore
 import httpx
 import tenacity
 
+from orchestration.environments import header_value_problem
 from orchestration.policies import tracing
 
 logger = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ def mask_cut_secret(text: str, secrets: Iterable[str]) -> str:
 # references, then percent-encoding.
 _BACKSLASH_ESCAPE = re.compile(
     r"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"
-    r"|\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})|\\x([0-9a-fA-F]{2})|\\([\\/\"'bfnrt])"
+    r"|\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})|((?:\\x[0-9a-fA-F]{2})+)|\\([\\/\"'bfnrt])"
 )
 _SIMPLE_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 _PERCENT_RUN = re.compile(r"(?:%[0-9a-fA-F]{2})+")
@@ -217,7 +218,13 @@ def _backslash_unescape(match: re.Match[str]) -> str:
     high, low, u4, u8, x2, simple = match.groups()
     if high:
         return chr(0x10000 + ((int(high, 16) - 0xD800) << 10) + (int(low, 16) - 0xDC00))
-    code = u4 or u8 or x2
+    if x2:  # a bytes repr: a run of \\xNN is UTF-8 when it decodes, else one byte a character
+        raw = bytes(int(x2[i + 2 : i + 4], 16) for i in range(0, len(x2), 4))
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw.decode("latin-1")
+    code = u4 or u8
     if code:
         value = int(code, 16)
         return chr(value) if value <= 0x10FFFF else match.group(0)
@@ -240,6 +247,17 @@ def unescape(text: str) -> str:
     return text
 
 
+def _with_unescaped(secrets: Iterable[str]) -> list[str]:
+    """The secrets and what :func:`unescape` makes of them: a secret holding ``%41`` or ``&amp``
+    literally is changed by the unescape step, and must still be found afterwards."""
+    found = set(_secret_list(secrets))
+    for secret in list(found):
+        for _ in range(_UNESCAPE_ROUNDS):
+            secret = unescape(secret)
+            found.add(secret)
+    return _secret_list(found)
+
+
 def scrub(text: str, secrets: Iterable[str]) -> str:
     """Raw server (or library) text with every secret replaced, escaped forms included.
 
@@ -247,7 +265,7 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     nothing changes: a secret escaped twice is found too. The result is the unescaped text: what
     is shown no longer depends on which characters the server chose to escape.
     """
-    secrets = _secret_list(secrets)
+    secrets = _with_unescaped(secrets)
     text = redact(text, secrets)
     for _ in range(_UNESCAPE_ROUNDS):
         plain = redact(unescape(text), secrets)
@@ -260,9 +278,12 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
 def scrub_cut(text: str, secrets: Iterable[str]) -> str:
     """:func:`scrub` for a text cut at its end: an unfinished escape there is dropped, then a
     trailing partial secret is masked (:func:`mask_cut_secret`)."""
-    secrets = _secret_list(secrets)
-    text = _CUT_ESCAPE.sub("", text)
-    return mask_cut_secret(scrub(text, secrets), secrets)
+    secrets = _with_unescaped(secrets)
+    text = _CUT_ESCAPE.sub("", text.rstrip("\ufffd"))
+    # A cut inside a multi-byte character (raw or percent-encoded) leaves U+FFFD at the end.
+    # Unescaping can itself end the text with an unfinished escape ("&#x25;" is "%"): again.
+    text = _CUT_ESCAPE.sub("", scrub(text, secrets).rstrip("\ufffd")).rstrip("\ufffd")
+    return mask_cut_secret(text, secrets)
 
 
 def redact_then_truncate(text: str, secrets: Iterable[str], limit: int = DETAIL_LIMIT) -> str:
@@ -582,6 +603,7 @@ class ApiClient:
         ):
             if not value > 0:
                 raise ValueError(f"{service}: {name} must be positive, got {value!r}")
+        _check_secret_headers(service, headers, self._secrets)
         self.deadline_seconds = float(deadline_seconds)
         self.max_body_bytes = max_body_bytes
         self.max_error_body_bytes = max_error_body_bytes
@@ -891,6 +913,27 @@ class ApiClient:
 
     def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         return self.request_json("GET", path, params=params)
+
+
+def _check_secret_headers(service: str, headers: Mapping[str, str], secrets: Iterable[str]) -> None:
+    """Refuse, before any request, a header carrying a secret that is not visible ASCII.
+
+    httpx/h11 would refuse it on every attempt, quoting the value as bytes in its message; the
+    refusal here names the header and the position, never the value (read_secret checks first,
+    naming the variable; this covers every other caller).
+    """
+    secrets = list(secrets)
+    for name, value in headers.items():
+        if not any(secret in value for secret in secrets):
+            continue
+        for secret in secrets:
+            problem = header_value_problem(secret) if secret in value else None
+            if problem:
+                raise ValueError(
+                    f"{service}: the secret sent in header {name} {problem}; a header-carried "
+                    "secret must be visible ASCII (0x21-0x7E). Fix the secret; it is not shown "
+                    "and nothing was sent."
+                )
 
 
 def _size(n: int) -> str:

@@ -306,3 +306,260 @@ def test_200_not_json_is_one_clear_final_error(body):
     assert "svc (test): GET /page returned HTTP 200" in message and "not JSON" in message
     assert "not retried" in message and err.value.allow_retries is False
     assert lines == [] and not _leaks(secret, _readable(err.value, lines))
+
+
+# --- FY2 defect 2: compressed bodies are bounded by DECODED bytes, whatever the ratio ---------
+
+# One subprocess per case: its peak RSS is its own, and an address-space limit makes a client
+# that inflates the body whole fail with MemoryError instead of taking the machine to gigabytes.
+_BOMB_SCRIPT = r"""
+import gzip, json, resource, sys, zlib
+sys.path.insert(0, sys.argv[1])
+from tests.faulty_server import FaultyServer, respond
+from resources.http_api import ApiClient, RetrySettings
+
+layers, coding, status, lie = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+zeros = b"\0" * (1 << 20)
+wbits = 31 if coding == "gzip" else 15
+co = zlib.compressobj(9, zlib.DEFLATED, wbits)
+body = b"".join(co.compress(zeros) for _ in range(256)) + co.flush()  # 256 MiB decoded
+for _ in range(int(layers) - 1):
+    body = gzip.compress(body, 9)
+length = {"none": len(body), "short": len(body) // 2, "long": len(body) * 2}[lie]
+head = {"Content-Encoding": ", ".join([coding] * int(layers)), "Content-Length": str(length)}
+resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))
+with FaultyServer({"/bomb": respond(status, body, headers=head)}) as server:
+    client = ApiClient(service="svc (test)", base_url=server.base_url, headers={}, secrets=[],
+                       timeout_seconds=30, retry=RetrySettings(max_attempts=1))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        client.get_json("/bomb")
+        message = "no error"
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps({"grown_kib": grown, "message": message, "hits": len(server.hits)}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("layers", "coding", "status", "lie", "expected"),
+    [
+        (1, "gzip", 200, "none", "with a body that kept going, over the 8 MiB cap"),
+        (1, "gzip", 500, "none", "failed after 1 attempts; last error: HTTP 500"),
+        (2, "gzip", 200, "none", "stacks 2 codings; only one of gzip or deflate"),
+        (2, "gzip", 500, "none", "(body not read: Content-Encoding 'gzip, gzip' stacks 2"),
+        (3, "gzip", 200, "none", "stacks 3 codings"),
+        (1, "deflate", 200, "none", "with a body that kept going, over the 8 MiB cap"),
+        (1, "deflate", 503, "none", "last error: HTTP 503"),
+        (1, "gzip", 200, "short", "with a body that kept going, over the 8 MiB cap"),
+        (2, "gzip", 200, "long", "stacks 2 codings"),
+        (1, "gzip", 502, "long", "last error: HTTP 502"),
+    ],
+    ids=[
+        "gzip-200",
+        "gzip-500",
+        "gzip2-200",
+        "gzip2-500",
+        "gzip3-200",
+        "deflate-200",
+        "deflate-503",
+        "gzip-length-short",
+        "gzip2-length-long",
+        "gzip-502-length-long",
+    ],
+)
+def test_compressed_bomb_is_bounded_by_decoded_bytes(
+    tmp_path, layers, coding, status, lie, expected
+):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "bomb.py"
+    script.write_text(_BOMB_SCRIPT)
+    root = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, str(script), root, str(layers), coding, str(status), lie],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    message = result["message"]
+    assert expected in message, message
+    assert "svc (test)" in message and "GET /bomb" in message and "\n" not in message
+    assert len(message) < 1200
+    assert result["grown_kib"] < 64 * 1024, f"peak RSS grew by {result['grown_kib'] // 1024} MiB"
+    assert result["hits"] == 1
+
+
+def test_decoder_accepts_one_layer_and_identity():
+    import gzip
+    import zlib
+
+    payload = json.dumps({"pad": "x" * 5000}).encode()
+    raw_deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bodies = {
+        "gzip": gzip.compress(payload),
+        "x-gzip": gzip.compress(payload),
+        "deflate": zlib.compress(payload),
+        "identity": payload,
+        "identity, gzip": gzip.compress(payload),
+        "": payload,
+    }
+    bodies_raw = raw_deflate.compress(payload) + raw_deflate.flush()
+    with FaultyServer() as server:
+        for i, (coding, body) in enumerate([*bodies.items(), ("deflate", bodies_raw)]):
+            head = {"Content-Encoding": coding} if coding else {}
+            server.routes[f"/ok{i}"] = respond(200, body, headers=head)
+        server.routes["/br"] = respond(200, b"xx", headers={"Content-Encoding": "br"})
+        cut = gzip.compress(payload)[:40]  # Content-Length says 40: the stream ends early
+        server.routes["/cut"] = respond(200, cut, headers={"Content-Encoding": "gzip"})
+        lines: list[str] = []
+        with _client(server, "k" * 20, lines) as client:
+            for i in range(len(bodies) + 1):
+                assert client.get_json(f"/ok{i}") == {"pad": "x" * 5000}
+            from resources.http_api import ApiResponseError
+
+            with pytest.raises(ApiResponseError, match="'br' is not accepted"):
+                client.get_json("/br")
+            with pytest.raises(ApiResponseError, match="body ends before its compressed stream"):
+                client.get_json("/cut")
+        assert server.hits[0].headers["accept-encoding"] == "gzip, deflate"
+
+
+# --- FY2 defect 3: a secret echoed with escapes is unescaped before it is scrubbed -----------
+
+ESC_KEYS = ["ca_root_Zx9/Qw3+Lm7/Hp2Kd8Vb", 'k"ey\\wi/th-quo"tes&amp%41', "pässwört-€-𝄞-geheim"]
+
+
+def _escapes(char: str) -> list[str]:
+    """Every form a server may give one character (JSON, Python, HTML, percent)."""
+    code = ord(char)
+    forms = [f"&#x{code:x};", f"&#{code};", "".join(f"%{b:02X}" for b in char.encode())]
+    if code > 0xFFFF:
+        high, low = 0xD800 + ((code - 0x10000) >> 10), 0xDC00 + ((code - 0x10000) & 0x3FF)
+        forms.append(f"\\u{high:04x}\\u{low:04X}")
+    else:
+        forms.append(f"\\u{code:04x}")
+    if code < 0x100:
+        forms.append(f"\\x{code:02x}")
+    if char in '/"\\':
+        forms.append("\\" + char)
+    return forms
+
+
+def _consistent(variant: str) -> bool:
+    """Left out: a raw backslash right before a backslash escape ("\\\\u0077"), which any
+    reader (JSON included) takes as an escaped backslash; servers escape both or neither."""
+    return "\\\\u" not in variant and "\\\\x" not in variant
+
+
+def _escaped_variants(key: str) -> list[str]:
+    import random
+
+    variants = []
+    for i, char in enumerate(key):  # every single position, in every form
+        for form in _escapes(char):
+            variants.append(key[:i] + form + key[i + 1 :])
+    rng = random.Random(14)
+    for _ in range(60):  # random subsets of positions, each in a random form
+        variants.append("".join(rng.choice(_escapes(c)) if rng.random() < 0.5 else c for c in key))
+    return [v for v in variants if _consistent(v)]
+
+
+def _key_leaks(key: str, text: str) -> list[str]:
+    return [key[i : i + 4] for i in range(len(key) - 3) if key[i : i + 4] in text]
+
+
+@pytest.mark.parametrize("key", ESC_KEYS, ids=["base64ish", "quotes-backslash", "non-ascii"])
+def test_escaped_secret_in_raw_error_text_leaves_no_piece(key):
+    from resources.http_api import detail_of
+
+    for escaped in _escaped_variants(key):
+        bodies = [
+            # invalid JSON: trailing text after a valid object
+            ('{"detail": "invalid key ' + escaped + '"} <!-- cache -->', False),
+            ("<html>bad key " + escaped + "</html>", False),
+            ('{"detail": "invalid key ' + escaped + '", "trace": "' + "x" * 600, True),
+        ]
+        # cut by the read cap at every offset through the escaped key
+        bodies += [('{"detail": "' + escaped[:n], True) for n in range(len(escaped) + 1)]
+        for body, cut in bodies:
+            shown = detail_of(body.encode(), [key], cut=cut)
+            assert not _key_leaks(key, shown), (escaped, body[-80:], shown[-80:])
+
+
+def test_probe_escaped_key_bodies_over_http_leave_no_piece():
+    key = ESC_KEYS[0]
+    cases = {
+        "/php-big": json.dumps({"detail": "invalid key " + key, "trace": "x" * 70000})
+        .replace("/", "\\/")
+        .encode(),
+        "/uesc-big": b'{"detail": "invalid key '
+        + key.replace("Q", "\\u0051").encode()
+        + b'", "pad": "'
+        + b"x" * 70000
+        + b'"}',
+        "/php-bad": (
+            json.dumps({"detail": "invalid key " + key}).replace("/", "\\/") + " <!-- cache -->"
+        ).encode(),
+        "/pct-200": b"<html>" + key.replace("/", "%2F").replace("+", "%2B").encode() + b"</html>",
+    }
+    with FaultyServer() as server:
+        for path, body in cases.items():
+            server.routes[path] = respond(200 if "200" in path else 422, body)
+        lines: list[str] = []
+        with _client(server, key, lines) as client:
+            for path in cases:
+                with pytest.raises(ApiError) as err:
+                    client.post_json(path, {})
+                readable = _readable(err.value, lines)
+                assert "invalid key [REDACTED]" in str(err.value) or "200" in path
+                assert not [p for t in readable for p in _key_leaks(key, t)], path
+
+
+# --- FY2 defect 4: a header-carried secret must be visible ASCII, refused before any request --
+
+BAD_CHARS = [chr(c) for c in [*range(0x20), 0x7F]] + [" ", "\u00a0", "é", "€", "\u2028", "𝄞"]
+
+
+def test_header_secret_with_a_bad_character_is_refused_before_any_request():
+    base = "ca_root_Zx9Qw3Lm7Hp2Kd8Vb"
+    with FaultyServer({"/admin/orgs": respond(200, b"{}")}) as server:
+        for char in BAD_CHARS:
+            for position in (0, len(base) // 2, len(base)):
+                key = base[:position] + char + base[position:]
+                with pytest.raises(ValueError) as err:
+                    ApiClient(
+                        service="platform API (test)",
+                        base_url=server.base_url,
+                        headers={"X-CA-Root-Key": key},
+                        secrets=[key],
+                    )
+                message = str(err.value)
+                assert "\n" not in message and "header X-CA-Root-Key" in message
+                assert f"at position {position + 1} of {len(key)}" in message
+                assert "visible ASCII" in message and not _key_leaks(key, message)
+                assert not _key_leaks(key, repr(err.value))
+        assert server.hits == []
+
+
+def test_transport_text_quoting_a_secret_as_bytes_is_scrubbed():
+    from resources.http_api import redact_then_truncate, scrub
+
+    base = "ca_root_Zx9Qw3Lm7Hp2Kd8Vb"
+    for char in BAD_CHARS:
+        for position in (0, len(base) // 2, len(base)):
+            key = base[:position] + char + base[position:]
+            for text in (
+                f"Illegal header value {key.encode('utf-8')!r}",
+                f"Illegal header value {key!r}",
+                f"value {json.dumps(key)} refused",
+                f"value {key!a} refused",
+            ):
+                shown = redact_then_truncate(scrub(text, [key]), [key])
+                assert not _key_leaks(key, shown), (repr(key), text, shown)
