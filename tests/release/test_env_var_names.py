@@ -127,3 +127,29 @@ def test_pasted_key_fails_the_run_at_resource_init_before_any_request(
     assert platform_env.requests == []
     stored = instance.get_run_by_id(result.run_id)
     assert stored.status == dg.DagsterRunStatus.FAILURE
+
+
+@pytest.mark.parametrize("bad", ["\n", "\r", "\t", "\x01", "\x7f", " ", "\u00a0", "é", "\u2028"])
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_a_secret_that_cannot_be_a_header_fails_unseen_and_sends_nothing(
+    instance, platform_env, monkeypatch, bad, where
+):
+    """A key with a line break or other non-header character (a careless paste) fails the
+    bootstrap step naming the variable and the position; no piece of the key, zero requests."""
+    key = "ca_root_Zx9Qw3Lm7Hp2Kd8Vb"
+    at = {"start": 0, "middle": len(key) // 2, "end": len(key)}[where]
+    value = key[:at] + bad + key[at:]
+    if value.strip() != value:  # ends are stripped first: padding at either end is harmless
+        value = "x" + value + "y"
+    monkeypatch.setenv("CA_ROOT_API_KEY", value)
+    result = defs.get_job_def("bootstrap").execute_in_process(
+        instance=instance, run_config=run_config(), raise_on_error=False
+    )
+    assert not result.success
+    text = run_text(result)
+    assert "CA_ROOT_API_KEY" in text and "at position" in text and "nothing was sent" in text
+    pieces = {key[i : i + 4] for i in range(len(key) - 3)}
+    assert not [p for p in pieces if p in text]
+    assert platform_env.requests == []
+    attempts = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert attempts == []  # a secret that is wrong stays wrong: not retried
