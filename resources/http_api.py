@@ -441,6 +441,19 @@ def _deadline_transport() -> httpx.HTTPTransport:
     return transport
 
 
+# Content-codings named in a message; any other header text is the server's and is not echoed
+# (it could carry anything, and it was lowercased, which no scrub would recognise).
+_KNOWN_CODINGS = frozenset(
+    {"gzip", "x-gzip", "deflate", "br", "compress", "x-compress", "zstd", "exi", "aes128gcm"}
+)
+
+
+def _codings_named(codings: list[str]) -> str:
+    return ", ".join(c if c in _KNOWN_CODINGS else "<unknown coding>" for c in codings[:5]) + (
+        ", …" if len(codings) > 5 else ""
+    )
+
+
 class _EncodingRefused(Exception):
     """Internal: a body whose content-coding we do not decode (or that does not decode)."""
 
@@ -464,13 +477,14 @@ class _BodyDecoder:
         codings = [c for c in codings if c != "identity"]
         if len(codings) > 1:
             raise _EncodingRefused(
-                f"Content-Encoding {', '.join(codings)!r} stacks {len(codings)} codings; only one "
-                "of gzip or deflate is accepted"
+                f"Content-Encoding stacks {len(codings)} codings ({_codings_named(codings)}); "
+                "only one of gzip or deflate is accepted"
             )
         self._coding = codings[0] if codings else ""
         if self._coding not in ("", "gzip", "x-gzip", "deflate"):
             raise _EncodingRefused(
-                f"Content-Encoding {self._coding[:40]!r} is not accepted (only gzip or deflate)"
+                f"Content-Encoding {_codings_named([self._coding])} is not accepted (only gzip or "
+                "deflate)"
             )
         self._zlib: Any = None
         if self._coding in ("gzip", "x-gzip"):
@@ -662,16 +676,29 @@ class ApiClient:
         decoder.finish()
         return b"".join(chunks), False
 
-    def _too_large(self, method: str, path: str, status: int, what: str) -> ApiResponseError:
+    def _unusable(
+        self, method: str, path: str, status: int, what: str, detail: str | None = None
+    ) -> ApiResponseError:
+        """The one final error for a response that answered but cannot be used (not retried:
+        the same request gets the same answer)."""
         return ApiResponseError(
-            f"{self.service}: {method} {path} returned HTTP {status} with a body {what}, over the "
-            f"{_size(self.max_body_bytes)} cap on a response body; not read and not retried "
-            "(page the request smaller, or raise max_body_bytes if the size is expected).",
+            f"{self.service}: {method} {path} returned HTTP {status} {what}",
             service=self.service,
             method=method,
             path=path,
             status=status,
+            detail=detail,
             allow_retries=False,
+        )
+
+    def _too_large(self, method: str, path: str, status: int, what: str) -> ApiResponseError:
+        return self._unusable(
+            method,
+            path,
+            status,
+            f"with a body {what}, over the {_size(self.max_body_bytes)} cap on a response body; "
+            "not read and not retried (page the request smaller, or raise max_body_bytes if the "
+            "size is expected).",
         )
 
     def decode_json(self, response: httpx.Response, method: str, path: str) -> Any:
@@ -688,18 +715,16 @@ class ApiClient:
             pass
         text = response.content.decode("utf-8", errors="replace")
         excerpt = redact_then_truncate(scrub(text, self._secrets), self._secrets, EXCERPT_LIMIT)
-        content_type = response.headers.get("Content-Type", "no Content-Type")
-        raise ApiResponseError(
-            f"{self.service}: {method} {path} returned HTTP {response.status_code} but its body is "
-            f"not JSON ({content_type}, {len(response.content)} bytes, starting {excerpt!r}); not "
-            "retried. Check that the environment's API URL reaches the API itself, not a proxy "
-            "or login page.",
-            service=self.service,
-            method=method,
-            path=path,
-            status=response.status_code,
+        # A header is server text too: scrubbed and cut like the body.
+        content_type = self.excerpt(response.headers.get("Content-Type", "no Content-Type"), 80)
+        raise self._unusable(
+            method,
+            path,
+            response.status_code,
+            f"but its body is not JSON ({content_type}, {len(response.content)} bytes, starting "
+            f"{excerpt!r}); not retried. Check that the environment's API URL reaches the API "
+            "itself, not a proxy or login page.",
             detail=excerpt,
-            allow_retries=False,
         )
 
     def request(
@@ -854,15 +879,12 @@ class ApiClient:
         try:
             body, over = self._read_capped(response, self.max_body_bytes, deadline, past_deadline)
         except _EncodingRefused as exc:
-            raise ApiResponseError(
-                f"{self.service}: {method} {path} returned HTTP {status} but {exc.reason}; not "
-                "read and not retried (the server or a proxy must send the body plain, gzip or "
-                "deflate, one layer).",
-                service=self.service,
-                method=method,
-                path=path,
-                status=status,
-                allow_retries=False,
+            raise self._unusable(
+                method,
+                path,
+                status,
+                f"but {exc.reason}; not read and not retried (the server or a proxy must send the "
+                "body plain, gzip or deflate, one layer).",
             ) from None
         if over:
             raise self._too_large(method, path, status, "that kept going")
