@@ -127,6 +127,8 @@ def run(
     """
     try:
         return body()
+    except SystemExit as exc:  # argparse (its one line is printed already) or --help
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else INPUT)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

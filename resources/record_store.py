@@ -17,6 +17,10 @@ import sqlalchemy as sa
 import tenacity
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from pydantic import Field
 from sqlalchemy.orm import DeclarativeBase
 
@@ -58,6 +62,9 @@ def alembic_config(url: str) -> AlembicConfig:
 # daemon evaluates sensors on a thread pool. So one upgrade at a time per process.
 _UPGRADE_LOCK = threading.RLock()
 _UPGRADED: set[str] = set()
+# Alembic's version table of the record store (migrations/record_store/env.py uses this one).
+# Not "alembic_version": Dagster's own PostgreSQL storage uses that name in the same database.
+VERSION_TABLE = "record_store_alembic_version"
 # Bound on an upgrade's waits and statements (PostgreSQL): ten minutes.
 MIGRATION_TIMEOUT_MS = 600_000
 
@@ -73,6 +80,8 @@ def upgrade(url: str) -> None:
         # process's upgrade (the advisory lock) and run longer statements than the hot path.
         engine = make_engine(url)
         try:
+            if _at_heads(engine, url):
+                return  # nothing to do: no advisory lock, no waiting on another process
             with engine.begin() as conn:
                 if conn.dialect.name == "postgresql":
                     ms = MIGRATION_TIMEOUT_MS
@@ -83,6 +92,26 @@ def upgrade(url: str) -> None:
                 command.upgrade(cfg, "heads")
         finally:
             engine.dispose()
+
+
+def _at_heads(engine: sa.Engine, url: str) -> bool:
+    """Whether the store already has every area's newest revision: a plain read, so a process
+    starting against a current store never queues behind another's upgrade lock (a process
+    stopped while holding that lock would otherwise hold up every other one)."""
+    script = ScriptDirectory.from_config(alembic_config(url))
+    with engine.connect() as conn:
+        current = MigrationContext.configure(
+            conn, opts={"version_table": VERSION_TABLE}
+        ).get_current_heads()
+    if not current:
+        return False
+    # A head that other branches depend on (core) is not stored: compare with what is applied.
+    try:
+        applied = {r.revision for r in script.iterate_revisions(current, "base")}
+    except (RevisionError, CommandError):  # a revision this code does not know: the upgrade
+        # itself then says so
+        return False
+    return set(script.get_heads()) <= applied
 
 
 @tenacity.retry(

@@ -3,9 +3,9 @@
 from alembic import context
 from sqlalchemy import engine_from_config, pool, text
 
+from resources.record_store import VERSION_TABLE
+
 config = context.config
-# Not "alembic_version": Dagster's own PostgreSQL storage uses that name in the same database.
-VERSION_TABLE = "record_store_alembic_version"
 # Serialises upgrades of one PostgreSQL database across processes (code server, run workers).
 ADVISORY_LOCK_KEY = 0x5EC0_5D00
 

@@ -70,3 +70,38 @@ def test_processes_upgrading_one_fresh_store_at_once_all_succeed(fresh_store_url
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * n, "\n".join(errors)
     assert _heads(url) == _expected_heads(tmp_path)
+
+
+def test_a_current_store_is_opened_without_waiting_on_an_upgrade_lock(pg_schema_url):
+    """Another process holding the upgrade lock (e.g. stopped mid-start) must not hold up a
+    process whose store is already current: the head check is a plain read, no lock."""
+    import threading
+
+    from resources.record_store import upgrade
+
+    upgrade(pg_schema_url)  # the store is current
+    admin = make_engine(pg_schema_url)
+    with admin.connect() as holder:
+        holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": 0x5EC0_5D00})
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (upgrade(pg_schema_url), done.set()), daemon=True)
+        worker.start()
+        finished = done.wait(timeout=15)
+        holder.execute(sa.text("SELECT pg_advisory_unlock_all()"))
+    worker.join(timeout=30)
+    admin.dispose()
+    assert finished, "upgrade of a current store waited on another process's upgrade lock"
+
+
+def test_a_store_one_area_behind_is_still_upgraded(store_url):
+    """The head check must not mistake a store with one area behind for a current one."""
+    from resources.record_store import VERSION_TABLE, upgrade
+
+    upgrade(store_url)
+    engine = make_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE release_locks"))
+        conn.execute(sa.text(f"DELETE FROM {VERSION_TABLE} WHERE version_num = 'release_0001'"))
+    upgrade(store_url)
+    assert "release_locks" in sa.inspect(engine).get_table_names()
+    engine.dispose()

@@ -23,6 +23,7 @@ import yaml
 
 from orchestration.release import guard
 from resources.db import make_engine
+from resources.record_store import ensure_upgraded
 from tests.conftest import run_config
 from tests.job_cli import REPO, dagster_home, instance_at, job_env, job_execute_cmd
 
@@ -72,6 +73,7 @@ ACQUIRE_SCRIPT = """
 import sys, time
 from orchestration.release import guard
 from resources.db import make_engine
+from resources.record_store import ensure_upgraded
 from tests.job_cli import instance_at
 home, url, run_id, at = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 engine = make_engine(url)
@@ -237,6 +239,9 @@ def test_two_concurrent_releases_exactly_one_proceeds(platform_env, store_url, t
     B looked, and B started after A."""
     home = dagster_home(tmp_path)
     config = _config_file(tmp_path, store_url)
+    # The store exists (as in any deployment): A, stopped anywhere in its start-up, then holds
+    # no upgrade lock that B would wait on.
+    ensure_upgraded(store_url)
     engine = make_engine(store_url)
     platform_env.set_latency(250)  # B's release takes several seconds
     first = _start_release(home, config)
