@@ -127,8 +127,10 @@ def run(
     """
     try:
         return body()
-    except SystemExit as exc:  # argparse (its one line is printed already) or --help
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else INPUT)
+    except SystemExit as exc:
+        if isinstance(exc.code, str):  # a message of its own: Python prints it, exit 1
+            raise
+        return exc.code or 0  # argparse (its one line is printed already) or --help
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
