@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dagster as dg
 import httpx
 
+from dev.local_services import sandbox_env, sandbox_process
 from orchestration.definitions import defs
-from orchestration.local_services import sandbox_env, sandbox_process
 
 
 def main() -> int:

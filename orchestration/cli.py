@@ -1,8 +1,8 @@
-"""``platform-ops``: set up a Dagster home and run the demo the README promises.
+"""``platform-ops``: the operator's command line next to the Dagster UI.
 
 ``platform-ops home [--postgres]`` writes ``$DAGSTER_HOME/dagster.yaml`` from the repo's instance
-files; ``platform-ops demo`` starts the local sandbox (and whatever else the demo needs on
-loopback), runs the main jobs with ``dagster job execute`` and prints what happened. An error is
+files; ``archive`` reads archived runs back; ``release unlock`` frees a dead release's lock. The
+README's demo is development code (``python -m dev.demo``, not shipped). An error is
 one line on stderr, exit 2 for a bad input (a damaged archive file), 1 otherwise
 (``orchestration.cli_errors``).
 """
@@ -48,9 +48,6 @@ def _main(argv: list[str] | None) -> int:
     home.add_argument(
         "--dir", type=Path, default=None, help="default: $DAGSTER_HOME or .dagster_home"
     )
-    demo = sub.add_parser("demo", help="run the release (and maintenance) jobs on local parts")
-    demo.add_argument("--orgs", type=int, default=25, help="active orgs seeded in the sandbox")
-    demo.add_argument("--fresh", action="store_true", help="forget the previous demo's state")
     arch = sub.add_parser("archive", help="read archived runs back")
     arch_sub = arch.add_subparsers(dest="archive_command", required=True)
     show = arch_sub.add_parser("show", help="print an archived run and its event log")
@@ -88,13 +85,9 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "archive":
         return _archive_show(args.run_id, args.dir, as_json=args.json)
 
-    if args.command == "home":
-        path = write_home(dagster_home(args.dir), postgres=args.postgres)
-        print(f"DAGSTER_HOME={path}  ({'PostgreSQL' if args.postgres else 'SQLite'} storage)")
-        return 0
-    from orchestration.demo import run_demo
-
-    return run_demo(orgs=args.orgs, fresh=args.fresh)
+    path = write_home(dagster_home(args.dir), postgres=args.postgres)
+    print(f"DAGSTER_HOME={path}  ({'PostgreSQL' if args.postgres else 'SQLite'} storage)")
+    return 0
 
 
 def _release_unlock(environment: str, store_url: str | None, *, force: bool) -> int:
@@ -102,8 +95,8 @@ def _release_unlock(environment: str, store_url: str | None, *, force: bool) -> 
     line and exit 2 through ``cli_errors``, nothing changed."""
     import dagster as dg
 
-    from orchestration.environments import ENVIRONMENTS
     from orchestration.release.guard import unlock_release
+    from resources.environments import ENVIRONMENTS
     from resources.record_store import DEFAULT_URL, RecordStoreResource, ensure_upgraded
 
     if environment not in ENVIRONMENTS:

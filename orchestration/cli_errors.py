@@ -157,7 +157,7 @@ def describe(
 
     failure = _loaded("dagster", "Failure")
     setting_error = _loaded("resources.db", "RecordStoreSettingError")
-    final_failure = _loaded("orchestration.errors", "FinalFailure")
+    final_failure = _loaded("resources.errors", "FinalFailure")
     archive_error = _loaded("orchestration.policies.archive", "ArchiveError")
 
     url = safe_url(_store_url) if _store_url else "the configured URL"

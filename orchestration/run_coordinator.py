@@ -14,8 +14,8 @@ from typing import Any
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 from dagster._core.storage.dagster_run import DagsterRun
 
-from orchestration.environments import DEFAULT_ENVIRONMENT
 from orchestration.tags import ENVIRONMENT_TAG, KIND_TAG, RELEASE_ENVIRONMENT_TAG
+from resources.environments import DEFAULT_ENVIRONMENT
 
 
 def environment_of(run_config: Mapping[str, Any] | None) -> str:

@@ -19,8 +19,8 @@ from google.auth.exceptions import DefaultCredentialsError
 from google.cloud import bigquery
 from pydantic import Field
 
-from orchestration.environments import Environment, EnvironmentConfigError, EnvVarName
-from orchestration.errors import FinalFailure
+from resources.environments import Environment, EnvironmentConfigError, EnvVarName
+from resources.errors import FinalFailure
 from resources.identifiers import display
 
 CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"

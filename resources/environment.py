@@ -7,7 +7,7 @@ decides the API URL, the secret names and the prod confirmation for every call i
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from orchestration.environments import DEFAULT_ENVIRONMENT, Environment, resolve_environment
+from resources.environments import DEFAULT_ENVIRONMENT, Environment, resolve_environment
 
 
 class PlatformEnvironment(dg.ConfigurableResource):

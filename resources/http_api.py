@@ -33,8 +33,8 @@ import httpcore
 import httpx
 import tenacity
 
-from orchestration.environments import header_value_problem
-from orchestration.policies import tracing
+from resources import tracing
+from resources.environments import header_value_problem
 
 logger = logging.getLogger(__name__)
 

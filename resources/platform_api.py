@@ -17,9 +17,9 @@ from typing import Annotated, Any, Literal, TypeVar
 import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from orchestration.environments import PLATFORM, EnvVarName, read_secret
-from orchestration.errors import FinalFailure
 from resources.environment import PlatformEnvironment
+from resources.environments import PLATFORM, EnvVarName, read_secret
+from resources.errors import FinalFailure
 from resources.http_api import (
     ApiClient,
     ApiResponseError,

@@ -10,8 +10,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from orchestration.environments import SUPABASE, EnvironmentConfigError, EnvVarName, read_secret
 from resources.environment import PlatformEnvironment
+from resources.environments import SUPABASE, EnvironmentConfigError, EnvVarName, read_secret
 from resources.http_api import ApiClient, ApiError, RetryLog, RetrySettings
 from resources.identifiers import PROJECT_REF_RULE, api_path, is_project_ref
 

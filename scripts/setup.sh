@@ -19,3 +19,9 @@ if [ ! -x /usr/bin/chromium ]; then
   $SUDO apt-get install -y --no-install-recommends chromium \
     || { $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends chromium; }
 fi
+
+# Development code (dev/: the demo, the sandbox, the emulator launcher, seeders) and tests are not
+# part of the installed package; the repo root on the venv's path makes them importable from
+# any working directory (subprocesses such as `python -m dev.sandbox serve` included).
+SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$PWD" > "$SITE/platform_ops_dev.pth"

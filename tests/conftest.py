@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from sandbox.server import SandboxServer
+from dev.sandbox.server import SandboxServer
 
 # Step retries keep their policy (attempts, backoff) but not their 5 s sleeps under test.
 os.environ.setdefault("PLATFORM_OPS_RETRY_DELAY_SECONDS", "0.05")

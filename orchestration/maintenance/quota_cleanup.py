@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
-from orchestration.errors import FinalFailure
+from resources.errors import FinalFailure
 
 MIN_RETENTION_DAYS = 30
 DEFAULT_RETENTION_DAYS = 90

@@ -10,8 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from orchestration.errors import FinalFailure
 from resources.db import as_utc  # a schedule's execution time; naive values are UTC already
+from resources.errors import FinalFailure
 
 SLOT_TAG = "platform/slot"
 

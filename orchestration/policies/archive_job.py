@@ -10,13 +10,13 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from orchestration.environments import DEFAULT_ENVIRONMENT, resolve_environment
 from orchestration.policies import archive, record_archive
 from orchestration.policies.progress import Progress
 from orchestration.policies.recipes import recipe
 from orchestration.policies.record_archive import TABLES
 from resources.bigquery import PlatformBigQueryResource
 from resources.db import as_utc
+from resources.environments import DEFAULT_ENVIRONMENT, resolve_environment
 from resources.record_store import RecordStoreResource
 
 ARCHIVE_DIR_ENV = "PLATFORM_OPS_ARCHIVE_DIR"

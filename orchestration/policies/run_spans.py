@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from orchestration.environments import DEFAULT_ENVIRONMENT
-from orchestration.policies import tracing
 from orchestration.tags import ENVIRONMENT_TAG, KIND_TAG
+from resources import tracing
+from resources.environments import DEFAULT_ENVIRONMENT
 
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 PAGE = 200

@@ -26,7 +26,7 @@ import dagster as dg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from orchestration.errors import FinalFailure
+from resources.errors import FinalFailure
 
 RELEASE_LOCKS = sa.Table(
     "release_locks",

@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestration.errors import FinalFailure
 from orchestration.release.sql_scan import SqlScanError, refused_statements
+from resources.errors import FinalFailure
 from resources.http_api import ApiError
 from resources.supabase import SqlError, SupabaseSqlClient
 

@@ -6,7 +6,6 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from orchestration.environments import PLATFORM, SUPABASE
 from orchestration.policies import children as children_lib
 from orchestration.release import bootstrap as bootstrap_lib
 from orchestration.release import guard
@@ -14,6 +13,7 @@ from orchestration.release import migrations as migrations_lib
 from orchestration.release import org_sync as org_sync_lib
 from orchestration.tags import ENVIRONMENT_TAG
 from resources.environment import PlatformEnvironment
+from resources.environments import PLATFORM, SUPABASE
 from resources.platform_api import PlatformApiResource
 from resources.record_store import RecordStoreResource
 from resources.supabase import SupabaseManagementResource

@@ -29,9 +29,9 @@ from dagster._core.storage.tags import (
     SENSOR_NAME_TAG,
 )
 
+from dev.seed import seed_alerts, seed_packages
 from orchestration.triggers.catalog import ESCALATE_ALERTS, EXPIRE_PACKAGES
 from orchestration.triggers.models import alerts, edge_packages, notification_outbox
-from orchestration.triggers.seed import seed_alerts, seed_packages
 from orchestration.triggers.spec import as_utc, utcnow
 from resources.notifier import WEBHOOK_URL_ENV
 from resources.record_store import make_engine

@@ -10,7 +10,7 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from orchestration.bigquery_emulator import EMULATOR_HOST_ENV, Emulator, bigquery_emulator
+from dev.bigquery_emulator import EMULATOR_HOST_ENV, Emulator, bigquery_emulator
 
 QUOTA_SCHEMA = [
     bigquery.SchemaField("org_slug", "STRING"),

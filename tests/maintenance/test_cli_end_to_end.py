@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 from dagster._core.instance.ref import InstanceRef
 
-from orchestration.maintenance.demo import SEED_AGES_DAYS, demo
+from dev.demo.maintenance import SEED_AGES_DAYS, demo
 from tests.conftest import TEST_API_KEY
 from tests.job_cli import dagster_home, job_env
 

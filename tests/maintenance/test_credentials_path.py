@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.bigquery_emulator import EMULATOR_HOST_ENV
+from dev.bigquery_emulator import EMULATOR_HOST_ENV
 from orchestration.definitions import defs
 from resources.bigquery import CREDENTIALS_ENV, check_credentials_path
 from tests.conftest import run_config

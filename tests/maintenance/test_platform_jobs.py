@@ -7,9 +7,9 @@ import datetime as dt
 import dagster as dg
 import pytest
 
+from dev.sandbox.server import Fault
 from orchestration.definitions import defs
 from orchestration.maintenance.slots import SLOT_TAG
-from sandbox.server import Fault
 from tests.conftest import TEST_API_KEY, run_config
 
 # job, op, config field, slot, endpoint, sandbox effect kind, expected idempotency key

@@ -7,11 +7,11 @@ import datetime as dt
 import dagster as dg
 import pytest
 
-from orchestration.bigquery_emulator import EMULATOR_HOST_ENV
+from dev.bigquery_emulator import EMULATOR_HOST_ENV
 from orchestration.definitions import defs
-from orchestration.environments import ENVIRONMENTS
 from orchestration.maintenance import quota_cleanup
 from resources.bigquery import PlatformBigQueryResource
+from resources.environments import ENVIRONMENTS
 from tests.conftest import run_config
 from tests.maintenance.conftest import insert_usage, remaining_dates
 

@@ -2,9 +2,9 @@
 
 import dagster as dg
 
+from dev.sandbox.server import Fault
 from orchestration.definitions import defs
 from orchestration.policies.children import CHILD_KEY_TAG, PARENT_RUN_TAG
-from sandbox.server import Fault
 from tests.conftest import run_config
 
 

@@ -7,10 +7,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import dagster as dg
 import pytest
 
+from dev.sandbox.server import Fault
 from orchestration.definitions import defs
 from orchestration.policies.notifications import FailureNotifierConfig, notify_run_failures
 from resources.record_store import RecordStoreResource
-from sandbox.server import Fault
 from tests.conftest import TEST_API_KEY, run_config
 
 

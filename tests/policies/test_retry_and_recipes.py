@@ -2,9 +2,9 @@
 
 import pytest
 
+from dev.sandbox.server import Fault
 from orchestration.definitions import defs
 from orchestration.policies.recipes import RECIPE_TAG, RECIPES, recipe
-from sandbox.server import Fault
 from tests.conftest import run_config
 
 

@@ -5,7 +5,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from orchestration.definitions import defs
-from orchestration.policies import tracing
+from resources import tracing
 from tests.conftest import run_config
 
 

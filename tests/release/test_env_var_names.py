@@ -12,12 +12,12 @@ import dagster as dg
 import pytest
 
 from orchestration.definitions import defs
-from orchestration.environments import (
+from resources.bigquery import PlatformBigQueryResource
+from resources.environments import (
     ENV_VAR_NAME_MAX_LENGTH,
     ENV_VAR_NAME_RULE,
     EnvironmentConfigError,
 )
-from resources.bigquery import PlatformBigQueryResource
 from resources.platform_api import PlatformApiResource
 from resources.supabase import SupabaseManagementResource
 from tests.conftest import TEST_API_KEY, run_config

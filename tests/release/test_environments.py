@@ -2,13 +2,13 @@
 
 import pytest
 
-from orchestration.environments import (
+from orchestration.run_coordinator import environment_of
+from resources.environments import (
     PROD_API_URL,
     EnvironmentConfigError,
     read_secret,
     resolve_environment,
 )
-from orchestration.run_coordinator import environment_of
 
 
 def test_table_matches_contract(monkeypatch):

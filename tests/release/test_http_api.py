@@ -5,11 +5,11 @@ import time
 
 import pytest
 
-from orchestration.environments import EnvironmentConfigError
+from dev.sandbox.server import Fault
 from resources.environment import PlatformEnvironment
+from resources.environments import EnvironmentConfigError
 from resources.http_api import ApiAuthError, ApiError, parse_retry_after
 from resources.platform_api import PlatformApiResource
-from sandbox.server import Fault
 from tests.conftest import TEST_API_KEY
 
 

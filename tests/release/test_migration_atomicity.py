@@ -11,11 +11,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from dev.sandbox.server import SandboxServer
 from orchestration.definitions import defs
 from orchestration.release import migrations as migrations_lib
 from orchestration.release import sql_scan
 from orchestration.release.sql_scan import SqlScanError, refused_statements, split_statements
-from sandbox.server import SandboxServer
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN, run_config
 
 # (SQL text, [(line, first words) of every statement refused]).
@@ -501,7 +501,7 @@ def test_differential_a_file_that_passes_the_scan_commits_nothing_on_postgresql(
     shape is applied the way the job applies a file, followed by an error. Either the scan refuses
     it, or nothing of it is committed (its marker table is absent); and PostgreSQL does commit
     some of these shapes, so the check is not vacuous."""
-    from sandbox.sql_runner import PostgresRunner, SqlError
+    from dev.sandbox.sql_runner import PostgresRunner, SqlError
 
     runner = PostgresRunner(pg_schema_url)
     runner.run(migrations_lib.CREATE_TRACKING_SQL)

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from dev.sandbox.server import SandboxServer
 from orchestration.definitions import defs
-from orchestration.environments import ENDPOINT_OVERRIDES, ENVIRONMENTS, Environment
-from sandbox.server import SandboxServer
+from resources.environments import ENDPOINT_OVERRIDES, ENVIRONMENTS, Environment
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN, run_config
 from tests.run_text import run_text
 

@@ -6,12 +6,12 @@ import dagster as dg
 import httpx
 import pytest
 
+from dev.sandbox.server import Fault
 from orchestration.definitions import defs
-from orchestration.environments import ENVIRONMENTS, Environment
 from orchestration.release import guard
 from orchestration.release import migrations as migrations_lib
 from resources.db import make_engine
-from sandbox.server import Fault
+from resources.environments import ENVIRONMENTS, Environment
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN, run_config
 from tests.release import jobs_for_test
 from tests.run_text import run_text
@@ -279,7 +279,7 @@ def test_second_release_for_same_environment_is_refused_before_any_call(
 def test_release_on_postgres_storage_and_postgres_database(
     pg_url, pg_schema_url, tmp_path, monkeypatch
 ):
-    from sandbox.server import SandboxServer
+    from dev.sandbox.server import SandboxServer
 
     with SandboxServer(
         api_key=TEST_API_KEY,

@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sandbox import Fault, SandboxServer
-from sandbox.sql_runner import split_sqlite_statements
+from dev.sandbox import Fault, SandboxServer
+from dev.sandbox.sql_runner import split_sqlite_statements
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-root-key"
@@ -506,7 +506,7 @@ def test_cli_serve_port_file_health_and_sigterm(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "sandbox",
+            "dev.sandbox",
             "serve",
             "--port",
             "0",

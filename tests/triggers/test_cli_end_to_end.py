@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from orchestration.triggers.seed import seed_alerts
+from dev.seed import seed_alerts
 from resources.record_store import make_engine, upgrade
 from tests.job_cli import dagster_home, job_execute
 from tests.triggers.helpers import WebhookReceiver, alert_states, outbox

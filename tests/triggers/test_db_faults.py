@@ -30,9 +30,9 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from dev.seed import seed_alerts
 from orchestration.triggers.catalog import ESCALATE_ALERTS
 from orchestration.triggers.models import trigger_history
-from orchestration.triggers.seed import seed_alerts
 from orchestration.triggers.worker import process_batch
 from resources.record_store import RecordStoreResource, make_engine, upgrade
 from tests.pg_admin import terminate_backends

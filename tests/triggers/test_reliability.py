@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from dev.seed import seed_alerts
 from orchestration.triggers.models import trigger_history
-from orchestration.triggers.seed import seed_alerts
 from tests.triggers.helpers import WebhookReceiver, alert_states, outbox
 
 REPO = Path(__file__).resolve().parents[2]

@@ -2,9 +2,9 @@
 
 import dagster as dg
 
+from dev.seed import seed_alerts
 from orchestration.definitions import defs
 from orchestration.triggers.catalog import ESCALATE_ALERTS
-from orchestration.triggers.seed import seed_alerts
 from orchestration.triggers.worker import process_batch
 from resources.notifier import TriggersNotifierResource
 from resources.record_store import RecordStoreResource

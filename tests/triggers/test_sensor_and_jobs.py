@@ -6,12 +6,12 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
+from dev.seed import seed_alerts, seed_traces
 from orchestration.definitions import defs
 from orchestration.triggers.catalog import ESCALATE_ALERTS
 from orchestration.triggers.dagster_defs import TRIGGER_TAG, build_sensor, build_worker_job
 from orchestration.triggers.models import alerts
 from orchestration.triggers.scan import scan
-from orchestration.triggers.seed import seed_alerts, seed_traces
 from orchestration.triggers.spec import TriggerSpec, older_than
 from resources.record_store import RecordStoreResource
 from tests.triggers.helpers import WebhookReceiver, alert_states

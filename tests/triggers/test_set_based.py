@@ -2,9 +2,9 @@
 
 import sqlalchemy as sa
 
+from dev.seed import seed_alerts
 from orchestration.triggers import actions
 from orchestration.triggers.models import alerts
-from orchestration.triggers.seed import seed_alerts
 from orchestration.triggers.spec import Notification, Transition, TriggerSpec, older_than
 from orchestration.triggers.worker import process_batch
 from tests.triggers.helpers import alert_states, history, outbox

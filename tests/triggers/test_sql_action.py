@@ -6,9 +6,9 @@ import threading
 import pytest
 import sqlalchemy as sa
 
+from dev.seed import seed_alerts, seed_packages
 from orchestration.triggers.catalog import ESCALATE_ALERTS, EXPIRE_PACKAGES
 from orchestration.triggers.models import alerts, edge_packages, trigger_attempts
-from orchestration.triggers.seed import seed_alerts, seed_packages
 from orchestration.triggers.spec import SqlAction, TriggerDeclarationError, TriggerSpec, utcnow
 from orchestration.triggers.worker import process_batch
 from resources.record_store import make_engine

@@ -4,10 +4,10 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
+from dev.seed import seed_alerts, seed_packages, seed_traces
 from orchestration.triggers import actions
 from orchestration.triggers.catalog import ESCALATE_ALERTS, EXPIRE_PACKAGES, REFRESH_TRACE_SUMMARIES
 from orchestration.triggers.models import alerts, trace_summaries, traces, trigger_attempts
-from orchestration.triggers.seed import seed_alerts, seed_packages, seed_traces
 from orchestration.triggers.spec import Notification, Transition, TriggerSpec, older_than, utcnow
 from orchestration.triggers.worker import process_batch, run_trigger
 from resources.notifier import OutboxDelivery

@@ -15,7 +15,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, ValidationInfo
 
-from orchestration.errors import FinalFailure
+from resources.errors import FinalFailure
 
 DEFAULT_ENVIRONMENT = "test"
 PROD_API_URL = "https://api.cloudact.ai"
@@ -136,7 +136,7 @@ class Environment:
         if self.gcp_project and self.gcp_project in API_URL_BY_GCP_PROJECT:
             return API_URL_BY_GCP_PROJECT[self.gcp_project]
         hint = (
-            "start the local sandbox (`python -m sandbox serve`) and set CA_API_URL to its URL"
+            "start the local sandbox (`python -m dev.sandbox serve`) and set CA_API_URL to its URL"
             if self.name == "test"
             else f"set CA_API_URL to the {self.name} API's base URL"
         )

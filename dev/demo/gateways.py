@@ -151,5 +151,5 @@ def demo(env: dict[str, str], workdir: Path) -> list[str]:
     return lines
 
 
-if __name__ == "__main__":  # python -m orchestration.gateways.demo
+if __name__ == "__main__":  # python -m dev.demo.gateways
     print("\n".join(demo(dict(os.environ), REPO / ".demo" / "gateways")))

@@ -10,11 +10,11 @@ from pathlib import Path
 import sqlalchemy as sa
 import yaml
 
+from dev.seed import seed_alerts, seed_packages, seed_traces
 from orchestration.triggers.catalog import TRIGGERS
 from orchestration.triggers.dagster_defs import worker_op_name
 from orchestration.triggers.models import alerts, edge_packages, notification_outbox, traces
 from orchestration.triggers.scan import scan
-from orchestration.triggers.seed import seed_alerts, seed_packages, seed_traces
 from resources.record_store import DEFAULT_URL, make_engine, upgrade
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""`python -m sandbox serve`: run the sandbox in the foreground for jobs, demos and subprocesses.
+"""`python -m dev.sandbox serve`: the sandbox in the foreground for jobs, demos and subprocesses.
 
 A parent process (a test, a dev script) needs to know when the sandbox is ready and on which port,
 and to stop it cleanly: hence the single "listening" line, `--port-file`, and exit 0 on SIGTERM.
@@ -14,11 +14,11 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from sandbox.server import DEFAULT_API_KEY, DEFAULT_SUPABASE_TOKEN, SandboxServer
+from dev.sandbox.server import DEFAULT_API_KEY, DEFAULT_SUPABASE_TOKEN, SandboxServer
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dev.sandbox", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the sandbox until SIGTERM/SIGINT")
     serve.add_argument("--host", default="127.0.0.1", help="loopback address to bind")

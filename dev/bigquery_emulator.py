@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestration.local_services import stop
+from dev.local_services import stop
 
 EMULATOR_HOST_ENV = "BIGQUERY_EMULATOR_HOST"
 DEFAULT_PROJECT = "local"

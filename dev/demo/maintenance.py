@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from orchestration.bigquery_emulator import Emulator, bigquery_emulator
+from dev.bigquery_emulator import Emulator, bigquery_emulator
 
 REPO = Path(__file__).resolve().parents[2]
 DATASET = "organizations"

@@ -42,12 +42,12 @@ def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
 def sandbox_process(
     state_dir: Path, *, seed_orgs: int = 0, supabase_db_url: str | None = None
 ) -> Iterator[str]:
-    """Run ``python -m sandbox serve`` on a free loopback port; yield its base URL."""
+    """Run ``python -m dev.sandbox serve`` on a free loopback port; yield its base URL."""
     state_dir.mkdir(parents=True, exist_ok=True)
     port_file = state_dir / "sandbox.port"
     port_file.unlink(missing_ok=True)
     cmd = [
-        sys.executable, "-m", "sandbox", "serve", "--host", "127.0.0.1", "--port", "0",
+        sys.executable, "-m", "dev.sandbox", "serve", "--host", "127.0.0.1", "--port", "0",
         "--port-file", str(port_file), "--state", str(state_dir / "sandbox-state.sqlite"),
         "--api-key", SANDBOX_API_KEY, "--supabase-token", SANDBOX_SUPABASE_TOKEN,
     ]  # fmt: skip

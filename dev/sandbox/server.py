@@ -26,8 +26,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from sandbox.sql_runner import DatabaseUnavailable, SqlError, SqlRunner, make_runner, to_jsonable
-from sandbox.state import (
+from dev.sandbox.sql_runner import (
+    DatabaseUnavailable,
+    SqlError,
+    SqlRunner,
+    make_runner,
+    to_jsonable,
+)
+from dev.sandbox.state import (
     DEFAULT_PAGE_LIMIT,
     MAX_PAGE_LIMIT,
     ApiError,

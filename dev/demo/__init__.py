@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from dev.local_services import sandbox_env, sandbox_process
 from orchestration.cli import REPO, dagster_home, write_home
-from orchestration.local_services import sandbox_env, sandbox_process
 
 DEMO_DIR = REPO / ".demo"
 
@@ -35,10 +35,10 @@ DEMO_JOBS: list[DemoJob] = [DemoJob("release", REPO / "config" / "release-test.y
 
 def _area_demos() -> list[tuple[str, Callable[[dict[str, str], Path], list[str]]]]:
     """Each area's demo: ``demo(env, workdir) -> lines``, run after the release."""
-    from orchestration.commands.demo import demo as commands_demo
-    from orchestration.gateways.demo import demo as gateways_demo
-    from orchestration.maintenance.demo import demo as maintenance_demo
-    from orchestration.triggers.demo import demo as triggers_demo
+    from dev.demo.commands import demo as commands_demo
+    from dev.demo.gateways import demo as gateways_demo
+    from dev.demo.maintenance import demo as maintenance_demo
+    from dev.demo.triggers import demo as triggers_demo
 
     return [
         ("Maintenance: a day of schedules (sandbox + BigQuery emulator)", maintenance_demo),

@@ -4,6 +4,6 @@ It lets the project's jobs and tests run offline against the same HTTP contract
 (/work/shared/PLATFORM_API.md) as the real services, with faults and latency on demand.
 """
 
-from sandbox.server import Fault, SandboxServer
+from dev.sandbox.server import Fault, SandboxServer
 
 __all__ = ["Fault", "SandboxServer"]
