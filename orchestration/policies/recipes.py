@@ -1,7 +1,10 @@
 """Recipes: named job profiles (retry policy, tags, pool, max runtime, notification route).
 
-Defined once here and applied with ``@dg.job(**recipe("api_call").job_kwargs())``, so every job
-of a kind behaves alike and the UI shows which recipe a run follows (tag ``platform/recipe``).
+Every job of the code location is declared through :func:`job_settings`
+(``@dg.job(**job_settings("quota_reset", recipe="maintenance", kind=..., description=...))``,
+``dg.define_asset_job(**job_settings(...))``): executor, recipe and description in one place, so
+every job of a kind behaves alike and the UI shows which recipe a run follows (tag
+``platform/recipe``). ``tests/core/test_job_defaults.py`` walks every job of the code location.
 """
 
 from collections.abc import Mapping
@@ -11,6 +14,7 @@ from typing import Any
 import dagster as dg
 
 from orchestration.policies.retry import retry_policy
+from orchestration.tags import KIND_TAG
 
 RECIPE_TAG = "platform/recipe"
 NOTIFY_TAG = "platform/notify"
@@ -65,6 +69,38 @@ RECIPES: Mapping[str, Recipe] = {
         ),
     )
 }
+
+
+def job_settings(
+    name: str,
+    *,
+    description: str,
+    recipe: str,
+    kind: str,
+    executor: dg.ExecutorDefinition = dg.in_process_executor,
+    tags: Mapping[str, str] | None = None,
+    partitions_def: dg.PartitionsDefinition | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for ``@dg.job`` and ``dg.define_asset_job``: the one way a job gets its
+    name, description, executor, recipe (run tags, max runtime, notification route, step retry
+    policy), its ``platform/kind`` tag and, for a partitioned job, its partitions.
+
+    The in-process executor is the default: every job's steps are short waits on the platform or
+    the record store, and a process per step would cost more than the step itself.
+    """
+    if not description.strip():
+        raise ValueError(f"job {name!r}: a description is required (the UI shows it)")
+    chosen = globals()["recipe"](recipe)
+    settings: dict[str, Any] = {
+        "name": name,
+        "description": description,
+        "executor_def": executor,
+        "tags": {**chosen.run_tags(), KIND_TAG: kind, **(tags or {})},
+        "op_retry_policy": chosen.retry_policy(),
+    }
+    if partitions_def is not None:
+        settings["partitions_def"] = partitions_def
+    return settings
 
 
 def recipe(name: str) -> Recipe:
