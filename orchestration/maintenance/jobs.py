@@ -1,4 +1,10 @@
-"""The five maintenance jobs: one op each, in-process (one HTTP/BigQuery call per run)."""
+"""The five maintenance jobs: one op each, one HTTP/BigQuery call per run, partitioned by slot.
+
+Daily jobs are partitioned by UTC day and ``quota_monthly`` by UTC month (see ``partitions.py``),
+so the UI's partition view shows each slot's status and a missed slot is re-run or backfilled
+from there. Declared through ``recipes.job_settings`` (maintenance recipe: three step attempts;
+every call is idempotent per slot, so a retried step cannot apply a slot twice).
+"""
 
 import dagster as dg
 
@@ -9,57 +15,74 @@ from orchestration.maintenance.ops import (
     reset_daily_quota,
     reset_monthly_quota,
 )
-from orchestration.policies.recipes import recipe
-from orchestration.tags import KIND_TAG
+from orchestration.maintenance.partitions import DAILY, MONTHLY
+from orchestration.policies.recipes import job_settings
 
-EXECUTOR = dg.in_process_executor
+
+def _settings(
+    name: str, description: str, partitions_def: dg.PartitionsDefinition
+) -> dict[str, object]:
+    return job_settings(
+        name,
+        description=description,
+        recipe="maintenance",
+        kind=name,
+        partitions_def=partitions_def,
+    )
 
 
 @dg.job(
-    name="quota_reset",
-    description="Daily quota reset for a UTC date (POST /admin/quota/reset-daily).",
-    **recipe("maintenance").job_kwargs(**{KIND_TAG: "quota_reset"}),
-    executor_def=EXECUTOR,
+    **_settings(
+        "quota_reset",
+        "Daily quota reset for a UTC day (POST /admin/quota/reset-daily).",
+        DAILY,
+    )
 )
 def quota_reset_job() -> None:
     reset_daily_quota()
 
 
 @dg.job(
-    name="quota_cleanup",
-    description="Deletes BigQuery quota records older than the retention window (default 90d).",
-    **recipe("maintenance").job_kwargs(**{KIND_TAG: "quota_cleanup"}),
-    executor_def=EXECUTOR,
+    **_settings(
+        "quota_cleanup",
+        "Deletes BigQuery quota records older than the retention window (default 90d) before "
+        "the UTC day.",
+        DAILY,
+    )
 )
 def quota_cleanup_job() -> None:
     delete_expired_quota_records()
 
 
 @dg.job(
-    name="stale_cleanup",
-    description="Fixes stuck concurrent-usage counters (POST /admin/quota/cleanup-stale).",
-    **recipe("maintenance").job_kwargs(**{KIND_TAG: "stale_cleanup"}),
-    executor_def=EXECUTOR,
+    **_settings(
+        "stale_cleanup",
+        "Fixes stuck concurrent-usage counters, once per UTC day "
+        "(POST /admin/quota/cleanup-stale).",
+        DAILY,
+    )
 )
 def stale_cleanup_job() -> None:
     cleanup_stale_counters()
 
 
 @dg.job(
-    name="alerts",
-    description="Cost alerts of every org for a UTC date (POST /admin/alerts/process-all).",
-    **recipe("maintenance").job_kwargs(**{KIND_TAG: "alerts"}),
-    executor_def=EXECUTOR,
+    **_settings(
+        "alerts",
+        "Cost alerts of every org for a UTC day (POST /admin/alerts/process-all).",
+        DAILY,
+    )
 )
 def alerts_job() -> None:
     process_daily_alerts()
 
 
 @dg.job(
-    name="quota_monthly",
-    description="Monthly quota reset for a UTC month (POST /admin/quota/reset-monthly).",
-    **recipe("maintenance").job_kwargs(**{KIND_TAG: "quota_monthly"}),
-    executor_def=EXECUTOR,
+    **_settings(
+        "quota_monthly",
+        "Monthly quota reset for a UTC month (POST /admin/quota/reset-monthly).",
+        MONTHLY,
+    )
 )
 def quota_monthly_job() -> None:
     reset_monthly_quota()

@@ -1,16 +1,23 @@
 """Maintenance ops: one per job, thin wiring over ``platform_calls`` and ``quota_cleanup``.
 
-Every op resolves its slot from config (a schedule always sets it; a launchpad run may name a
-past slot, or leave it empty for today / this month), tags the run with it, makes one idempotent
-call and records what the platform reported as metadata.
+Every op resolves its slot (``partitions.resolve_day`` / ``resolve_month``): the run's partition
+(schedules and backfills always set one), else the op config's ``date`` / ``month`` (a run launched
+without a partition), else today / this month; a config that contradicts the partition fails
+before any call. The op tags the run with the slot, makes one idempotent call and records what
+the platform reported as metadata.
 """
 
 import dagster as dg
 from pydantic import Field
 
 from orchestration.maintenance import platform_calls, quota_cleanup
-from orchestration.maintenance.slots import SLOT_TAG, parse_day, resolve_day, resolve_month
-from orchestration.maintenance.slots import utc_now as _utc_now
+from orchestration.maintenance.partitions import (
+    SLOT_TAG,
+    parse_day,
+    resolve_day,
+    resolve_month,
+)
+from orchestration.maintenance.partitions import utc_now as _utc_now
 from orchestration.tags import ENVIRONMENT_TAG
 from resources.bigquery import PlatformBigQueryResource
 from resources.environment import PlatformEnvironment
@@ -20,14 +27,16 @@ from resources.platform_api import PlatformApiResource
 class DaySlotConfig(dg.Config):
     date: str | None = Field(
         default=None,
-        description="UTC day this run is for (YYYY-MM-DD). Empty: today. Schedules set it.",
+        description="UTC day (YYYY-MM-DD) of a run launched without a partition; empty: today. "
+        "A partitioned run's day is its partition (leave this empty, or equal to it).",
     )
 
 
 class MonthSlotConfig(dg.Config):
     month: str | None = Field(
         default=None,
-        description="UTC month this run is for (YYYY-MM). Empty: this month. Schedules set it.",
+        description="UTC month (YYYY-MM) of a run launched without a partition; empty: this "
+        "month. A partitioned run's month is its partition (leave this empty, or equal to it).",
     )
 
 
@@ -44,8 +53,13 @@ class QuotaCleanupConfig(DaySlotConfig):
     )
 
 
+def _partition(context: dg.OpExecutionContext) -> str | None:
+    return context.partition_key if context.has_partition_key else None
+
+
 def _tag_run(context: dg.OpExecutionContext, slot: str, environment: str) -> None:
-    """Put slot and environment on the run (a launchpad run arrives without them)."""
+    """Put slot and environment on the run (``platform/slot`` equals ``dagster/partition`` when
+    the run has one, and is the only record of the slot when it has none)."""
     wanted = {SLOT_TAG: slot, ENVIRONMENT_TAG: environment}
     missing = {k: v for k, v in wanted.items() if context.run.tags.get(k) != v}
     if missing:
@@ -76,7 +90,7 @@ def reset_daily_quota(
     environment: PlatformEnvironment,
     platform_api: PlatformApiResource,
 ) -> None:
-    slot = resolve_day(config.date)
+    slot = resolve_day(_partition(context), config.date)
     _call_platform(context, platform_calls.QUOTA_RESET, slot, environment, platform_api)
 
 
@@ -87,7 +101,7 @@ def cleanup_stale_counters(
     environment: PlatformEnvironment,
     platform_api: PlatformApiResource,
 ) -> None:
-    slot = resolve_day(config.date)
+    slot = resolve_day(_partition(context), config.date)
     _call_platform(context, platform_calls.STALE_CLEANUP, slot, environment, platform_api)
 
 
@@ -98,7 +112,7 @@ def process_daily_alerts(
     environment: PlatformEnvironment,
     platform_api: PlatformApiResource,
 ) -> None:
-    slot = resolve_day(config.date)
+    slot = resolve_day(_partition(context), config.date)
     _call_platform(context, platform_calls.ALERTS, slot, environment, platform_api)
 
 
@@ -109,7 +123,7 @@ def reset_monthly_quota(
     environment: PlatformEnvironment,
     platform_api: PlatformApiResource,
 ) -> None:
-    slot = resolve_month(config.month)
+    slot = resolve_month(_partition(context), config.month)
     _call_platform(context, platform_calls.QUOTA_MONTHLY, slot, environment, platform_api)
 
 
@@ -122,7 +136,7 @@ def delete_expired_quota_records(
 ) -> None:
     env = environment.environment
     now = _utc_now()
-    slot = resolve_day(config.date, now)
+    slot = resolve_day(_partition(context), config.date, now)
     _tag_run(context, slot, env.name)
     project = maintenance_bigquery.project_for(env)
     target = "emulator" if maintenance_bigquery.emulator_endpoint() else "GCP"

@@ -14,7 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from orchestration.maintenance.slots import idempotency_key
+from orchestration.maintenance.partitions import idempotency_key
 from resources.http_api import ApiError
 from resources.platform_api import PlatformApiClient
 

@@ -1,72 +1,34 @@
-"""One RUNNING-by-default UTC schedule per maintenance job.
+"""One RUNNING-by-default UTC schedule per maintenance job, built from its partitions.
 
-Each tick puts its slot (the scheduled day, or month for the monthly reset) in the run config and
-the ``platform/slot`` tag, and uses it as the run key, so a re-evaluated tick never launches a
-second run for the same slot.
+Each tick launches the run for the partition that begins at (or before) the tick (``end_offset=1``,
+see ``partitions.py``) with the partition key as run key, so a re-evaluated tick never launches
+a second run for the same slot.
 
-Catch-up is deliberate: these are plain (non-partitioned) schedules, and the Dagster daemon
-evaluates only the *latest* missed tick of such a schedule after downtime ("has no partition set,
-so not trying to catch up"), whatever ``max_catchup_runs`` says. A daemon down over several slots
-therefore launches one run, for the most recent slot: a daily reset/alert pass for days already
-past would be stale, and the idempotency key makes even that one run harmless if the slot had
-already been applied. An operator can still run any past slot from the launchpad.
+Catch-up after downtime launches only the latest missed slot: every shipped instance file sets
+``scheduler.config.max_catchup_runs: 1`` (Dagster's default, 5, would launch up to five
+partitions of a schedule that fell behind). A daily reset/alert pass for days already past would
+be stale; an operator backfills missed days from the partition view if they are wanted.
 """
 
-import datetime as dt
-from collections.abc import Callable
-from dataclasses import dataclass
-
-import dagster as dg
-
 from orchestration.maintenance import jobs
-from orchestration.maintenance.slots import SLOT_TAG, day_slot, month_slot, utc_now
+from orchestration.policies.schedules import partitioned_schedule
 
-TIMEZONE = "UTC"
-
-
-@dataclass(frozen=True)
-class ScheduleSpec:
-    job: dg.JobDefinition
-    cron: str
-    op: str
-    field: str  # "date" or "month"
-    slot_of: Callable[[dt.datetime], str]
-
-
-SPECS = [
-    ScheduleSpec(jobs.quota_reset_job, "0 0 * * *", "reset_daily_quota", "date", day_slot),
-    ScheduleSpec(
-        jobs.quota_cleanup_job, "0 1 * * *", "delete_expired_quota_records", "date", day_slot
+SCHEDULES = [
+    partitioned_schedule(
+        jobs.quota_reset_job, hour=0, description="quota_reset at 00:00 UTC for that day."
     ),
-    ScheduleSpec(jobs.stale_cleanup_job, "0 2 * * *", "cleanup_stale_counters", "date", day_slot),
-    ScheduleSpec(jobs.alerts_job, "0 8 * * *", "process_daily_alerts", "date", day_slot),
-    ScheduleSpec(jobs.quota_monthly_job, "5 0 1 * *", "reset_monthly_quota", "month", month_slot),
+    partitioned_schedule(
+        jobs.quota_cleanup_job, hour=1, description="quota_cleanup at 01:00 UTC for that day."
+    ),
+    partitioned_schedule(
+        jobs.stale_cleanup_job, hour=2, description="stale_cleanup at 02:00 UTC for that day."
+    ),
+    partitioned_schedule(jobs.alerts_job, hour=8, description="alerts at 08:00 UTC for that day."),
+    partitioned_schedule(
+        jobs.quota_monthly_job,
+        hour=0,
+        minute=5,
+        day_of_month=1,
+        description="quota_monthly at 00:05 UTC on the 1st for the month that begins.",
+    ),
 ]
-
-
-def run_request_for(spec: ScheduleSpec, slot: str) -> dg.RunRequest:
-    """The run for one slot: slot in config and tags, and as the run key."""
-    return dg.RunRequest(
-        run_key=slot,
-        run_config={"ops": {spec.op: {"config": {spec.field: slot}}}},
-        tags={SLOT_TAG: slot},
-    )
-
-
-def build_schedule(spec: ScheduleSpec) -> dg.ScheduleDefinition:
-    def evaluate(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-        moment = context.scheduled_execution_time or utc_now()
-        return run_request_for(spec, spec.slot_of(moment))
-
-    return dg.ScheduleDefinition(
-        name=f"{spec.job.name}_schedule",
-        job=spec.job,
-        cron_schedule=spec.cron,
-        execution_timezone=TIMEZONE,
-        execution_fn=evaluate,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"{spec.job.name} at `{spec.cron}` UTC for the scheduled {spec.field}.",
-    )
-
-
-SCHEDULES = [build_schedule(spec) for spec in SPECS]

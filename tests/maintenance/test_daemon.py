@@ -13,7 +13,7 @@ import datetime as dt
 import dagster as dg
 import pytest
 
-from orchestration.maintenance.slots import SLOT_TAG
+from orchestration.maintenance.partitions import SLOT_TAG
 from tests.conftest import TEST_API_KEY
 from tests.daemon import Daemon, make_home, start_schedule_since, write_workspace
 
@@ -54,7 +54,7 @@ def test_daemon_launches_the_latest_missed_tick_and_the_run_succeeds(
         assert runs, f"no quota_reset run; daemon log:\n{daemon_log}"
         run = runs[0]
         assert run.status == dg.DagsterRunStatus.SUCCESS, daemon_log
-        assert run.tags[SLOT_TAG] == today
+        assert run.tags["dagster/partition"] == run.tags[SLOT_TAG] == today
         assert run.tags["dagster/schedule_name"] == "quota_reset_schedule"
         # Two days down: exactly one run, for the latest missed 00:00 tick.
         assert len(runs) == 1

@@ -9,7 +9,7 @@ import pytest
 
 from dev.sandbox.server import Fault
 from orchestration.definitions import defs
-from orchestration.maintenance.slots import SLOT_TAG
+from orchestration.maintenance.partitions import SLOT_TAG
 from tests.conftest import TEST_API_KEY, run_config
 
 # job, op, config field, slot, endpoint, sandbox effect kind, expected idempotency key
@@ -66,6 +66,49 @@ def test_job_applies_its_slot_once_even_when_run_twice(
         if e.event_type_value == "STEP_OUTPUT"
     ]
     assert outputs and outputs[0]["slot"].value == slot
+
+
+@pytest.mark.parametrize(("job", "op", "field", "slot", "path", "effect", "key"), CASES)
+def test_a_partitioned_run_is_for_its_partition(
+    platform_env, instance, job, op, field, slot, path, effect, key
+):
+    # What a schedule tick or a backfill launches: a partition, no op config.
+    sandbox = platform_env
+    result = defs.get_job_def(job).execute_in_process(
+        run_config=run_config(), instance=instance, partition_key=slot
+    )
+    assert result.success
+    assert [r["idempotency_key"] for r in posts(sandbox, path)] == [key]
+    if effect != "cleanup-stale":  # the sandbox counts this one under the day it ran
+        assert sandbox.state()["effects"][effect] == {slot: 1}
+    tags = instance.get_run_by_id(result.run_id).tags
+    assert tags["dagster/partition"] == tags[SLOT_TAG] == slot
+    # The same partition again, now with the same slot named in config too: one effect.
+    again = execute(job, op, {field: slot}, instance, partition_key=slot)
+    assert again.success
+    assert [r["idempotency_key"] for r in posts(sandbox, path)] == [key, key]
+
+
+@pytest.mark.parametrize(
+    ("job", "op", "config", "partition", "message"),
+    [
+        ("quota_reset", "reset_daily_quota", {"date": "2026-11-22"}, "2026-11-23",
+         "Partition 2026-11-23 and config date 2026-11-22 disagree"),
+        ("quota_monthly", "reset_monthly_quota", {"month": "2026-10"}, "2026-11",
+         "Partition 2026-11 and config month 2026-10 disagree"),
+    ],
+)  # fmt: skip
+def test_a_config_slot_that_contradicts_the_partition_fails_before_any_call(
+    platform_env, instance, job, op, config, partition, message
+):
+    result = execute(job, op, config, instance, partition_key=partition)
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    text = failure.step_failure_data.error.message.strip()
+    assert message in text and len(text.splitlines()) == 1, text
+    # A FinalFailure: one attempt, nothing sent.
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert [r for r in platform_env.requests if r["method"] == "POST"] == []
 
 
 def test_second_run_reports_the_same_counts_as_the_first(platform_env, instance):
