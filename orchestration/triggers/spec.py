@@ -188,7 +188,7 @@ class TriggerSpec:
     # ``UPDATE … WHERE id IN (…) AND <where> RETURNING id``. A pure action that touches
     # ``ctx.conn`` anyway sends its chunk down the per-record path.
     pure_action: bool = False
-    # The same action as SQL: on PostgreSQL a chunk is then one statement (``sql_chunk``).
+    # The same action as SQL: on PostgreSQL a chunk is then one statement (``sql_statement``).
     sql_action: SqlAction | None = None
     conditions: dict[str, Condition] = field(init=False, repr=False, compare=False)
 

@@ -3,17 +3,28 @@
 Per chunk of ``commit_every`` ids, one transaction: the matching rows are re-read under the
 trigger's ``where`` (locked with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so a second worker on an
 overlapping batch skips them), the actions run, their values are written compare-and-set, and the
-notification and history rows are inserted before the commit. Three ways to run a chunk:
+notification and history rows are inserted before the commit.
 
-- one statement, for a trigger that also declares its action as SQL (``sql_action``) on
-  PostgreSQL: ``sql_chunk`` (chunks of ``sql_action.chunk_size``). The fastest by far; its
-  ``UPDATE`` waits for rows other transactions hold instead of skipping them (see there).
-- set-based, for a ``pure_action`` (escalate, expire): every action is computed in Python first,
-  then one ``UPDATE … WHERE id IN (…) AND <where> RETURNING id`` per distinct set of values, and
-  one multi-row insert each for outbox and history rows. A round trip per chunk, not per record.
-- per record, otherwise (actions that use ``ctx.conn``): action and ``UPDATE … WHERE id = :id AND
-  <where>`` inside a savepoint per record. A pure chunk falls back to this when it cannot be done
-  set-based (the action touched ``ctx.conn``, or the ``UPDATE`` hit a constraint).
+Three paths do a chunk; :func:`chunk_paths` is the one place that picks them (a module each):
+
+====================  ==========================================  ==============================
+path                  applies when                                if it cannot take the chunk
+====================  ==========================================  ==============================
+``sql_statement``     the trigger declares its action as SQL      the Python paths below redo it
+                      (``sql_action``) and the store is           (a statement error, e.g. a
+                      PostgreSQL. Chunks of                       constraint; or a chunk whose
+                      ``sql_action.chunk_size``; the fastest by   rows stayed locked past
+                      far; its ``UPDATE`` waits for rows other    ``LOCK_TIMEOUT_ATTEMPTS``)
+                      transactions hold instead of skipping them
+``set_based``         ``pure_action`` (escalate, expire): every   per record redoes it (the
+                      action computed in Python first, then one   action touched ``ctx.conn``,
+                      ``UPDATE … WHERE id IN (…) AND <where>``    unhashable values, the
+                      per distinct set of values, one multi-row   ``UPDATE`` hit a constraint)
+                      insert each for outbox and history rows
+``per_record``        always last (actions that use ``ctx.conn``  (never falls back)
+                      need it): action and ``UPDATE … WHERE id =
+                      :id AND <where>`` in a savepoint per record
+====================  ==========================================  ==============================
 
 Either way the per-record semantics are the same: a record that stopped matching (or lost the
 compare-and-set) is skipped; an action that raises costs only its own record an attempt, and
@@ -30,39 +41,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from enum import Enum
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
-from orchestration.triggers import sql_chunk
-from orchestration.triggers.models import notification_outbox, trigger_attempts, trigger_history
+from orchestration.triggers import per_record, set_based, sql_statement
+from orchestration.triggers.chunk import ChunkWrites, FallBack, Outcome, read_due
+from orchestration.triggers.lock_watch import LockWatch
 from orchestration.triggers.scan import chunks
-from orchestration.triggers.spec import (
-    ActionContext,
-    Notification,
-    Transition,
-    TriggerSpec,
-    utcnow,
-)
-from resources.db import is_connection_error, is_lock_timeout, reason, retrying
-
-_BIGINT_ARRAY = postgresql.ARRAY(sa.BigInteger)
+from orchestration.triggers.spec import TriggerSpec, utcnow
+from resources.db import is_connection_error, is_lock_timeout, retrying
 
 Log = Callable[[str], None]
 Deliver = Callable[[sa.Engine, list[str] | None], Any]  # None: every pending row
-
-
-@dataclass
-class Outcome:
-    record_id: int
-    status: str  # succeeded | skipped | failed | exhausted
-    attempt: int = 0
-    error: str | None = None
 
 
 @dataclass
@@ -82,481 +76,71 @@ class BatchResult:
         return out
 
 
-class _LostRace(Exception):
-    """The compare-and-set matched no row: someone else changed the record first."""
+class ChunkPath(Enum):
+    """The ways a chunk can be done, fastest first (see the module docstring's table)."""
+
+    SQL_STATEMENT = "sql_statement"
+    SET_BASED = "set_based"
+    PER_RECORD = "per_record"
 
 
-class _ConnectionUsed(BaseException):
-    """A ``pure_action`` touched ``ctx.conn``; the chunk goes the per-record way instead.
+def chunk_paths(spec: TriggerSpec, dialect: str) -> tuple[ChunkPath, ...]:
+    """The paths a chunk of ``spec`` tries on a store of ``dialect``, in order; each later one
+    redoes the chunk when the one before cannot take it.
 
-    A ``BaseException`` so that an action's own ``except Exception`` cannot swallow it.
+    One statement needs the action declared as SQL and PostgreSQL (its data-modifying CTEs and
+    ``= ANY(:ids)``); set-based needs a ``pure_action`` (computed without the connection, so
+    actions can run before any write); per record takes any chunk, so it always comes last.
     """
+    paths: list[ChunkPath] = []
+    if spec.sql_action is not None and dialect == "postgresql":
+        paths.append(ChunkPath.SQL_STATEMENT)
+    if spec.pure_action:
+        paths.append(ChunkPath.SET_BASED)
+    paths.append(ChunkPath.PER_RECORD)
+    return tuple(paths)
 
 
-class _NoConnection:
-    """``ctx.conn`` for the set-based path: a pure action must not use it."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise _ConnectionUsed(name)
-
-
-class _FallBack(Exception):
-    """The set-based path cannot be used for this chunk; redo it per record."""
-
-
-def _insert(conn: sa.Connection, table: sa.Table):
-    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(table)
-
-
-def _outbox_row(spec: TriggerSpec, record_id: int, note: Notification, now, suffix: str = ""):
-    return {
-        "dedupe_key": note.dedupe_key or f"{spec.name}:{record_id}{suffix}",
-        "channel": note.channel,
-        "payload": note.payload,
-        "created_at": now,
-        "attempts": 0,
-    }
-
-
-def _apply(
-    spec: TriggerSpec,
-    conn: sa.Connection,
-    record: Mapping[str, Any],
-    transition: Transition,
-    now,
-    notifications: list[dict],
-) -> None:
-    t = spec.table
-    guard = [t.c.id == record["id"], spec.where_clause(now)]
-    guard += [t.c[c] == record[c] for c in spec.cas_columns]
-    if transition.values:
-        done = conn.execute(t.update().where(*guard).values(**transition.values)).rowcount
-        if done != 1:
-            raise _LostRace()
-    if transition.notification is not None:
-        notifications.append(_outbox_row(spec, record["id"], transition.notification, now))
-
-
-def _apply_error(
-    spec: TriggerSpec, conn, record, transition: Transition | None, now, notifications
-) -> None:
-    """``on_error``'s transition: same outbox path, but not guarded by ``where``."""
-    if transition is None:
-        return
-    t = spec.table
-    if transition.values:
-        conn.execute(t.update().where(t.c.id == record["id"]).values(**transition.values))
-    if transition.notification is not None:
-        notifications.append(
-            _outbox_row(spec, record["id"], transition.notification, now, ":error")
-        )
-
-
-@dataclass
-class _Chunk:
-    """What one chunk's transaction writes besides the records: collected, then bulk-inserted."""
-
-    spec: TriggerSpec
-    run_id: str | None
-    actor: str | None
-    now: Any
-    outcomes: dict[int, Outcome] = field(default_factory=dict)
-    history: dict[int, dict] = field(default_factory=dict)
-    attempts_rows: list[dict] = field(default_factory=list)
-    notifications: list[dict] = field(default_factory=list)
-
-    def record(self, rid, result, attempt, previous, started, error=None) -> None:
-        self.outcomes[rid] = Outcome(rid, result, attempt, error)
-        self.history[rid] = {
-            "trigger": self.spec.name,
-            "record_id": rid,
-            "attempt": attempt,
-            "status": result,
-            "error": error,
-            "run_id": self.run_id,
-            "actor": self.actor,
-            "started_at": started,
-            "finished_at": utcnow(),
-        }
-        if previous or result != "succeeded":
-            self.attempts_rows.append(
-                {
-                    "trigger": self.spec.name,
-                    "record_id": rid,
-                    "attempts": attempt,
-                    "status": "retrying" if result == "failed" else result,
-                    "last_error": error,
-                    "updated_at": self.now,
-                }
-            )
-
-    def fail(self, conn, record, ctx: ActionContext, previous, started, exc) -> None:
-        """An action raised: count the attempt; after the last one run ``on_error`` (savepoint)."""
-        rid, attempt = record["id"], ctx.attempt
-        error = f"{type(exc).__name__}: {exc}"[:2000]
-        result = "exhausted" if attempt >= self.spec.max_attempts else "failed"
-        if result == "exhausted" and self.spec.on_error is not None:
-            try:
-                with conn.begin_nested():
-                    pending: list[dict] = []
-                    transition = self.spec.on_error(record, ctx, error)
-                    _apply_error(self.spec, conn, record, transition, self.now, pending)
-                self.notifications += pending
-            except Exception as on_error_exc:
-                error += f" | on_error failed: {type(on_error_exc).__name__}: {on_error_exc}"
-        self.record(rid, result, attempt, previous, started, error)
-
-
-def _id_in(conn: sa.Connection, column: sa.ColumnElement, ids: list[int]):
-    """``column IN (…)``; on PostgreSQL ``column = ANY(:array)``: one parameter, not 500."""
-    if conn.dialect.name == "postgresql":
-        return column == sa.any_(sa.bindparam(None, list(ids), type_=_BIGINT_ARRAY))
-    return column.in_(list(ids))
-
-
-def _read(spec: TriggerSpec, conn: sa.Connection, ids: list[int], now):
-    """The chunk's records that still match (locked on PostgreSQL) and their prior attempts."""
-    t = spec.table
-    q = sa.select(t).where(_id_in(conn, t.c.id, ids), spec.where_clause(now)).order_by(t.c.id)
-    if conn.dialect.name == "postgresql":
-        q = q.with_for_update(skip_locked=True)
-    rows = {r.id: r._mapping for r in conn.execute(q)}
-    if not rows:
-        return rows, {}
-    prior = {
-        r.record_id: (r.attempts, r.status)
-        for r in conn.execute(
-            sa.select(
-                trigger_attempts.c.record_id, trigger_attempts.c.attempts, trigger_attempts.c.status
-            ).where(
-                trigger_attempts.c.trigger == spec.name,
-                _id_in(conn, trigger_attempts.c.record_id, list(rows)),
-            )
-        )
-    }
-    return rows, prior
-
-
-def _per_record(spec, conn, ids, rows, prior, chunk: _Chunk) -> None:
-    """Each record's action and compare-and-set update in its own savepoint."""
-    for rid in ids:
-        record = rows.get(rid)
-        previous, status = prior.get(rid, (0, None))
-        if record is None or status == "exhausted":
-            chunk.outcomes[rid] = Outcome(rid, "skipped")
-            continue
-        attempt = previous + 1
-        started = utcnow()
-        ctx = ActionContext(conn, chunk.now, spec.name, chunk.actor, chunk.run_id, attempt)
-        try:
-            with conn.begin_nested():
-                pending: list[dict] = []
-                _apply(spec, conn, record, spec.action(record, ctx), chunk.now, pending)
-            chunk.notifications += pending
-        except _LostRace:
-            chunk.outcomes[rid] = Outcome(rid, "skipped", attempt)
-            continue
-        except Exception as exc:  # one record's failure never fails its batch
-            chunk.fail(conn, record, ctx, previous, started, exc)
-            continue
-        chunk.record(rid, "succeeded", attempt, previous, started)
-
-
-def _values_key(values: Mapping[str, Any]):
-    return tuple(sorted(values.items()))
-
-
-def _group_update(conn, spec: TriggerSpec, key, records: list[Mapping[str, Any]], now):
-    """``UPDATE … SET <values> WHERE (id[, cas columns]) IN (…) AND <where> RETURNING id``."""
-    t = spec.table
-    if spec.cas_columns:
-        cols = [t.c.id, *(t.c[c] for c in spec.cas_columns)]
-        target = sa.tuple_(*cols).in_(
-            [(r["id"], *(r[c] for c in spec.cas_columns)) for r in records]
-        )
-    else:
-        target = _id_in(conn, t.c.id, [r["id"] for r in records])
-    return t.update().where(target, spec.where_clause(now)).values(**dict(key)).returning(t.c.id)
-
-
-@contextmanager
-def _all_or_fall_back(conn: sa.Connection, what: str) -> Iterator[None]:
-    """Set-wise writes in a savepoint: all of them or none.
-
-    A statement error (e.g. a constraint one record breaks) rolls them back and raises
-    ``_FallBack``, so the chunk is redone record by record and only the culprit fails; an
-    ``OperationalError`` (lock timeout, deadlock, busy SQLite) propagates and the whole chunk is
-    retried.
-    """
-    try:
-        with conn.begin_nested():
-            yield
-    except sa.exc.OperationalError:
-        raise
-    except sa.exc.DBAPIError as exc:
-        raise _FallBack(f"{what} failed: {exc.orig!r}") from None
-
-
-def _set_based(spec, conn, ids, rows, prior, chunk: _Chunk) -> None:
-    """A ``pure_action`` chunk: actions computed in Python, then one compare-and-set ``UPDATE …
-    WHERE id IN (…) AND <where> RETURNING id`` per distinct set of values (usually one).
-
-    Records whose action raised take the per-record failure path; a record the ``UPDATE`` did
-    not return changed under us and is skipped, as a lost race is in the per-record path.
-    Raises ``_FallBack`` (before writing anything) when the chunk cannot be done this way.
-    """
-    planned: list[tuple[Mapping[str, Any], int, Any, Transition]] = []
-    failures = []
-    no_conn = _NoConnection()
-    for rid in ids:
-        record = rows.get(rid)
-        previous, status = prior.get(rid, (0, None))
-        if record is None or status == "exhausted":
-            chunk.outcomes[rid] = Outcome(rid, "skipped")
-            continue
-        attempt = previous + 1
-        started = utcnow()
-        ctx = ActionContext(no_conn, chunk.now, spec.name, chunk.actor, chunk.run_id, attempt)
-        try:
-            transition = spec.action(record, ctx)
-        except _ConnectionUsed as exc:
-            raise _FallBack(f"action used ctx.conn.{exc}") from None
-        except Exception as exc:
-            failures.append((record, attempt, previous, started, exc))
-            continue
-        planned.append((record, previous, started, transition))
-    groups: dict[Any, list[Mapping[str, Any]]] = {}
-    for record, _previous, _started, transition in planned:
-        if transition.values:
-            try:
-                groups.setdefault(_values_key(transition.values), []).append(record)
-            except TypeError:  # unhashable value (e.g. a dict for a JSON column)
-                raise _FallBack("unhashable transition values") from None
-    updated: set[int] = set()
-    with _all_or_fall_back(conn, "set-based UPDATE"):  # a fallback starts from clean rows
-        for key, records in groups.items():
-            stmt = _group_update(conn, spec, key, records, chunk.now)
-            updated.update(conn.execute(stmt).scalars())
-    for record, previous, started, transition in planned:
-        rid = record["id"]
-        attempt = previous + 1
-        if transition.values and rid not in updated:
-            chunk.outcomes[rid] = Outcome(rid, "skipped", attempt)
-            continue
-        if transition.notification is not None:
-            chunk.notifications.append(_outbox_row(spec, rid, transition.notification, chunk.now))
-        chunk.record(rid, "succeeded", attempt, previous, started)
-    for record, attempt, previous, started, exc in failures:
-        ctx = ActionContext(conn, chunk.now, spec.name, chunk.actor, chunk.run_id, attempt)
-        chunk.fail(conn, record, ctx, previous, started, exc)
-
-
-def _json_default(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot encode {type(value).__name__} for a bulk insert")
-
-
-def _bulk_insert(conn: sa.Connection, table: sa.Table, rows: list[dict], conflict=None) -> None:
-    """Insert ``rows`` in one statement; ``conflict`` = unique columns whose clash is skipped.
-
-    On PostgreSQL the rows travel as one JSON parameter expanded by ``json_populate_recordset``:
-    psycopg2 adapts datetimes slowly, and a 500-row chunk's history and outbox rows cost several
-    times the compare-and-set ``UPDATE`` when bound one value at a time.
-    """
-    if conn.dialect.name == "postgresql":
-        cols = list(rows[0])
-        name = conn.dialect.identifier_preparer.format_table(table)
-        col_list = ", ".join(conn.dialect.identifier_preparer.quote(c) for c in cols)
-        sql = (
-            f"INSERT INTO {name} ({col_list}) SELECT {col_list} "
-            f"FROM json_populate_recordset(NULL::{name}, :rows)"
-        )
-        if conflict:
-            sql += f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
-        conn.execute(sa.text(sql), {"rows": json.dumps(rows, default=_json_default)})
-        return
-    stmt = _insert(conn, table)
-    if conflict:
-        stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
-    conn.execute(stmt, rows)
-
-
-def _write_bookkeeping(conn: sa.Connection, chunk: _Chunk, ids: list[int]) -> None:
-    """Outbox, history and attempt rows of the chunk: one multi-row statement each."""
-    if chunk.notifications:
-        _bulk_insert(conn, notification_outbox, chunk.notifications, conflict=("dedupe_key",))
-    history = [chunk.history[i] for i in ids if i in chunk.history]
-    if history:
-        _bulk_insert(conn, trigger_history, history)
-    if chunk.attempts_rows:
-        stmt = _insert(conn, trigger_attempts)
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["trigger", "record_id"],
-                set_={
-                    k: stmt.excluded[k] for k in ("attempts", "status", "last_error", "updated_at")
-                },
-            ),
-            chunk.attempts_rows,
-        )
-
-
-def _sql_chunk(
-    statement: sql_chunk.ChunkStatement, conn: sa.Connection, ids: list[int], now, log: Log | None
-) -> tuple[list[Outcome], list[str]] | None:
-    """The chunk as one statement (``sql_chunk``); None when it must be redone the Python way."""
-    try:
-        with _all_or_fall_back(conn, "statement"):
-            moved = statement.run(conn, ids, now)
-    except _FallBack as why:
-        if log:
-            log(f"chunk {ids[0]}..{ids[-1]}: Python path ({why})")
-        return None
-    by_id = {rid: (attempt, key) for rid, attempt, key in moved}
-    outcomes = [
-        Outcome(rid, "succeeded", by_id[rid][0]) if rid in by_id else Outcome(rid, "skipped")
-        for rid in ids
-    ]
-    return outcomes, [key for _attempt, key in by_id.values() if key is not None]
-
-
-def _process_chunk(
+def process_chunk(
     spec: TriggerSpec,
     conn: sa.Connection,
     ids: list[int],
-    run_id,
-    actor,
+    paths: Sequence[ChunkPath],
+    run_id: str | None,
+    actor: str | None,
     log: Log | None = None,
-    statement: sql_chunk.ChunkStatement | None = None,
+    statement: sql_statement.ChunkStatement | None = None,
 ) -> tuple[list[Outcome], list[str]]:
+    """One chunk in ``conn``'s transaction down ``paths``: its outcomes and notification keys."""
     now = utcnow()
-    if statement is not None:
-        done = _sql_chunk(statement, conn, ids, now, log)
+    if ChunkPath.SQL_STATEMENT in paths:
+        assert statement is not None, "the one-statement path needs the batch's statement"
+        done = sql_statement.run(statement, conn, ids, now, log)
         if done is not None:
             return done
-    rows, prior = _read(spec, conn, ids, now)
-    chunk = _Chunk(spec, run_id, actor, now)
-    if spec.pure_action:
+    rows, prior = read_due(spec, conn, ids, now)
+    writes = ChunkWrites(spec, run_id, actor, now)
+    if ChunkPath.SET_BASED in paths:
         try:
-            _set_based(spec, conn, ids, rows, prior, chunk)
-        except _FallBack as why:
+            set_based.run(spec, conn, ids, rows, prior, writes)
+        except FallBack as why:
             if log:
                 log(f"chunk {ids[0]}..{ids[-1]}: per record ({why})")
-            chunk = _Chunk(spec, run_id, actor, now)
-            _per_record(spec, conn, ids, rows, prior, chunk)
+            writes = ChunkWrites(spec, run_id, actor, now)
+            per_record.run(spec, conn, ids, rows, prior, writes)
     else:
-        _per_record(spec, conn, ids, rows, prior, chunk)
-    _write_bookkeeping(conn, chunk, ids)
-    return [chunk.outcomes[i] for i in ids], [n["dedupe_key"] for n in chunk.notifications]
+        per_record.run(spec, conn, ids, rows, prior, writes)
+    writes.write(conn, ids)
+    return [writes.outcomes[i] for i in ids], [n["dedupe_key"] for n in writes.notifications]
 
 
-# Lock timeouts on one chunk before it is redone skipping the rows another session holds.
-LOCK_TIMEOUT_ATTEMPTS = 3
-
-
-def _commit_chunk(spec, engine: sa.Engine, part, run_id, actor, log, statement):
+def _commit_chunk(spec, engine: sa.Engine, part, paths, run_id, actor, log, statement):
     """One chunk in its own transaction: committed, or rolled back as a whole."""
     with engine.begin() as conn:
-        return _process_chunk(spec, conn, part, run_id, actor, log, statement)
+        return process_chunk(spec, conn, part, paths, run_id, actor, log, statement)
 
 
-def _lock_holders(engine: sa.Engine, spec: TriggerSpec, ids: list[int]) -> tuple[list[int], str]:
-    """Which of the chunk's due records another session holds, and who (PostgreSQL; cheap).
-
-    Due ids minus those ``FOR UPDATE SKIP LOCKED`` returns are the held ones; a held row's
-    ``xmax`` is its locker's transaction id, whose lock in ``pg_locks`` names the backend pid.
-    Read in a transaction that is rolled back at once; it never waits for a row.
-    """
-    t = spec.table
-    with engine.connect() as conn:
-        now = utcnow()
-        due = sa.select(t.c.id).where(_id_in(conn, t.c.id, ids), spec.where_clause(now))
-        every = set(conn.execute(due).scalars())
-        free = set(conn.execute(due.with_for_update(skip_locked=True)).scalars())
-        held = sorted(every - free)
-        who = "holder unknown"
-        if held:
-            name = conn.dialect.identifier_preparer.format_table(t)
-            rows = conn.execute(
-                sa.text(
-                    "SELECT DISTINCT a.pid, a.state, a.application_name, a.xact_start "
-                    f"FROM {name} r JOIN pg_locks l ON l.locktype = 'transactionid' "
-                    "AND l.transactionid = r.xmax AND l.granted "
-                    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE r.id = ANY(:ids)"
-                ),
-                {"ids": held},
-            ).all()
-            if rows:
-                who = "; ".join(
-                    f"pid {pid} ({state or '?'}, application {app or '?'!r}, transaction open "
-                    f"since {start.isoformat(timespec='seconds') if start else '?'})"
-                    for pid, state, app, start in rows
-                )
-        conn.rollback()
-    return held, who
-
-
-def _ids_text(ids: list[int], most: int = 50) -> str:
-    shown = ", ".join(str(i) for i in ids[:most])
-    return shown + (f" … ({len(ids)} in all)" if len(ids) > most else "")
-
-
-@dataclass
-class _LockWatch:
-    """A chunk's lock timeouts: what was waited on, and when to stop waiting for it."""
-
-    spec: TriggerSpec
-    engine: sa.Engine
-    part: list[int]
-    log: Log | None
-    timeouts: int = 0
-    held: list[int] = field(default_factory=list)
-    who: str = ""
-    lost_connection: bool = False
-
-    @property
-    def skip_locked(self) -> bool:
-        return self.timeouts >= LOCK_TIMEOUT_ATTEMPTS
-
-    def saw(self, exc: BaseException) -> None:
-        """A lock timeout: name the table, the held record ids and their holder in the log."""
-        self.timeouts += 1
-        try:
-            self.held, self.who = _lock_holders(self.engine, self.spec, self.part)
-        except Exception as diag_exc:  # the diagnosis must never hide the real failure
-            self.held, self.who = [], f"holder not found ({reason(diag_exc)})"
-        if self.log:
-            then = (
-                "next attempt skips the rows held"
-                if self.skip_locked
-                else f"retried whole ({self.timeouts} of {LOCK_TIMEOUT_ATTEMPTS} lock timeouts)"
-            )
-            self.log(
-                f"chunk {self.part[0]}..{self.part[-1]}: waited past lock_timeout for table "
-                f"{self.spec.table.name}, record(s) {_ids_text(self.held) or '?'} held by another "
-                f"session: {self.who}; {then}"
-            )
-
-    def name_skipped(self, outcomes: list[Outcome]) -> list[Outcome]:
-        """After a skip-locked pass: the held records that were skipped say why."""
-        held = set(self.held)
-        note = f"locked by another session past lock_timeout ({self.who}); left for a later pass"
-        skipped = []
-        for o in outcomes:
-            if o.status == "skipped" and o.record_id in held and o.error is None:
-                o.error = note
-                skipped.append(o.record_id)
-        if skipped and self.log:
-            self.log(
-                f"chunk {self.part[0]}..{self.part[-1]}: skipped {len(skipped)} record(s) of "
-                f"{self.spec.table.name} locked by another session ({self.who}): "
-                f"{_ids_text(skipped)}; the rest committed, these move on a later pass"
-            )
-        return outcomes
-
-
-def _run_chunk(spec, engine: sa.Engine, part, run_id, actor, log, statement):
+def _run_chunk(spec, engine: sa.Engine, part, paths, run_id, actor, log, statement):
     """A chunk, redone whole while it fails transiently (``resources.db.retrying``: a lost or
     refused connection over the retry window, deadlock, busy SQLite). Lock timeouts are named in
     the log; after ``LOCK_TIMEOUT_ATTEMPTS`` of them the chunk goes the Python way, whose read
@@ -566,12 +150,13 @@ def _run_chunk(spec, engine: sa.Engine, part, run_id, actor, log, statement):
     record. (A connection lost during COMMIT may have committed: the retry then finds those
     records moved and skips them; their notifications are swept by the next delivery.)
     """
-    watch = _LockWatch(spec, engine, part, log)
+    watch = LockWatch(spec, engine, part, log)
+    python_paths = tuple(p for p in paths if p is not ChunkPath.SQL_STATEMENT)
 
     def attempt():
-        use = None if watch.skip_locked else statement
+        use = python_paths if watch.skip_locked else paths
         try:
-            outcomes, keys = _commit_chunk(spec, engine, part, run_id, actor, log, use)
+            outcomes, keys = _commit_chunk(spec, engine, part, use, run_id, actor, log, statement)
         except sa.exc.DBAPIError as exc:
             if is_lock_timeout(exc) and engine.dialect.name == "postgresql":
                 watch.saw(exc)
@@ -604,13 +189,14 @@ def process_batch(
     result = BatchResult(spec.name)
     actor = actor or spec.actor
     ordered = sorted({int(i) for i in ids})
+    paths = chunk_paths(spec, engine.dialect.name)
     statement, size = None, spec.commit_every
-    if spec.sql_action is not None and engine.dialect.name == "postgresql":
-        statement = sql_chunk.ChunkStatement(spec, run_id, actor)
-        size = spec.sql_action.chunk_size
+    if ChunkPath.SQL_STATEMENT in paths:
+        statement = sql_statement.ChunkStatement(spec, run_id, actor)
+        size = spec.sql_action.chunk_size  # type: ignore[union-attr]
     lost_connection = False
     for part in chunks(ordered, commit_every or size):
-        outcomes, keys, lost = _run_chunk(spec, engine, part, run_id, actor, log, statement)
+        outcomes, keys, lost = _run_chunk(spec, engine, part, paths, run_id, actor, log, statement)
         lost_connection |= lost
         result.outcomes += outcomes
         result.notification_keys += keys

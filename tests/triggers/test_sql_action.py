@@ -188,8 +188,8 @@ def test_an_existing_outbox_key_sends_the_chunk_the_python_way(pg):
 def test_the_statement_is_compiled_once_not_per_chunk_or_batch(spec):
     """SQLAlchemy caches it (a clause without a cache key, e.g. ON CONFLICT, would recompile
     it for every chunk: ~5 ms each); run id and actor are parameters, not part of the key."""
-    from orchestration.triggers import sql_chunk
+    from orchestration.triggers import sql_statement
 
-    first = sql_chunk.statement(spec, "run-1", "ops")._generate_cache_key()
+    first = sql_statement.statement(spec, "run-1", "ops")._generate_cache_key()
     assert first is not None
-    assert first == sql_chunk.statement(spec, "run-2", None)._generate_cache_key()
+    assert first == sql_statement.statement(spec, "run-2", None)._generate_cache_key()
