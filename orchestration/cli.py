@@ -116,8 +116,13 @@ def _release_unlock(environment: str, store_url: str | None, *, force: bool) -> 
 def _archive_show(run_id: str, directory: Path | None, *, as_json: bool) -> int:
     import json
 
-    from orchestration.policies.archive import RUN_ID_RULE, find_archive, is_run_id, read_archive
-    from orchestration.policies.archive_job import default_archive_dir
+    from orchestration.policies.archive import (
+        RUN_ID_RULE,
+        default_archive_dir,
+        find_archive,
+        is_run_id,
+        read_archive,
+    )
     from resources.identifiers import display
 
     if not is_run_id(run_id):  # a glob or path character would look up another file
@@ -148,7 +153,7 @@ def _archive_show(run_id: str, directory: Path | None, *, as_json: bool) -> int:
 def _archive_records(table: str, directory: Path | None, ids: list[int] | None) -> int:
     import json
 
-    from orchestration.policies.archive_job import default_archive_dir
+    from orchestration.policies.archive import default_archive_dir
     from orchestration.policies.record_archive import read_records
 
     root = Path(directory or default_archive_dir())

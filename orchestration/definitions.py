@@ -10,7 +10,7 @@ from orchestration.commands import definitions as commands
 from orchestration.gateways import definitions as gateways
 from orchestration.maintenance import definitions as maintenance
 from orchestration.policies import definitions as policies
-from orchestration.release import jobs as release
+from orchestration.release import definitions as release
 from orchestration.resources import build_resources
 from orchestration.triggers import definitions as triggers
 

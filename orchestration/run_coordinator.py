@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
-from dagster._core.storage.dagster_run import DagsterRun
+import dagster as dg
 
 from orchestration.tags import ENVIRONMENT_TAG, KIND_TAG, RELEASE_ENVIRONMENT_TAG
 from resources.environments import DEFAULT_ENVIRONMENT
@@ -26,7 +25,7 @@ def environment_of(run_config: Mapping[str, Any] | None) -> str:
     return str(name).strip().lower() if name else DEFAULT_ENVIRONMENT
 
 
-def environment_tags(run: DagsterRun) -> dict[str, str]:
+def environment_tags(run: dg.DagsterRun) -> dict[str, str]:
     env = environment_of(run.run_config)
     tags = {ENVIRONMENT_TAG: env}
     if run.tags.get(KIND_TAG) == "release":
@@ -34,10 +33,10 @@ def environment_tags(run: DagsterRun) -> dict[str, str]:
     return {k: v for k, v in tags.items() if run.tags.get(k) != v}
 
 
-class EnvironmentTaggingRunCoordinator(QueuedRunCoordinator):
+class EnvironmentTaggingRunCoordinator(dg.QueuedRunCoordinator):
     """Queued coordinator + environment tags. Configured exactly like QueuedRunCoordinator."""
 
-    def submit_run(self, context: SubmitRunContext) -> DagsterRun:
+    def submit_run(self, context: dg.SubmitRunContext) -> dg.DagsterRun:
         tags = environment_tags(context.dagster_run)
         if tags:
             self._instance.add_run_tags(context.dagster_run.run_id, tags)

@@ -7,9 +7,9 @@ an idle fleet costs no runs, and skips while a poll_devices run is already queue
 import dagster as dg
 
 from orchestration.gateways.assignment import has_work
+from orchestration.gateways.jobs import POLL_JOB
 from resources.record_store import RecordStoreResource
 
-POLL_JOB = "poll_devices"
 ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,

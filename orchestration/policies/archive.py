@@ -10,6 +10,7 @@ nothing is lost, nothing is deleted unverified.
 
 import glob
 import json
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster._serdes import deserialize_value, serialize_value
-from dagster_shared.serdes.errors import DeserializationError
 
+from orchestration.dagster_internals import DeserializationError, forget_sqlite_shard
 from orchestration.policies import checked_jsonl
 
 FINISHED = [
@@ -29,6 +29,17 @@ FINISHED = [
     dg.DagsterRunStatus.CANCELED,
 ]
 FORMAT = "platform-ops-run-archive/1"
+ARCHIVE_DIR_ENV = "PLATFORM_OPS_ARCHIVE_DIR"
+
+
+def default_archive_dir() -> str:
+    """Where archives go unless told: ``$PLATFORM_OPS_ARCHIVE_DIR``, else ``$DAGSTER_HOME/archive``.
+
+    One answer for the archive job's default config and ``platform-ops archive`` reading back.
+    """
+    if os.environ.get(ARCHIVE_DIR_ENV):
+        return os.environ[ARCHIVE_DIR_ENV]
+    return str(Path(os.environ.get("DAGSTER_HOME", ".dagster_home")) / "archive")
 
 
 class ArchiveError(Exception):
@@ -55,13 +66,13 @@ def archive_path(root: Path, run_id: str, created: datetime) -> Path:
 
 def _lines(run: dg.DagsterRun, records: list) -> Iterator[str]:
     yield json.dumps({"kind": "header", "format": FORMAT, "run_id": run.run_id})
-    yield json.dumps({"kind": "run", "run": serialize_value(run)})
+    yield json.dumps({"kind": "run", "run": dg.serialize_value(run)})
     for record in records:
         yield json.dumps(
             {
                 "kind": "event",
                 "storage_id": record.storage_id,
-                "entry": serialize_value(record.event_log_entry),
+                "entry": dg.serialize_value(record.event_log_entry),
             }
         )
 
@@ -91,9 +102,9 @@ def read_archive(path: Path) -> ArchivedRun:
     """
     items = checked_jsonl.read(path, FORMAT, "event", "events", ArchiveError)
     try:
-        runs = [deserialize_value(i["run"], dg.DagsterRun) for i in items if i["kind"] == "run"]
+        runs = [dg.deserialize_value(i["run"], dg.DagsterRun) for i in items if i["kind"] == "run"]
         events = [i for i in items if i["kind"] == "event"]
-        entries = [deserialize_value(i["entry"], dg.EventLogEntry) for i in events]
+        entries = [dg.deserialize_value(i["entry"], dg.EventLogEntry) for i in events]
         storage_ids = [i["storage_id"] for i in events]
     except (DeserializationError, ValueError, KeyError, TypeError, RecursionError) as exc:
         # RecursionError: a serialized value nested deeper than the decoder goes (an edited file)
@@ -127,9 +138,9 @@ def _sink_row(instance: dg.DagsterInstance, back: ArchivedRun) -> dict[str, Any]
     return {
         "id": back.run.run_id,
         "finished_at": finished,
-        "run": serialize_value(back.run),
+        "run": dg.serialize_value(back.run),
         "events": [
-            {"storage_id": sid, "entry": serialize_value(entry)}
+            {"storage_id": sid, "entry": dg.serialize_value(entry)}
             for sid, entry in zip(back.storage_ids, back.events, strict=True)
         ],
     }
@@ -150,18 +161,11 @@ def release_sqlite_shard(instance: dg.DagsterInstance, run_id: str) -> int:
     even when nearly empty) and ``delete_run`` empties it but leaves it on disk: without this an
     archived instance would not shrink at all. PostgreSQL storage has no such files.
     """
-    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
-
-    storage = instance.event_log_storage
-    if not isinstance(storage, SqliteEventLogStorage):
-        return 0
     freed = 0
-    shard = Path(storage.path_for_shard(run_id))
-    for path in (shard, shard.with_name(shard.name + "-wal"), shard.with_name(shard.name + "-shm")):
+    for path in forget_sqlite_shard(instance, run_id):
         if path.exists():
             freed += path.stat().st_size
             path.unlink()
-    storage._initialized_dbs.discard(run_id)
     return freed
 
 

@@ -9,6 +9,7 @@ process deadlock on logging's lock.) Fan-out inside one run stays
 ``DynamicOut``; children are for work that deserves its own run (a tenant, an environment).
 """
 
+import importlib
 import multiprocessing
 import os
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 from orchestration.policies.progress import Progress
 
@@ -40,11 +40,22 @@ class ChildResult:
     error: str = ""
 
 
-def _job(job_name: str):
-    repo = ReconstructableRepository.for_module(
-        CODE_LOCATION_MODULE, "defs", working_directory=os.getcwd()
-    )
-    return repo.get_reconstructable_job(job_name)
+def code_location_job(job_name: str) -> dg.JobDefinition:
+    """The code location's job ``job_name``, resources bound: a child run's reconstructor."""
+    module = importlib.import_module(CODE_LOCATION_MODULE)
+    return module.defs.resolve_job_def(job_name)
+
+
+def _job(job_name: str) -> Any:
+    """The child's job, reconstructable in this worker process from the code location's module.
+
+    Dagster's public ``build_reconstructable_job`` records a pointer to
+    :func:`code_location_job` and its argument, so the child run says how to load its job again.
+    """
+    return dg.build_reconstructable_job(
+        __name__, code_location_job.__name__, (job_name,),
+        reconstructor_working_directory=os.getcwd(),
+    )  # fmt: skip
 
 
 def _first_error(instance: dg.DagsterInstance, run_id: str) -> str:

@@ -2,9 +2,9 @@
 
 import dagster as dg
 
-from orchestration.policies.archive_job import archive_run_history, archive_schedule
-from orchestration.policies.notifications import FailureNotifierConfig, notify_run_failures
-from orchestration.policies.run_spans import trace_finished_runs
+from orchestration.policies.jobs import archive_run_history, archive_schedule
+from orchestration.policies.resources import FailureNotifierConfig
+from orchestration.policies.sensors import notify_run_failures, trace_finished_runs
 from resources.bigquery import PlatformBigQueryResource
 
 defs = dg.Definitions(

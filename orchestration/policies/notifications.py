@@ -12,16 +12,14 @@ from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
-from pydantic import Field
 
+from orchestration.policies.resources import WEBHOOK_ENV, FailureNotifierConfig
 from orchestration.tags import ENVIRONMENT_TAG
 from resources.http_api import redact
 from resources.notifier import OutboxDelivery, outbox
 from resources.record_store import RecordStoreResource
 
 CHANNEL = "run_failure"
-WEBHOOK_ENV = "PLATFORM_OPS_FAILURE_WEBHOOK_URL"
-UI_URL_ENV = "DAGSTER_UI_URL"
 # Values of these variables are scrubbed from anything we send, whatever the error text holds.
 SECRET_ENV_VARS = ("CA_ROOT_API_KEY", "SUPABASE_ACCESS_TOKEN", WEBHOOK_ENV)
 
@@ -99,19 +97,6 @@ def failed_steps_of(instance: dg.DagsterInstance, run_id: str) -> tuple[list[str
     return steps, error
 
 
-class FailureNotifierConfig(dg.ConfigurableResource):
-    """Where failure notifications go (unset webhook: run log only) and the UI's address."""
-
-    webhook_url: str | None = Field(
-        default_factory=lambda: os.environ.get(WEBHOOK_ENV) or None,
-        description=f"Slack-compatible incoming webhook; defaults to ${WEBHOOK_ENV}.",
-    )
-    ui_url: str = Field(
-        default_factory=lambda: os.environ.get(UI_URL_ENV, "http://127.0.0.1:3000"),
-        description=f"Base URL of the Dagster UI for run links (${UI_URL_ENV}).",
-    )
-
-
 def notify_failure(
     context: dg.RunFailureSensorContext,
     record_store: RecordStoreResource,
@@ -128,18 +113,3 @@ def notify_failure(
     OutboxDelivery(
         webhook_url=notifier.webhook_url, channel=CHANNEL, log=context.log.info
     ).deliver_pending(engine)
-
-
-@dg.run_failure_sensor(
-    name="notify_run_failures",
-    description="Sends one webhook message (Slack-compatible) per failed run: job, environment, "
-    "failed step, error summary and a UI link. Never a secret; never twice for one run.",
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
-)
-def notify_run_failures(
-    context: dg.RunFailureSensorContext,
-    record_store: RecordStoreResource,
-    policies_failure_notifier: FailureNotifierConfig,
-) -> None:
-    notify_failure(context, record_store, policies_failure_notifier)

@@ -67,6 +67,19 @@ RECIPES: Mapping[str, Recipe] = {
         Recipe(
             "release", attempts=3, delay_seconds=5, max_runtime_seconds=4 * 3600, notify="release"
         ),
+        # Operators' commands: no step retry. A command is not idempotent, and a retried step
+        # could not run it again anyway (the store claims each command run once), so a retry
+        # would only report the same failure again after a delay. The operator's retry is the
+        # retry_command_run job (a new command run, attempt + 1). Max runtime: the longest
+        # command timeout the catalog allows (7 days) plus a day for a batch's queueing, so run
+        # monitoring only ends a batch that no command timeout could explain.
+        Recipe(
+            "command",
+            attempts=1,
+            delay_seconds=0,
+            max_runtime_seconds=8 * 24 * 3600,
+            notify="ops",
+        ),
     )
 }
 

@@ -8,7 +8,6 @@ exactly those ids, the run's start and end times, job, run id and environment. O
 reason, no queries beyond the runs page) while ``PLATFORM_OPS_TRACING`` is unset.
 """
 
-import json
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -73,24 +72,3 @@ def trace_runs_since(
             ids = sorted(seen | set(ids))
         return fresh, {"after": last, "ids": ids}
     return [], cursor
-
-
-@dg.sensor(
-    name="trace_finished_runs",
-    description="When tracing is on (PLATFORM_OPS_TRACING), records one root span per finished "
-    "run (job, run id, environment), the parent of the run's API-call spans.",
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
-)
-def trace_finished_runs(context: dg.SensorEvaluationContext) -> dg.SkipReason | None:
-    if not tracing.enabled():
-        return dg.SkipReason(f"tracing is off ({tracing.TRACING_ENV} unset)")
-    cursor = json.loads(context.cursor) if context.cursor else None
-    records, next_cursor = trace_runs_since(context.instance, cursor)
-    for record in records:
-        record_root_span(record)
-    context.update_cursor(json.dumps(next_cursor))
-    if not records:
-        return dg.SkipReason("no newly finished runs")
-    context.log.info(f"recorded the root span of {len(records)} run(s)")
-    return None

@@ -1,9 +1,13 @@
 """The release jobs. ``release`` chains the three steps with Nothing dependencies so a failure
-stops the sequence exactly there; the three parts are also jobs of their own."""
+stops the sequence exactly there; the three parts are also jobs of their own.
+
+HTTP-bound work: the in-process executor (``job_settings``' default) saves seconds of process
+start-up per step, and the org fan-out gets its concurrency from threads inside each batch step.
+"""
 
 import dagster as dg
 
-from orchestration.policies.recipes import recipe
+from orchestration.policies.recipes import job_settings
 from orchestration.release.ops import (
     apply_migrations,
     claim_environment,
@@ -15,11 +19,6 @@ from orchestration.release.ops import (
     sync_org_batch,
     sync_tenants_as_children,
 )
-from orchestration.tags import KIND_TAG
-
-# HTTP-bound work: the in-process executor saves seconds of process start-up per step, and the
-# org fan-out gets its concurrency from threads inside each batch step.
-EXECUTOR = dg.in_process_executor
 
 
 def _org_sync(after: object) -> object:
@@ -28,11 +27,13 @@ def _org_sync(after: object) -> object:
 
 
 @dg.job(
-    name="release",
-    description="Release sequence for one environment: migrate → bootstrap → org_sync_all. "
-    "Choose the environment in resources.environment (prod needs confirm_prod: true).",
-    executor_def=EXECUTOR,
-    **recipe("release").job_kwargs(**{KIND_TAG: "release"}),
+    **job_settings(
+        "release",
+        description="Release sequence for one environment: migrate → bootstrap → org_sync_all. "
+        "Choose the environment in resources.environment (prod needs confirm_prod: true).",
+        recipe="release",
+        kind="release",
+    )
 )
 def release_job() -> None:
     # claim_environment takes the environment (record store row, atomic); free_environment, the
@@ -44,46 +45,50 @@ def release_job() -> None:
 
 
 @dg.job(
-    name="migrate",
-    description="Applies pending SQL migrations through the Supabase Management API.",
-    executor_def=EXECUTOR,
-    **recipe("api_call").job_kwargs(**{KIND_TAG: "migrate"}),
+    **job_settings(
+        "migrate",
+        description="Applies pending SQL migrations through the Supabase Management API.",
+        recipe="api_call",
+        kind="migrate",
+    )
 )
 def migrate_job() -> None:
     apply_migrations(release_preflight())
 
 
 @dg.job(
-    name="bootstrap",
-    description="POST /admin/bootstrap (smart): fresh install or schema sync, never destructive.",
-    executor_def=EXECUTOR,
-    **recipe("api_call").job_kwargs(**{KIND_TAG: "bootstrap"}),
+    **job_settings(
+        "bootstrap",
+        description="POST /admin/bootstrap (smart): fresh install or schema sync, "
+        "never destructive.",
+        recipe="api_call",
+        kind="bootstrap",
+    )
 )
 def bootstrap_job() -> None:
     run_bootstrap(release_preflight())
 
 
 @dg.job(
-    name="org_sync_all",
-    description="Syncs every active org, batched fan-out with bounded concurrency per batch.",
-    executor_def=EXECUTOR,
-    **recipe("bulk_fanout").job_kwargs(**{KIND_TAG: "org_sync"}),
+    **job_settings(
+        "org_sync_all",
+        description="Syncs every active org, batched fan-out with bounded concurrency per batch.",
+        recipe="bulk_fanout",
+        kind="org_sync",
+    )
 )
 def org_sync_all_job() -> None:
     _org_sync(release_preflight())
 
 
 @dg.job(
-    name="org_sync_by_tenant",
-    description="Parent run: one child org_sync_all run per tenant group, each its own run "
-    "(tag platform/parent_run_id); fails listing the failed children.",
-    executor_def=EXECUTOR,
-    **recipe("bulk_fanout").job_kwargs(**{KIND_TAG: "org_sync_parent"}),
+    **job_settings(
+        "org_sync_by_tenant",
+        description="Parent run: one child org_sync_all run per tenant group, each its own run "
+        "(tag platform/parent_run_id); fails listing the failed children.",
+        recipe="bulk_fanout",
+        kind="org_sync_parent",
+    )
 )
 def org_sync_by_tenant_job() -> None:
     sync_tenants_as_children(release_preflight())
-
-
-defs = dg.Definitions(
-    jobs=[release_job, migrate_job, bootstrap_job, org_sync_all_job, org_sync_by_tenant_job]
-)

@@ -9,6 +9,7 @@ from orchestration.commands import models as m
 from orchestration.commands.jobs import retry_command_run_job, run_command_now_job, run_commands_job
 from orchestration.commands.resources import CommandRunnerResource
 from orchestration.commands.sensors import command_dispatch_sensor
+from orchestration.policies.recipes import RECIPE_TAG
 from resources.record_store import RecordStoreResource
 from tests.commands.helpers import count_runs, engine_for, seed
 
@@ -139,6 +140,32 @@ def test_run_now_retry_and_timeout(sqlite_store_url, instance):
     assert _events(engine, retry_id) == ["started", "timed_out"]
     with pytest.raises(actions.ActionError, match="only failed, timed_out, cancelled"):
         actions.retry_run(engine, _succeeded_run(engine, instance, sqlite_store_url))
+
+
+@pytest.mark.parametrize("job", [run_commands_job, run_command_now_job, retry_command_run_job])
+def test_command_jobs_never_retry_a_step(job):
+    """The ``command`` recipe: one attempt per step (a command is not idempotent)."""
+    assert job.tags[RECIPE_TAG] == "command"
+    assert job.op_retry_policy is not None and job.op_retry_policy.max_retries == 0
+
+
+def test_a_failed_command_step_fails_once_and_the_command_ran_once(sqlite_store_url, instance):
+    engine = engine_for(sqlite_store_url)
+    seed(engine, _catalog())
+    config = {
+        "ops": {"request_command_run": {"config": {"command": "boom", "environment": "staging"}}}
+    }
+    result = run_command_now_job.execute_in_process(
+        run_config=config, instance=instance, resources=_resources(sqlite_store_url),
+        raise_on_error=False,
+    )  # fmt: skip
+    assert not result.success
+    kinds = [e.event_type_value for e in result.all_events]
+    assert "STEP_UP_FOR_RETRY" not in kinds
+    assert kinds.count("STEP_FAILURE") == 1
+    run_id = result.output_for_node("request_command_run", "command_run_id")
+    assert _events(engine, run_id) == ["started", "failed"]
+    assert instance.get_run_by_id(result.run_id).tags[RECIPE_TAG] == "command"
 
 
 def _succeeded_run(engine, instance, url) -> int:

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from orchestration.gateways import registry
 from orchestration.gateways.db import make_engine
-from orchestration.gateways.definitions import poll_devices_job
+from orchestration.gateways.jobs import poll_devices_job
 from orchestration.gateways.models import poll_tasks, targets
 from orchestration.gateways.sensors import poll_devices_sensor
 from orchestration.gateways.worker import claim_tasks, report_result

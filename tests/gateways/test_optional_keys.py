@@ -13,7 +13,7 @@ import dagster as dg
 
 from orchestration.gateways import registry
 from orchestration.gateways.db import make_engine
-from orchestration.gateways.definitions import poll_devices_job
+from orchestration.gateways.jobs import poll_devices_job
 from orchestration.gateways.ops import waiting_key, waiting_rows
 from resources.record_store import RecordStoreResource
 

@@ -279,7 +279,7 @@ def _write_bomb(path: Path, header: dict, shape: str) -> None:
 _MEASURE = """
 import json, resource, sys
 from pathlib import Path
-import orchestration.cli, orchestration.policies.archive_job
+import orchestration.cli, orchestration.policies.jobs
 from orchestration.policies import record_archive
 from resources.db import make_engine
 from tests.policies.record_seed import CUTOFF, spec

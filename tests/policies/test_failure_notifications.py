@@ -9,7 +9,8 @@ import pytest
 
 from dev.sandbox.server import Fault
 from orchestration.definitions import defs
-from orchestration.policies.notifications import FailureNotifierConfig, notify_run_failures
+from orchestration.policies.resources import FailureNotifierConfig
+from orchestration.policies.sensors import notify_run_failures
 from resources.record_store import RecordStoreResource
 from tests.conftest import TEST_API_KEY, run_config
 

@@ -68,15 +68,21 @@ def test_unknown_recipe_is_a_clear_error():
         recipe("nope")
 
 
-def test_every_job_states_its_recipe_or_is_a_known_exception():
-    """Recipes are the rule; the command jobs opt out (a command must not re-run on a retry)."""
-    opted_out = {
-        "run_commands",
-        "run_command_now",
-        "retry_command_run",
-        "deliver_trigger_notifications",
-    }
+def test_every_job_states_its_recipe():
+    """Recipes are the rule, the command jobs included (``command``: no step retry).
+
+    ``deliver_trigger_notifications`` belongs to the triggers area, which moves it onto
+    ``job_settings``; ``tests/core/test_job_defaults.py`` checks every job with no exception.
+    """
+    pending_elsewhere = {"deliver_trigger_notifications"}
     for job in defs.get_repository_def().get_all_jobs():
-        if job.name.startswith("__") or job.name in opted_out:
+        if job.name.startswith("__") or job.name in pending_elsewhere:
             continue
         assert job.tags.get(RECIPE_TAG) in RECIPES, f"job {job.name} has no recipe"
+
+
+def test_the_command_recipe_never_retries_a_step():
+    assert recipe("command").attempts == 1
+    assert recipe("command").retry_policy().max_retries == 0
+    jobs = ("run_commands", "run_command_now", "retry_command_run")
+    assert {defs.get_job_def(name).tags[RECIPE_TAG] for name in jobs} == {"command"}

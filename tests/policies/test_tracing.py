@@ -47,7 +47,7 @@ def test_a_real_run_gets_one_root_span_parenting_its_api_calls(instance, platfor
 
     from opentelemetry.trace import SpanKind
 
-    from orchestration.policies.run_spans import trace_finished_runs
+    from orchestration.policies.sensors import trace_finished_runs
 
     before = time.time() - 1
     result = defs.get_job_def("bootstrap").execute_in_process(
@@ -86,7 +86,7 @@ def test_a_real_run_gets_one_root_span_parenting_its_api_calls(instance, platfor
 
 
 def test_root_span_sensor_skips_when_tracing_is_off(instance, monkeypatch):
-    from orchestration.policies.run_spans import trace_finished_runs
+    from orchestration.policies.sensors import trace_finished_runs
 
     monkeypatch.delenv(tracing.TRACING_ENV, raising=False)
     tracing.reset()

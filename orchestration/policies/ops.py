@@ -1,7 +1,7 @@
-"""The daily run-history archive job and its schedule (on by default, 30-day retention)."""
+"""The archive job's ops and their config: thin wiring over ``archive`` (Dagster runs) and
+``record_archive`` (record-store history), with progress and results shown as step metadata."""
 
 import contextlib
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,22 +11,13 @@ import dagster as dg
 from pydantic import Field
 
 from orchestration.policies import archive, record_archive
+from orchestration.policies.archive import default_archive_dir
 from orchestration.policies.progress import Progress
-from orchestration.policies.recipes import recipe
 from orchestration.policies.record_archive import TABLES
 from resources.bigquery import PlatformBigQueryResource
 from resources.db import as_utc
 from resources.environments import DEFAULT_ENVIRONMENT, resolve_environment
 from resources.record_store import RecordStoreResource
-
-ARCHIVE_DIR_ENV = "PLATFORM_OPS_ARCHIVE_DIR"
-
-
-def default_archive_dir() -> str:
-    """``$PLATFORM_OPS_ARCHIVE_DIR``, else ``$DAGSTER_HOME/archive``."""
-    if os.environ.get(ARCHIVE_DIR_ENV):
-        return os.environ[ARCHIVE_DIR_ENV]
-    return str(Path(os.environ.get("DAGSTER_HOME", ".dagster_home")) / "archive")
 
 
 class ArchiveConfig(dg.Config):
@@ -154,27 +145,3 @@ def archive_old_records(
             **progress.metadata(),
         }
     )
-
-
-@dg.job(
-    name="archive_run_history",
-    description="Moves finished runs older than the retention (30 days) out of the Dagster "
-    "instance, and final trigger-history / command-run rows out of the record store, into "
-    "verified compressed JSONL files (and BigQuery when configured); read a run back with "
-    "`platform-ops archive show RUN_ID`. Set the same config on both ops.",
-    executor_def=dg.in_process_executor,
-    **recipe("maintenance").job_kwargs(),
-)
-def archive_run_history() -> None:
-    archive_old_runs()
-    archive_old_records()
-
-
-archive_schedule = dg.ScheduleDefinition(
-    name="archive_run_history_schedule",
-    job=archive_run_history,
-    cron_schedule="30 3 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Daily at 03:30 UTC: archive runs older than 30 days.",
-)
