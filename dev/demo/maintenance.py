@@ -2,7 +2,8 @@
 
 Starts a BigQuery emulator of its own (seeded with quota rows on both sides of the 90-day
 window), then runs quota_reset, quota_cleanup, stale_cleanup, alerts and quota_monthly for
-today's slot against the sandbox named in ``env`` (``CA_API_URL``…) with the Dagster instance of
+today's partition (``--tags '{"dagster/partition": ...}'``, as a schedule tick would) against
+the sandbox named in ``env`` (``CA_API_URL``…) with the Dagster instance of
 ``env["DAGSTER_HOME"]``, and returns lines describing what each run did. Run twice, the platform
 jobs replay (the sandbox's effect counters stay at 1 per slot): the keys derive from the slot.
 """
@@ -10,6 +11,7 @@ jobs replay (the sandbox's effect counters stay at 1 per slot): the keys derive 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 import time
@@ -24,13 +26,13 @@ DATASET = "organizations"
 TABLE = "org_quota_usage"
 SEED_AGES_DAYS = [0, 1, 30, 89, 90, 91, 120, 400]
 
-# job, op, slot field ("date" or "month"), sandbox effect kind (None: not a platform call)
+# job, partitioned by ("day" or "month"), sandbox effect kind (None: not a platform call)
 DAY_OF_MAINTENANCE = [
-    ("quota_reset", "reset_daily_quota", "date", "reset-daily"),
-    ("quota_cleanup", "delete_expired_quota_records", "date", None),
-    ("stale_cleanup", "cleanup_stale_counters", "date", "cleanup-stale"),
-    ("alerts", "process_daily_alerts", "date", "process-all"),
-    ("quota_monthly", "reset_monthly_quota", "month", "reset-monthly"),
+    ("quota_reset", "day", "reset-daily"),
+    ("quota_cleanup", "day", None),
+    ("stale_cleanup", "day", "cleanup-stale"),
+    ("alerts", "day", "process-all"),
+    ("quota_monthly", "month", "reset-monthly"),
 ]
 
 
@@ -77,10 +79,6 @@ def count_rows(emulator: Emulator) -> int:
         client.close()
 
 
-def _run_config(op: str, field: str, slot: str) -> str:
-    return f"ops:\n  {op}:\n    config:\n      {field}: '{slot}'\n"
-
-
 def _last_run_summary(home: str, job: str) -> tuple[str, dict[str, object], str]:
     """(status, step output metadata, first failure line) of the latest run of ``job``."""
     import dagster as dg
@@ -105,11 +103,11 @@ def _last_run_summary(home: str, job: str) -> tuple[str, dict[str, object], str]
 
 
 def demo(env: dict[str, str], workdir: Path) -> list[str]:
-    """Run each maintenance job once for today's slot; return lines to print."""
+    """Run each maintenance job once for today's partition; return lines to print."""
     workdir.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
-    slots = {"date": now.date().isoformat(), "month": now.strftime("%Y-%m")}
-    lines = [f"Maintenance: a day of jobs for {slots['date']} (month {slots['month']})"]
+    slots = {"day": now.date().isoformat(), "month": now.strftime("%Y-%m")}
+    lines = [f"Maintenance: a day of jobs for partition {slots['day']} (month {slots['month']})"]
     with bigquery_emulator(workdir / "bqemulator") as emulator:
         before = seed_quota_rows(emulator, now.date())
         lines.append(
@@ -117,12 +115,11 @@ def demo(env: dict[str, str], workdir: Path) -> list[str]:
             f"{SEED_AGES_DAYS} days"
         )
         run_env = {**env, **emulator.env()}
-        for job, op, field, _effect in DAY_OF_MAINTENANCE:
-            config = workdir / f"{job}.yaml"
-            config.write_text(_run_config(op, field, slots[field]))
+        for job, partitioned_by, _effect in DAY_OF_MAINTENANCE:
+            tags = json.dumps({"dagster/partition": slots[partitioned_by]})
             cmd = [
                 sys.executable, "-m", "dagster", "job", "execute",
-                "-m", "orchestration.definitions", "-j", job, "-c", str(config),
+                "-m", "orchestration.definitions", "-j", job, "--tags", tags,
             ]  # fmt: skip
             started = time.monotonic()
             with open(workdir / f"{job}.log", "wb") as log:
@@ -145,7 +142,7 @@ def demo(env: dict[str, str], workdir: Path) -> list[str]:
             effects = {}
         applied = ", ".join(
             f"{kind} {sum(effects.get(kind, {}).values())}x"
-            for _job, _op, _field, kind in DAY_OF_MAINTENANCE
+            for _job, _partitioned_by, kind in DAY_OF_MAINTENANCE
             if kind
         )
         lines.append(

@@ -37,6 +37,8 @@ def test_day_of_maintenance_through_the_cli(sandbox, tmp_path):
         runs = instance.get_runs()
         assert len(runs) == 5 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
         assert {r.tags["platform/slot"] for r in runs} == {today, month}
+        # Each run was for its partition (the partition view shows it), not a config date.
+        assert all(r.tags["dagster/partition"] == r.tags["platform/slot"] for r in runs)
 
     effects = sandbox.state()["effects"]
     assert effects["reset-daily"] == {today: 1}
