@@ -12,8 +12,8 @@ import yaml
 
 from dev.seed import seed_alerts, seed_packages, seed_traces
 from orchestration.triggers.catalog import TRIGGERS
-from orchestration.triggers.dagster_defs import worker_op_name
 from orchestration.triggers.models import alerts, edge_packages, notification_outbox, traces
+from orchestration.triggers.ops import worker_op_name
 from orchestration.triggers.scan import scan
 from resources.record_store import DEFAULT_URL, make_engine, upgrade
 

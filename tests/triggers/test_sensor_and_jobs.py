@@ -5,13 +5,26 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
+from dagster._core.remote_origin import (
+    InProcessCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+)
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from dev.seed import seed_alerts, seed_traces
 from orchestration.definitions import defs
 from orchestration.triggers.catalog import ESCALATE_ALERTS
-from orchestration.triggers.dagster_defs import TRIGGER_TAG, build_sensor, build_worker_job
+from orchestration.triggers.jobs import build_worker_job
 from orchestration.triggers.models import alerts
+from orchestration.triggers.runs import (
+    TRIGGER_TAG,
+    UNFINISHED_RUN_STATUSES,
+    in_flight_ids,
+    run_tags,
+)
 from orchestration.triggers.scan import scan
+from orchestration.triggers.sensors import build_sensor
 from orchestration.triggers.spec import TriggerSpec, older_than
 from resources.record_store import RecordStoreResource
 from tests.triggers.helpers import WebhookReceiver, alert_states
@@ -96,6 +109,33 @@ def test_trigger_once_holds_while_a_run_is_in_flight(instance, sqlite_store_url)
             {r.run_key for r in first.run_requests}
         )
     eng.dispose()
+
+
+def test_unfinished_run_statuses_are_dagsters_not_finished_statuses():
+    """Named by public ``dg.DagsterRunStatus`` members; a Dagster upgrade that adds an
+    unfinished status fails here (the private list is named in this test only)."""
+    from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+
+    assert len(set(UNFINISHED_RUN_STATUSES)) == len(UNFINISHED_RUN_STATUSES)
+    assert set(UNFINISHED_RUN_STATUSES) == set(NOT_FINISHED_STATUSES)
+
+
+@pytest.mark.parametrize("status", list(dg.DagsterRunStatus), ids=lambda s: s.value)
+def test_in_flight_ids_are_the_ids_of_unfinished_runs_only(status):
+    spec = _small_spec(trigger_once=True)
+    job = build_worker_job(spec)
+    config = {"ops": {"escalate_alerts_worker": {"config": {"record_ids": [7, 8]}}}}
+    # A queued run needs the origin the webserver would give it (the rest ignore it).
+    location = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(module_name="orchestration.definitions")
+    )
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), job.name)
+    with dg.instance_for_test() as instance:
+        instance.create_run_for_job(
+            job, run_config=config, tags=run_tags(spec), status=status, remote_job_origin=origin
+        )
+        got = in_flight_ids(instance, spec, "escalate_alerts_worker")
+    assert got == ({7, 8} if status in UNFINISHED_RUN_STATUSES else set())
 
 
 def test_tenants_tag_runs_and_keep_a_cursor_each(instance, sqlite_store_url):

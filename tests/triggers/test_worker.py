@@ -5,11 +5,11 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from dev.seed import seed_alerts, seed_packages, seed_traces
-from orchestration.triggers import actions
+from orchestration.triggers import actions, per_record, set_based, sql_statement
 from orchestration.triggers.catalog import ESCALATE_ALERTS, EXPIRE_PACKAGES, REFRESH_TRACE_SUMMARIES
 from orchestration.triggers.models import alerts, trace_summaries, traces, trigger_attempts
 from orchestration.triggers.spec import Notification, Transition, TriggerSpec, older_than, utcnow
-from orchestration.triggers.worker import process_batch, run_trigger
+from orchestration.triggers.worker import ChunkPath, chunk_paths, process_batch, run_trigger
 from resources.notifier import OutboxDelivery
 from tests.triggers.helpers import WebhookReceiver, alert_states, history, outbox
 
@@ -171,3 +171,36 @@ def test_a_chunk_larger_than_the_delivery_limit_is_delivered_whole(engine):
     )
     assert result.counts()["succeeded"] == 1500
     assert all(r.delivered_at is not None for r in outbox(engine))
+
+
+def test_chunk_paths_pick_the_fastest_path_each_trigger_can_take():
+    sql, sets, per = ChunkPath.SQL_STATEMENT, ChunkPath.SET_BASED, ChunkPath.PER_RECORD
+    assert chunk_paths(ESCALATE_ALERTS, "postgresql") == (sql, sets, per)  # sql_action + pure
+    assert chunk_paths(ESCALATE_ALERTS, "sqlite") == (sets, per)
+    assert chunk_paths(EXPIRE_PACKAGES, "sqlite") == (sets, per)
+    assert chunk_paths(REFRESH_TRACE_SUMMARIES, "postgresql") == (per,)  # uses ctx.conn
+    assert chunk_paths(REFRESH_TRACE_SUMMARIES, "sqlite") == (per,)
+
+
+def test_each_chunk_runs_on_the_first_path_chunk_paths_names(engine, monkeypatch):
+    """The dispatcher follows the table: the path modules are spied on (still run for real)."""
+    calls: list[str] = []
+
+    def spy(module):
+        real = module.run
+
+        def run(*args, **kwargs):
+            calls.append(module.__name__.rsplit(".", 1)[1])
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, "run", run)
+
+    for module in (sql_statement, set_based, per_record):
+        spy(module)
+    seed_alerts(engine, due=3)
+    seed_traces(engine, stale=2, fresh=1)
+    assert process_batch(ESCALATE_ALERTS, engine, [1, 2, 3]).ids("succeeded") == [1, 2, 3]
+    assert calls == [chunk_paths(ESCALATE_ALERTS, engine.dialect.name)[0].value]
+    calls.clear()
+    assert process_batch(REFRESH_TRACE_SUMMARIES, engine, [1, 2]).ids("succeeded") == [1, 2]
+    assert calls == ["per_record"]
