@@ -12,8 +12,8 @@ import yaml
 
 from dev.seed import seed_alerts, seed_packages, seed_traces
 from orchestration.triggers.catalog import TRIGGERS
+from orchestration.triggers.jobs import TRIGGER_JOBS
 from orchestration.triggers.models import alerts, edge_packages, notification_outbox, traces
-from orchestration.triggers.ops import worker_op_name
 from orchestration.triggers.scan import scan
 from resources.record_store import DEFAULT_URL, make_engine, upgrade
 
@@ -61,11 +61,7 @@ def demo(env: dict[str, str], workdir: Path) -> list[str]:
         if not ids:
             lines.append(f"  {name}: nothing due")
             continue
-        op = (
-            "trace_summaries"
-            if name == "refresh_trace_summaries"
-            else worker_op_name(TRIGGERS[name])
-        )
+        _job, op = TRIGGER_JOBS[name]  # the op (or asset) whose config takes the ids
         config = workdir / f"{name}.yaml"
         config.write_text(yaml.safe_dump({"ops": {op: {"config": {"record_ids": ids}}}}))
         cmd = [
