@@ -16,13 +16,16 @@ import dagster as dg
 
 TIMEZONE = "UTC"
 
+# A job or an asset job (``dg.define_asset_job`` returns a type Dagster does not export).
+ScheduledJob = Any
+
 
 def schedule_name(job_name: str) -> str:
     return f"{job_name}_schedule"
 
 
 def partitioned_schedule(
-    job: dg.JobDefinition | dg.UnresolvedAssetJobDefinition,
+    job: ScheduledJob,
     *,
     description: str,
     hour: int = 0,
@@ -42,7 +45,7 @@ def partitioned_schedule(
 
 
 def cron_schedule(
-    job: dg.JobDefinition | dg.UnresolvedAssetJobDefinition,
+    job: ScheduledJob,
     *,
     cron: str,
     description: str,
