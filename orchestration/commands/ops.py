@@ -1,4 +1,9 @@
-"""Command ops: thin wiring from Dagster to the dispatch, action, pool and store functions."""
+"""Command ops: thin wiring from Dagster to the dispatch, action, pool and store functions.
+
+Every failure they raise is final (``allow_retries=False``): the command jobs take no step retry
+(recipe ``command``), and a final failure keeps its own message as the step's error (a failure
+under a retry policy is reported as "Exceeded max_retries of 0", its message only in the cause).
+"""
 
 import queue
 from collections.abc import Iterator
@@ -128,9 +133,14 @@ def execute_command_run(
     what = f"command {row['command_name']!r} in {row['environment_name']!r} (run {row['id']})"
     if not outcome.started_here:
         if row["status"] == m.RUNNING:
-            raise dg.Failure(f"{what} is running in Dagster run {row['dagster_run_id']}")
+            raise dg.Failure(
+                f"{what} is running in Dagster run {row['dagster_run_id']}", allow_retries=False
+            )
         if row["status"] not in m.TERMINAL:
-            raise dg.Failure(f"{what} is {row['status']} (not due before {row['not_before']})")
+            raise dg.Failure(
+                f"{what} is {row['status']} (not due before {row['not_before']})",
+                allow_retries=False,
+            )
         context.log.info(f"{what} already finished {row['status']}; not run again")
     events = store.events_for(engine, command_run_id)
     final = next((e for e in reversed(events) if e["kind"] in m.TERMINAL), None)
@@ -153,6 +163,7 @@ def execute_command_run(
             description=f"{what} {message}."
             + (f"\nstderr (tail):\n{tail}" if tail else "\n(no stderr)"),
             metadata=metadata,
+            allow_retries=False,
         )
     context.log.info(f"{what} succeeded in {row['duration_seconds']}s")
     context.add_output_metadata(metadata)
@@ -188,7 +199,7 @@ def request_command_run(
             batch_key=f"run:{context.run_id}" if now else None,
         )  # fmt: skip
     except actions.ActionError as exc:
-        raise dg.Failure(str(exc)) from exc
+        raise dg.Failure(str(exc), allow_retries=False) from exc
     row = store.get_run(engine, run_id)
     context.log.info(
         f"command run {run_id}: {config.command} in {config.environment}, "
@@ -224,7 +235,7 @@ def request_retry(
             status=m.QUEUED, batch_key=f"run:{context.run_id}",
         )  # fmt: skip
     except actions.ActionError as exc:
-        raise dg.Failure(str(exc)) from exc
+        raise dg.Failure(str(exc), allow_retries=False) from exc
     row = store.get_run(engine, run_id)
     context.log.info(
         f"command run {run_id} retries {config.command_run_id} (attempt {row['attempt']})"

@@ -41,7 +41,10 @@ class ChildResult:
 
 
 def code_location_job(job_name: str) -> dg.JobDefinition:
-    """The code location's job ``job_name``, resources bound: a child run's reconstructor."""
+    """The code location's job ``job_name``, resources bound: a child run's reconstructor.
+
+    Imported when called, in the child's worker process: the code location imports this module.
+    """
     module = importlib.import_module(CODE_LOCATION_MODULE)
     return module.defs.resolve_job_def(job_name)
 

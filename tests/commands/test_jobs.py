@@ -163,6 +163,8 @@ def test_a_failed_command_step_fails_once_and_the_command_ran_once(sqlite_store_
     kinds = [e.event_type_value for e in result.all_events]
     assert "STEP_UP_FOR_RETRY" not in kinds
     assert kinds.count("STEP_FAILURE") == 1
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert "exited with code 7" in failure.step_failure_data.error.message  # not "Exceeded max_…"
     run_id = result.output_for_node("request_command_run", "command_run_id")
     assert _events(engine, run_id) == ["started", "failed"]
     assert instance.get_run_by_id(result.run_id).tags[RECIPE_TAG] == "command"

@@ -6,7 +6,6 @@ from dagster._core.remote_origin import (
     RemoteJobOrigin,
     RemoteRepositoryOrigin,
 )
-from dagster._core.run_coordinator import SubmitRunContext
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from orchestration.definitions import defs
@@ -42,7 +41,7 @@ def _submit(instance, job_name, environment=None):
     run = instance.create_run_for_job(
         job_def=job, run_config=config, tags=dict(job.tags), remote_job_origin=_origin(job_name)
     )
-    return instance.run_coordinator.submit_run(SubmitRunContext(run, workspace=None))
+    return instance.run_coordinator.submit_run(dg.SubmitRunContext(run, workspace=None))
 
 
 def test_release_runs_get_environment_tags_and_queue():
