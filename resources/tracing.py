@@ -7,10 +7,10 @@ A span per run: a run's trace id is its run id (a UUID's 128 bits) and its root 
 from it, so every process of the run (any executor, any step) parents its API-call spans to the
 same root without passing anything around. The root span itself (named for the job; run id, job
 and environment as attributes; start and end from the run record) is recorded once the run has
-finished, by the ``trace_finished_runs`` sensor (``run_spans.py``). Exporting is the
-deployment's choice: ``PLATFORM_OPS_TRACING=console`` prints spans, ``otlp`` uses the standard
-``OTEL_EXPORTER_OTLP_*`` variables; tests install an in-memory exporter with ``configure``.
-OpenTelemetry is imported only when tracing is on.
+finished, by the ``trace_finished_runs`` sensor (``orchestration/policies/sensors.py``).
+Exporting is the deployment's choice: ``PLATFORM_OPS_TRACING=console`` prints spans, ``otlp``
+uses the standard ``OTEL_EXPORTER_OTLP_*`` variables; tests install an in-memory exporter with
+``configure``. OpenTelemetry is imported only when tracing is on.
 """
 
 import contextlib

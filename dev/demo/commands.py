@@ -1,7 +1,7 @@
 """The README demo's commands part: sync the example catalog, run a command through Dagster, let
 the dispatcher launch a queued one, and print what the record store holds.
 
-The lead's ``orchestration/demo.py`` calls ``demo(env, workdir)``; ``env`` is the process
+``dev/demo/__init__.py`` calls ``demo(env, workdir)``; ``env`` is the process
 environment for subprocesses (with ``DAGSTER_HOME``), ``workdir`` a directory to keep state in.
 """
 

@@ -11,7 +11,7 @@ be stale; an operator backfills missed days from the partition view if they are 
 """
 
 from orchestration.maintenance import jobs
-from orchestration.policies.schedules import partitioned_schedule
+from orchestration.policies.scheduling import partitioned_schedule
 
 SCHEDULES = [
     partitioned_schedule(

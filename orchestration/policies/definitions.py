@@ -2,8 +2,9 @@
 
 import dagster as dg
 
-from orchestration.policies.jobs import archive_run_history, archive_schedule
+from orchestration.policies.jobs import archive_run_history
 from orchestration.policies.resources import FailureNotifierConfig
+from orchestration.policies.schedules import archive_schedule
 from orchestration.policies.sensors import notify_run_failures, trace_finished_runs
 from resources.bigquery import PlatformBigQueryResource
 

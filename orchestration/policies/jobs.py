@@ -1,14 +1,9 @@
-"""The daily run-history archive job and its schedule (on by default, 30-day retention).
-
-The schedule lives beside its job: ``policies/schedules.py`` is the code location's one way to
-declare a schedule (``cron_schedule``, ``partitioned_schedule``), used here like everywhere else.
-"""
+"""The daily run-history archive job (30-day retention); its schedule is in ``schedules.py``."""
 
 import dagster as dg
 
 from orchestration.policies.ops import archive_old_records, archive_old_runs
 from orchestration.policies.recipes import job_settings
-from orchestration.policies.schedules import cron_schedule
 
 
 @dg.job(
@@ -26,10 +21,3 @@ from orchestration.policies.schedules import cron_schedule
 def archive_run_history() -> None:
     archive_old_runs()
     archive_old_records()
-
-
-archive_schedule = cron_schedule(
-    archive_run_history,
-    cron="30 3 * * *",
-    description="Daily at 03:30 UTC: archive runs older than 30 days.",
-)

@@ -93,8 +93,17 @@ def failed_steps_of(instance: dg.DagsterInstance, run_id: str) -> tuple[list[str
             continue
         steps.append(event.step_key or "")
         if not error and event.step_failure_data and event.step_failure_data.error:
-            error = event.step_failure_data.error.message
+            error = step_error_headline(event.step_failure_data.error)
     return steps, error
+
+
+def step_error_headline(error: Any) -> str:  # Dagster's SerializableErrorInfo (not exported)
+    """The step's own error. Once a step's retry policy is spent, Dagster reports the failure as
+    ``Exceeded max_retries of N`` with the step's last error as its cause; an operator paged at
+    night needs the cause ("HTTP 503 from POST /admin/bootstrap"), not the retry count."""
+    while error.cls_name == "RetryRequestedFromPolicy" and error.cause is not None:
+        error = error.cause
+    return error.message
 
 
 def notify_failure(

@@ -44,10 +44,6 @@ class Recipe:
             **self.tags,
         }
 
-    def job_kwargs(self, **extra_tags: str) -> dict[str, Any]:
-        """Keyword arguments for ``@dg.job``: tags and the op retry policy."""
-        return {"tags": {**self.run_tags(), **extra_tags}, "op_retry_policy": self.retry_policy()}
-
 
 RECIPES: Mapping[str, Recipe] = {
     recipe.name: recipe

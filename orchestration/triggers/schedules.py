@@ -1,8 +1,8 @@
-"""The schedules of cron triggers and of scheduled actions, through ``policies.schedules``."""
+"""The schedules of cron triggers and of scheduled actions, through ``policies.scheduling``."""
 
 import dagster as dg
 
-from orchestration.policies.schedules import cron_schedule
+from orchestration.policies.scheduling import cron_schedule
 from orchestration.triggers import scan as scan_lib
 from orchestration.triggers.ops import action_op_name
 from orchestration.triggers.runs import in_flight_ids, run_requests

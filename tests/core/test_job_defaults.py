@@ -1,8 +1,8 @@
 """Every job and schedule of the code location is declared the one way (issue: job defaults once).
 
 ``recipes.job_settings`` gives each job its executor, recipe (run tags, max runtime, notification
-route, step retry policy), kind tag and description; ``policies.schedules`` gives each schedule UTC,
-its name and a running default. Walking the loaded ``Definitions`` catches a job added by hand.
+route, step retry policy), kind tag and description; ``policies.scheduling`` gives each schedule
+UTC, its name and a running default. Walking the loaded ``Definitions`` catches a job added by hand.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from orchestration.definitions import defs
 from orchestration.policies.recipes import RECIPE_TAG, RECIPES
-from orchestration.policies.schedules import TIMEZONE
+from orchestration.policies.scheduling import TIMEZONE
 from orchestration.tags import KIND_TAG
 
 # Jobs that may lack a recipe, with why. Dagster's implicit asset job (``__ASSET_JOB``) is built by

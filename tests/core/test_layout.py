@@ -42,13 +42,22 @@ def test_loading_the_code_location_imports_no_development_module(tmp_path: Path)
 
 @pytest.mark.slow
 def test_the_wheel_holds_only_shipped_packages(tmp_path: Path) -> None:
+    """Built from a copy of the tree (dev/ and tests/ included, as in a clone): setuptools writes
+    build/ and *.egg-info next to the sources, which must not happen in the checkout."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, tree)
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for package in (*SHIPPED, "dev", "tests"):
+        shutil.copytree(REPO / package, tree / package, ignore=skip)
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
-         "-q", "-w", str(tmp_path)],
+        [sys.executable, "-m", "pip", "wheel", str(tree), "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(tmp_path / "dist")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (wheel,) = tmp_path.glob("platform_ops-*.whl")
+    (wheel,) = (tmp_path / "dist").glob("platform_ops-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert tops == set(SHIPPED)

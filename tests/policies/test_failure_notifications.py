@@ -9,6 +9,7 @@ import pytest
 
 from dev.sandbox.server import Fault
 from orchestration.definitions import defs
+from orchestration.policies.notifications import failed_steps_of
 from orchestration.policies.resources import FailureNotifierConfig
 from orchestration.policies.sensors import notify_run_failures
 from resources.record_store import RecordStoreResource
@@ -90,6 +91,25 @@ def test_one_message_per_failed_run_without_secrets(
     assert "text" in body and "blocks" in body
     assert TEST_API_KEY not in json.dumps(body)
     assert received[0]["key"] == f"run-failure:{result.run_id}"
+
+
+def test_a_step_whose_retries_ran_out_is_reported_by_its_own_error(instance):
+    """Dagster wraps the last error as "Exceeded max_retries of N"; the page names the cause."""
+
+    @dg.op(retry_policy=dg.RetryPolicy(max_retries=1))
+    def flaky() -> None:
+        raise RuntimeError("HTTP 503 from POST /admin/bootstrap")
+
+    @dg.job
+    def retried_job() -> None:
+        flaky()
+
+    result = retried_job.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    steps, error = failed_steps_of(instance, result.run_id)
+    assert steps == ["flaky"]
+    assert error == "RuntimeError: HTTP 503 from POST /admin/bootstrap\n"
+    assert "max_retries" not in error
 
 
 def test_sensor_is_registered_and_running_by_default():
