@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+REPO = Path(__file__).resolve().parents[1]
+
 SANDBOX_API_KEY = "sandbox-root-key"
 SANDBOX_SUPABASE_TOKEN = "sandbox-supabase-token"
 
@@ -56,7 +58,13 @@ def sandbox_process(
     if supabase_db_url:
         cmd += ["--supabase-db-url", supabase_db_url]
     log = open(state_dir / "sandbox.log", "ab")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    # ``dev`` is not installed: the repo root on PYTHONPATH makes ``-m dev.sandbox`` importable
+    # whatever the caller's working directory or how the venv was made.
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         port = wait_for_port_file(port_file, proc)
         url = f"http://127.0.0.1:{port}"

@@ -16,7 +16,7 @@ def _main(argv: list[str] | None) -> int:
     parser = cli_errors.OneLineArgumentParser(prog="python -m dev.demo", description=__doc__)
     parser.add_argument(
         "--orgs",
-        type=cli_errors.bounded_number(int, 1, 10_000),
+        type=cli_errors.bounded_number(1, 10_000, unit="orgs", integer=True),
         default=25,
         help="active orgs seeded in the sandbox",
     )

@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
+from orchestration.policies.recipes import NOTIFY_TAG
 from orchestration.policies.resources import WEBHOOK_ENV, FailureNotifierConfig
 from orchestration.tags import ENVIRONMENT_TAG
 from resources.http_api import redact
@@ -58,6 +59,8 @@ def failure_payload(
         ],
         "job": run.job_name,
         "environment": environment,
+        # The job recipe's route (``ops``, ``release``): a receiver pages the right people.
+        "route": run.tags.get(NOTIFY_TAG, "ops"),
         "run_id": run.run_id,
         "failed_steps": failed_steps,
         "error": summary,

@@ -27,8 +27,9 @@ class Recipe:
     attempts: int
     delay_seconds: float
     max_runtime_seconds: int
-    notify: str  # failure-notification route, read by the run-failure sensor
-    pool: str | None = None  # op concurrency pool for the recipe's heavy ops
+    notify: str  # failure-notification route: the run-failure sensor's message carries it
+    # Op concurrency pool its fan-out ops declare; limit with `dagster instance concurrency set`.
+    pool: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
 
     def retry_policy(self, delay_seconds: float | None = None) -> dg.RetryPolicy:
@@ -99,13 +100,17 @@ def job_settings(
     """
     if not description.strip():
         raise ValueError(f"job {name!r}: a description is required (the UI shows it)")
-    chosen = globals()["recipe"](recipe)
+    if recipe not in RECIPES:
+        raise ValueError(f"job {name!r}: unknown recipe {recipe!r}. Known: {', '.join(RECIPES)}")
+    chosen = RECIPES[recipe]
     settings: dict[str, Any] = {
         "name": name,
         "description": description,
         "executor_def": executor,
         "tags": {**chosen.run_tags(), KIND_TAG: kind, **(tags or {})},
-        "op_retry_policy": chosen.retry_policy(),
+        # A one-attempt recipe gets no policy at all: under RetryPolicy(max_retries=0) Dagster
+        # reports any unexpected error as "Exceeded max_retries of 0", hiding the error itself.
+        "op_retry_policy": chosen.retry_policy() if chosen.attempts > 1 else None,
     }
     if partitions_def is not None:
         settings["partitions_def"] = partitions_def

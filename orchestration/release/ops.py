@@ -7,6 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from orchestration.policies import children as children_lib
+from orchestration.policies.recipes import recipe
 from orchestration.release import bootstrap as bootstrap_lib
 from orchestration.release import guard
 from orchestration.release import migrations as migrations_lib
@@ -200,7 +201,10 @@ def _failed_in_parent(context: dg.OpExecutionContext) -> list[str] | None:
 
 
 @dg.op(
-    description="Syncs one batch of orgs concurrently; fails at the end naming every failed org."
+    description="Syncs one batch of orgs concurrently; fails at the end naming every failed org.",
+    # Off by default (no limit set); `dagster instance concurrency set platform_api N` caps how
+    # many batches of all runs call the platform at once.
+    pool=recipe("bulk_fanout").pool,
 )
 def sync_org_batch(
     context: dg.OpExecutionContext,

@@ -114,7 +114,8 @@ def process_chunk(
     """One chunk in ``conn``'s transaction down ``paths``: its outcomes and notification keys."""
     now = utcnow()
     if ChunkPath.SQL_STATEMENT in paths:
-        assert statement is not None, "the one-statement path needs the batch's statement"
+        if statement is None:
+            raise ValueError("the one-statement path needs the batch's statement")
         done = sql_statement.run(statement, conn, ids, now, log)
         if done is not None:
             return done

@@ -40,6 +40,22 @@ def test_loading_the_code_location_imports_no_development_module(tmp_path: Path)
     assert development == []
 
 
+def test_the_demo_command_parses_its_arguments_from_any_directory(tmp_path: Path) -> None:
+    """``python -m dev.demo`` (scripts/demo.sh): help works, a bad --orgs is one line, exit 2."""
+    ok = subprocess.run(
+        [sys.executable, "-m", "dev.demo", "--help"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "--orgs" in ok.stdout and "--fresh" in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "dev.demo", "--orgs", "0"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert len(bad.stderr.strip().splitlines()) == 1 and "--orgs" in bad.stderr, bad.stderr
+
+
 @pytest.mark.slow
 def test_the_wheel_holds_only_shipped_packages(tmp_path: Path) -> None:
     """Built from a copy of the tree (dev/ and tests/ included, as in a clone): setuptools writes

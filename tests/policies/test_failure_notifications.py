@@ -85,6 +85,7 @@ def test_one_message_per_failed_run_without_secrets(
     assert len(received) == 1
     body = received[0]["body"]
     assert body["job"] == "bootstrap" and body["environment"] == "test"
+    assert body["route"] == "ops"  # the api_call recipe's route
     assert body["failed_steps"] == ["run_bootstrap"]
     assert "HTTP 400" in body["error"]
     assert body["url"] == f"http://127.0.0.1:3000/runs/{result.run_id}"

@@ -68,19 +68,6 @@ def test_unknown_recipe_is_a_clear_error():
         recipe("nope")
 
 
-def test_every_job_states_its_recipe():
-    """Recipes are the rule, the command jobs included (``command``: no step retry).
-
-    ``deliver_trigger_notifications`` belongs to the triggers area, which moves it onto
-    ``job_settings``; ``tests/core/test_job_defaults.py`` checks every job with no exception.
-    """
-    pending_elsewhere = {"deliver_trigger_notifications"}
-    for job in defs.get_repository_def().get_all_jobs():
-        if job.name.startswith("__") or job.name in pending_elsewhere:
-            continue
-        assert job.tags.get(RECIPE_TAG) in RECIPES, f"job {job.name} has no recipe"
-
-
 def test_the_command_recipe_never_retries_a_step():
     assert recipe("command").attempts == 1
     assert recipe("command").retry_policy().max_retries == 0
