@@ -18,6 +18,11 @@ shipped packages, so adding one anywhere is a visible decision. Per use, why no 
     :func:`forget_sqlite_shard` needs the storage class (to tell SQLite from PostgreSQL storage),
     ``path_for_shard`` and the storage's cache of initialized shards (``_initialized_dbs``), which
     must forget the run so a later write recreates the file's schema instead of assuming it.
+
+Private attributes used outside this module (no import, so the test above cannot list them):
+``QueuedRunCoordinator._instance`` in ``run_coordinator.py``: a subclass of the public
+coordinator adds tags to a run before queueing it; the coordinator receives its instance through
+Dagster's ``ConfigurableClass`` machinery and exposes it only under that name.
 """
 
 from __future__ import annotations
