@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestration.policies.children import ChildRunsResource
 from resources.environment import PlatformEnvironment
 from resources.platform_api import PlatformApiResource
 from resources.record_store import RecordStoreResource
@@ -22,4 +23,6 @@ def build_resources() -> dict[str, Any]:
         "platform_api": PlatformApiResource(environment=environment),
         "supabase": SupabaseManagementResource(environment=environment),
         "record_store": RecordStoreResource(),
+        # Where parents (org_sync_by_tenant) submit their child runs: the webserver's GraphQL.
+        "child_runs": ChildRunsResource(),
     }

@@ -282,19 +282,22 @@ def sync_org_batch(
 
 class TenantSplitConfig(dg.Config):
     orgs_per_child: int = Field(default=50, ge=1, description="Orgs per child run.")
-    max_parallel: int = Field(default=4, ge=1, le=32, description="Child runs at once.")
+    max_parallel: int = Field(
+        default=4, ge=1, le=32, description="Child runs submitted and unfinished at once."
+    )
 
 
 @dg.op(
     ins={"after": dg.In(dg.Nothing)},
-    description="Starts one child org_sync_all run per tenant group, waits for all of them, and "
-    "fails listing every failed child.",
+    description="Submits one child org_sync_all run per tenant group to the instance (queue, "
+    "launcher, monitoring apply), waits for all of them, and fails listing every failed child.",
 )
 def sync_tenants_as_children(
     context: dg.OpExecutionContext,
     config: TenantSplitConfig,
     environment: PlatformEnvironment,
     platform_api: PlatformApiResource,
+    child_runs: children_lib.ChildRunsResource,
 ) -> None:
     with platform_api.client(on_retry=context.log.warning) as client:
         orgs = list(client.iter_orgs(status="active"))
@@ -316,7 +319,7 @@ def sync_tenants_as_children(
     ]
     context.log.info(f"{len(orgs)} org(s) in {len(children)} child run(s)")
     results = children_lib.run_children(
-        context, "org_sync_all", children, max_parallel=config.max_parallel
+        context, child_runs, "org_sync_all", children, max_parallel=config.max_parallel
     )
     context.add_output_metadata(children_lib.fail_on_failed_children(results))
 
