@@ -1,4 +1,4 @@
-"""What can be validated here of the Docker deployment (no Docker engine on this machine)."""
+"""Static checks of the Docker deployment (tests/deploy/test_stack.py builds and runs it)."""
 
 import re
 from pathlib import Path
@@ -45,3 +45,58 @@ def test_dockerfile_copies_what_exists():
         if line.startswith("COPY ") and "$" not in line:
             for source in line.split()[1:-1]:
                 assert (REPO / source).exists(), f"Dockerfile copies missing {source}"
+
+
+def _dockerignore() -> list[str]:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Whether Docker leaves ``path`` (a top-level name) out of the context: the last matching
+    pattern wins, ``!`` re-includes (enough of Docker's rules for top-level names)."""
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        body = pattern[1:] if negate else pattern
+        if re.fullmatch(body.rstrip("/").replace(".", r"\.").replace("*", "[^/]*"), path):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_keeps_development_files_out_of_the_build_context():
+    patterns = _dockerignore()
+    for name in ("dev", "tests", ".venv", ".demo", ".git", "bench", "test-artifacts", "scripts"):
+        assert _ignored(name, patterns), f".dockerignore lets {name} into the build context"
+    # What the Dockerfile copies is in the context.
+    for line in (DEPLOY / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY ") and "$" not in line:
+            for source in line.split()[1:-1]:
+                top = source.split("/")[0]
+                kept = not _ignored(top, patterns) or f"!{source}" in patterns
+                assert kept, f"the Dockerfile copies {source} but .dockerignore leaves it out"
+
+
+def test_dockerfile_takes_its_base_as_an_argument_and_runs_as_non_root():
+    lines = [line.strip() for line in (DEPLOY / "Dockerfile").read_text().splitlines()]
+    assert "ARG BASE_IMAGE=python:3.11-slim" in lines
+    froms = [line for line in lines if line.startswith("FROM ")]
+    assert froms == ["FROM ${BASE_IMAGE}"]
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0"), "the processes must not run as root"
+    for banned in ("dev", "tests", "bench", ".venv"):
+        assert not any(re.match(rf"COPY .*\b{re.escape(banned)}\b", line) for line in lines)
+
+
+def test_test_override_uses_host_networking_and_the_launcher_env():
+    override = yaml.safe_load((DEPLOY / "docker-compose.test.yml").read_text())
+    base = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    for name in ("code_location", "webserver", "daemon"):
+        assert override["services"][name]["network_mode"] == "host"
+        # Compose refuses network_mode beside networks: the base file must not name any.
+        assert "networks" not in base["services"][name]
+    assert base["networks"]["default"]["name"] == "platform_ops"
+    launcher = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())["run_launcher"]["config"]
+    assert launcher["network"] == "platform_ops"
+    assert "PLATFORM_OPS_WEBSERVER_URL" in launcher["env_vars"]
+    assert base["x-platform-env"]["PLATFORM_OPS_WEBSERVER_URL"] == "http://webserver:3000"
