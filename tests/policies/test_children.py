@@ -1,52 +1,183 @@
-"""Parent/child runs on a real instance: linkage by tag, and failure aggregation."""
+"""Parent/child runs through Dagster's engine: `dagster dev` (webserver + daemon, the repo's
+dagster.yaml with its queued coordinator, the default subprocess launcher) and the sandbox.
+
+Everything goes through the webserver's GraphQL as an operator's tooling would: the parent is
+launched there, its step submits each child there, and the checks read runs and events there.
+"""
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
+import pytest
+from dagster_graphql import DagsterGraphQLClient
 
-from dev.sandbox.server import Fault
-from orchestration.definitions import defs
-from orchestration.policies.children import CHILD_KEY_TAG, PARENT_RUN_TAG
-from tests.conftest import run_config
+from dev.sandbox.server import Fault, SandboxServer
+from orchestration.policies.children import (
+    CHILD_KEY_TAG,
+    PARENT_RUN_TAG,
+    ROOT_PARENT_RUN_TAG,
+    webserver_client_args,
+)
+from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN, run_config
+from tests.dagster_dev import DagsterDev, dagster_dev
+
+pytestmark = pytest.mark.slow
+
+RUNS_QUERY = """query($tags: [ExecutionTag!]) {
+  runsOrError(filter: {tags: $tags}) { ... on Runs { results {
+    runId jobName status tags { key value } } } } }"""
+EVENTS_QUERY = """query($runId: ID!) {
+  logsForRun(runId: $runId, limit: 1000) { ... on EventConnection { events {
+    __typename
+    ... on ExecutionStepFailureEvent { error { message } }
+    ... on ExecutionStepOutputEvent { metadataEntries {
+      label ... on JsonMetadataEntry { jsonString } } }
+  } } } }"""
+REEXECUTE = """mutation($parentRunId: String!) {
+  launchPipelineReexecution(reexecutionParams: {parentRunId: $parentRunId, strategy: FROM_FAILURE})
+  { __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
-def _parent(instance, orgs_per_child=2):
-    config = run_config(
-        ops={"sync_tenants_as_children": {"config": {"orgs_per_child": orgs_per_child}}}
-    )
-    return defs.get_job_def("org_sync_by_tenant").execute_in_process(
-        instance=instance, run_config=config, raise_on_error=False
-    )
+@dataclass(frozen=True)
+class Engine:
+    dev: DagsterDev
+    sandbox: SandboxServer
+    client: DagsterGraphQLClient
+
+    def launch_parent(self, orgs_per_child: int) -> str:
+        config = run_config(
+            ops={"sync_tenants_as_children": {"config": {"orgs_per_child": orgs_per_child}}}
+        )
+        # The port is chosen when `dagster dev` starts; operators set PLATFORM_OPS_WEBSERVER_URL.
+        config["resources"]["child_runs"] = {
+            "config": {"webserver_url": self.dev.url, "poll_interval_seconds": 0.5}
+        }
+        return self.client.submit_job_execution("org_sync_by_tenant", run_config=config)
+
+    def wait(self, run_id: str, timeout: float = 90) -> dg.DagsterRunStatus:
+        deadline = time.monotonic() + timeout
+        while (status := self.client.get_run_status(run_id)) not in FINISHED:
+            assert time.monotonic() < deadline, (
+                f"run {run_id} still {status}:\n{self.dev.log_tail()}"
+            )
+            time.sleep(0.5)
+        return status
+
+    def runs(self, **tags: str) -> list[dict[str, Any]]:
+        tag_list = [{"key": k, "value": v} for k, v in tags.items()]
+        data = self.dev.graphql(RUNS_QUERY, {"tags": tag_list})
+        runs = data["runsOrError"]["results"]
+        for run in runs:
+            run["tags"] = {t["key"]: t["value"] for t in run["tags"]}
+        return runs
+
+    def children(self, parent_id: str) -> dict[str, dict[str, Any]]:
+        runs = self.runs(**{PARENT_RUN_TAG: parent_id})
+        return {r["tags"][CHILD_KEY_TAG]: r for r in runs}
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        return self.dev.graphql(EVENTS_QUERY, {"runId": run_id})["logsForRun"]["events"]
+
+    def output_metadata(self, run_id: str) -> dict[str, Any]:
+        import json
+
+        return {
+            e["label"]: json.loads(e["jsonString"])
+            for event in self.events(run_id)
+            if event["__typename"] == "ExecutionStepOutputEvent"
+            for e in event["metadataEntries"]
+            if "jsonString" in e
+        }
+
+    def syncs(self) -> dict[str, int]:
+        return {slug: o["syncs"] for slug, o in self.sandbox.state()["orgs"].items()}
 
 
-def _children(instance, parent_id):
-    return instance.get_runs(dg.RunsFilter(tags={PARENT_RUN_TAG: parent_id}))
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory) -> Iterator[Engine]:
+    """One `dagster dev` and one sandbox for this module (start-up is most of the cost)."""
+    home = tmp_path_factory.mktemp("children")
+    with SandboxServer(
+        api_key=TEST_API_KEY,
+        supabase_token=TEST_SUPABASE_TOKEN,
+        state_path=str(home / "sandbox-state.sqlite"),
+    ) as sandbox:
+        sandbox.seed_orgs(5)
+        env = {
+            "CA_API_URL": sandbox.base_url,
+            "CA_ROOT_API_KEY": TEST_API_KEY,
+            "SUPABASE_ACCESS_TOKEN": TEST_SUPABASE_TOKEN,
+        }
+        with dagster_dev(home / "dagster_home", env) as dev:
+            client = DagsterGraphQLClient(**webserver_client_args(dev.url), timeout=30)
+            yield Engine(dev, sandbox, client)
 
 
-def test_children_are_linked_and_all_orgs_synced(instance, platform_env):
-    parent = _parent(instance)
-    assert parent.success
-    children = _children(instance, parent.run_id)
-    assert len(children) == 3  # 5 orgs, 2 per child
-    assert all(c.status == dg.DagsterRunStatus.SUCCESS for c in children)
-    assert sorted(c.tags[CHILD_KEY_TAG] for c in children) == [
-        "org-0001..org-0002",
-        "org-0003..org-0004",
-        "org-0005..org-0005",
+def _assert_queued_run_of_its_own(engine: Engine, child: dict[str, Any], parent_id: str) -> None:
+    assert child["runId"] != parent_id and child["jobName"] == "org_sync_all"
+    kinds = [e["__typename"] for e in engine.events(child["runId"])]
+    # Through the coordinator's queue, then dequeued and launched by the daemon: its own run.
+    assert "RunEnqueuedEvent" in kinds and "RunStartEvent" in kinds, kinds
+    assert kinds.index("RunEnqueuedEvent") < kinds.index("RunDequeuedEvent")
+    assert kinds.index("RunDequeuedEvent") < kinds.index("RunStartEvent")
+    # The project's coordinator tagged it at submit time.
+    assert child["tags"]["platform/environment"] == "test"
+
+
+def test_children_are_queued_runs_of_their_own_and_the_parent_names_them(engine):
+    before = engine.syncs()
+    parent_id = engine.launch_parent(orgs_per_child=2)
+    assert engine.wait(parent_id) == dg.DagsterRunStatus.SUCCESS, engine.dev.log_tail()
+    children = engine.children(parent_id)
+    assert sorted(children) == ["org-0001..org-0002", "org-0003..org-0004", "org-0005..org-0005"]
+    for child in children.values():
+        assert child["status"] == "SUCCESS"
+        assert child["tags"][ROOT_PARENT_RUN_TAG] == parent_id
+        _assert_queued_run_of_its_own(engine, child, parent_id)
+    assert len({c["runId"] for c in children.values()}) == 3
+    metadata = engine.output_metadata(parent_id)
+    assert sorted(metadata["child_run_ids"]) == sorted(c["runId"] for c in children.values())
+    assert metadata["failed_children"] == [] and metadata["reused_children"] == []
+    assert all(n == before[slug] + 1 for slug, n in engine.syncs().items())
+
+
+def test_a_failed_child_fails_the_parent_and_reexecution_reruns_only_it(engine):
+    engine.sandbox.add_fault(Fault(method="POST", path="/admin/orgs/org-0003/sync", status=400))
+    try:
+        before = engine.syncs()
+        parent_id = engine.launch_parent(orgs_per_child=3)
+        assert engine.wait(parent_id) == dg.DagsterRunStatus.FAILURE
+    finally:
+        engine.sandbox.clear_faults()
+    children = engine.children(parent_id)
+    failed, ok = children["org-0001..org-0003"], children["org-0004..org-0005"]
+    assert failed["status"] == "FAILURE" and ok["status"] == "SUCCESS"
+    (message,) = [
+        e["error"]["message"]
+        for e in engine.events(parent_id)
+        if e["__typename"] == "ExecutionStepFailureEvent"
     ]
-    assert all(c.job_name == "org_sync_all" for c in children)
-    assert all(o["syncs"] == 1 for o in platform_env.state()["orgs"].values())
+    assert "1 of 2 child run(s) failed" in message
+    assert f"org-0001..org-0003 (run {failed['runId']})" in message and "org-0003" in message
+    assert ok["runId"] not in message
+    # org-0004 is in the other child and synced: one org failing never stops the others.
+    assert engine.syncs()["org-0004"] == before["org-0004"] + 1
 
-
-def test_parent_fails_listing_failed_children(instance, platform_env):
-    platform_env.add_fault(Fault(method="POST", path="/admin/orgs/org-0003/sync", status=400))
-    parent = _parent(instance)
-    assert not parent.success
-    children = {c.tags[CHILD_KEY_TAG]: c for c in _children(instance, parent.run_id)}
-    failed = children["org-0003..org-0004"]
-    assert failed.status == dg.DagsterRunStatus.FAILURE
-    assert children["org-0001..org-0002"].status == dg.DagsterRunStatus.SUCCESS
-    (failure,) = [e for e in parent.all_events if e.event_type_value == "STEP_FAILURE"]
-    message = failure.event_specific_data.error.message
-    assert "1 of 3 child run(s) failed" in message
-    assert failed.run_id in message and "org-0003" in message
-    # org-0004 shares the failed child but synced: one org failing never stops the others.
-    assert platform_env.state()["orgs"]["org-0004"]["syncs"] == 1
+    # Re-executed from failure: the succeeded child is reused, only the failed key runs again.
+    answer = engine.dev.graphql(REEXECUTE, {"parentRunId": parent_id})["launchPipelineReexecution"]
+    assert answer["__typename"] == "LaunchRunSuccess", answer
+    again_id = answer["run"]["runId"]
+    assert engine.wait(again_id) == dg.DagsterRunStatus.SUCCESS, engine.dev.log_tail()
+    rerun = engine.children(again_id)
+    assert list(rerun) == ["org-0001..org-0003"]
+    assert rerun["org-0001..org-0003"]["tags"][ROOT_PARENT_RUN_TAG] == parent_id
+    _assert_queued_run_of_its_own(engine, rerun["org-0001..org-0003"], again_id)
+    metadata = engine.output_metadata(again_id)
+    assert metadata["reused_children"] == ["org-0004..org-0005"]
+    assert ok["runId"] in metadata["child_run_ids"]
+    assert engine.syncs()["org-0004"] == before["org-0004"] + 1  # not synced a second time
+    assert len(engine.runs(**{ROOT_PARENT_RUN_TAG: parent_id})) == 3
