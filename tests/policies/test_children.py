@@ -120,10 +120,11 @@ def engine(tmp_path_factory) -> Iterator[Engine]:
 def _assert_queued_run_of_its_own(engine: Engine, child: dict[str, Any], parent_id: str) -> None:
     assert child["runId"] != parent_id and child["jobName"] == "org_sync_all"
     kinds = [e["__typename"] for e in engine.events(child["runId"])]
-    # Through the coordinator's queue, then dequeued and launched by the daemon: its own run.
+    # Into the coordinator's queue first, then launched by the daemon (RUN_STARTING is the
+    # launcher's), then started in a process of its own: its own run, not a step of the parent.
     assert "RunEnqueuedEvent" in kinds and "RunStartEvent" in kinds, kinds
-    assert kinds.index("RunEnqueuedEvent") < kinds.index("RunDequeuedEvent")
-    assert kinds.index("RunDequeuedEvent") < kinds.index("RunStartEvent")
+    assert kinds.index("RunEnqueuedEvent") < kinds.index("RunStartingEvent")
+    assert kinds.index("RunStartingEvent") < kinds.index("RunStartEvent")
     # The project's coordinator tagged it at submit time.
     assert child["tags"]["platform/environment"] == "test"
 
