@@ -40,7 +40,20 @@ LOCATION_QUERY = """
 { workspaceOrError { __typename ... on Workspace { locationEntries { name
     locationOrLoadError { __typename } } } } }"""
 
+INSTIGATORS_QUERY = """
+query Instigators($repo: RepositorySelector!) {
+  repositoryOrError(repositorySelector: $repo) {
+    __typename ... on Repository {
+      schedules { id name scheduleState { status } }
+      sensors { id name sensorState { status } }
+    } ... on PythonError { message }
+  }
+}"""
+STOP_SCHEDULE = "mutation Stop($id: String!) { stopRunningSchedule(id: $id) { __typename } }"
+STOP_SENSOR = "mutation Stop($id: String!) { stopSensor(id: $id) { __typename } }"
+
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+UNFINISHED = ["QUEUED", "NOT_STARTED", "MANAGED", "STARTING", "STARTED", "CANCELING"]
 IN_PROGRESS = {"STARTING", "STARTED", "CANCELING"}
 
 
@@ -120,6 +133,28 @@ class Webserver:
     def messages(self, run_id: str) -> list[str]:
         data = self.query(LOGS_QUERY, runId=run_id)["logsForRun"]
         return [e.get("message") or "" for e in data.get("events", [])]
+
+    def unfinished_runs(self) -> list[Run]:
+        return self.runs(statuses=UNFINISHED)
+
+    def stop_instigators(self) -> list[str]:
+        """Stops every running schedule and sensor of the location (as an operator would before
+        taking the stack down, so that the daemon launches nothing more); their names."""
+        repo = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}
+        data = self.query(INSTIGATORS_QUERY, repo=repo)["repositoryOrError"]
+        assert data["__typename"] == "Repository", data
+        stopped = []
+        for kind, state, mutation, field, ok in (
+            ("schedules", "scheduleState", STOP_SCHEDULE, "stopRunningSchedule",
+             "ScheduleStateResult"),
+            ("sensors", "sensorState", STOP_SENSOR, "stopSensor", "StopSensorMutationResult"),
+        ):  # fmt: skip
+            for item in data[kind]:
+                if item[state]["status"] == "RUNNING":
+                    result = self.query(mutation, id=item["id"])[field]
+                    assert result["__typename"] == ok, (item["name"], result)
+                    stopped.append(item["name"])
+        return stopped
 
     def wait_finished(self, run_ids: list[str], timeout: float) -> list[Run]:
         deadline = time.monotonic() + timeout
