@@ -15,8 +15,11 @@ throwaway database and schema), then the runs, each in a container of its own st
    succeed in containers;
 2. ``org_sync_by_tenant``: each child its own run and container, queued through the coordinator,
    the parent succeeds naming them;
-5. teardown: every container, network and volume the stack made is gone; the image built here is
-   removed with the build cache (the base stays).
+5. teardown: schedules and sensors stopped and the queue drained (through GraphQL), then every
+   container, network and volume the stack made is gone; the image built here is removed with the
+   build cache (the base stays).
+Compose gets the two files as ``compose config`` merges them, minus the published ports of the
+host-network services (compose 1.29 refuses both on one service; an override cannot remove them).
 The numbers of the issue (image size, build time, launchRun -> RUN_START, peak memory of a run
 container) are printed with a ``[deploy]`` prefix.
 """
