@@ -4,13 +4,14 @@ repository's dagster.yaml: the shipped queued coordinator, runs as subprocesses)
 
     .venv/bin/python -m tests.deploy.bench_default_launcher [runs]
 
-Memory is the run worker's peak resident set (``VmHWM`` from /proc, summed over the processes
-whose command line names the run); a container's cgroup figure also counts the page cache of the
+Memory is the run worker's peak resident set (``VmHWM`` from /proc of the process the code
+server spawns for the run); a container's cgroup figure also counts the page cache of the
 files it read, so the two differ by what the kernel caches for the container.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import threading
@@ -28,25 +29,32 @@ REPO = Path(__file__).resolve().parents[2]
 RELEASE_CONFIG = yaml.safe_load((REPO / "config" / "release-test.yaml").read_text())
 
 
-def run_worker_rss(run_id: str) -> int:
-    """Bytes: the summed peak RSS of the processes running ``run_id`` right now."""
-    total = 0
+def run_worker_rss(group: int, before: set[int]) -> int:
+    """Bytes: the largest peak RSS among the run worker processes of ``dagster dev``'s process
+    group started since the launch (the gRPC server spawns each run with multiprocessing)."""
+    peak = 0
     for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) in before:
+            continue
         try:
-            if run_id.encode() not in (proc / "cmdline").read_bytes():
+            if os.getpgid(int(proc.name)) != group:
                 continue
+            cmdline = (proc / "cmdline").read_bytes()
             status = (proc / "status").read_text()
-        except OSError:
+        except (OSError, ProcessLookupError):
+            continue
+        if b"spawn_main" not in cmdline and b"execute_run" not in cmdline:
             continue
         for line in status.splitlines():
             if line.startswith("VmHWM:"):
-                total += int(line.split()[1]) * 1024
-    return total
+                peak = max(peak, int(line.split()[1]) * 1024)
+    return peak
 
 
-def sample_peak(run_id: str, peak: list[int], stop: threading.Event) -> None:
-    while not stop.wait(0.2):
-        peak[0] = max(peak[0], run_worker_rss(run_id))
+def sample_peak(group: int, peak: list[int], stop: threading.Event) -> None:
+    before = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    while not stop.wait(0.05):
+        peak[0] = max(peak[0], run_worker_rss(group, before))
 
 
 def main(runs: int) -> None:
@@ -60,14 +68,14 @@ def main(runs: int) -> None:
             web = Webserver(port)
             client = DagsterGraphQLClient("127.0.0.1", port_number=port, timeout=60)
             for attempt in range(runs):
+                peak, stop = [0], threading.Event()
+                sampler = threading.Thread(target=sample_peak, args=(dev.proc.pid, peak, stop))
+                sampler.start()
                 submitted = time.time()
                 run_id = client.submit_job_execution(
                     "release", repository_location_name=LOCATION,
                     repository_name=REPOSITORY, run_config=RELEASE_CONFIG,
                 )  # fmt: skip
-                peak, stop = [0], threading.Event()
-                sampler = threading.Thread(target=sample_peak, args=(run_id, peak, stop))
-                sampler.start()
                 (run,) = web.wait_finished([run_id], 240)
                 stop.set()
                 sampler.join()
