@@ -58,22 +58,31 @@ RUN_TIMEOUT = 240
 
 
 class Phases:
-    """Wall time of each phase, printed as it ends and again at the end."""
+    """Wall time of each phase, printed as it ends and again at the end.
 
-    def __init__(self) -> None:
+    Printed past pytest's output capture (``capsys.disabled``), so CI's log shows each phase of
+    this long test as it happens, not only when it fails.
+    """
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self.capsys = capsys
         self.start = self.last = time.monotonic()
         self.times: list[tuple[str, float]] = []
         self.numbers: list[str] = []
 
+    def say(self, text: str) -> None:
+        with self.capsys.disabled():
+            print(f"\n[deploy] {text}", flush=True)
+
     def done(self, name: str) -> None:
         now = time.monotonic()
         self.times.append((name, now - self.last))
-        print(f"[deploy] phase {name}: {now - self.last:.1f}s (total {now - self.start:.1f}s)")
+        self.say(f"phase {name}: {now - self.last:.1f}s (total {now - self.start:.1f}s)")
         self.last = now
 
     def number(self, text: str) -> None:
         self.numbers.append(text)
-        print(f"[deploy] {text}")
+        self.say(text)
 
 
 class MemorySampler:
@@ -259,8 +268,8 @@ def record_store(pg_store_url: str) -> Iterator[str]:
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.timeout(1500)
-def test_stack_runs_every_run_in_its_own_container(pg_url, record_store, tmp_path):
-    phases = Phases()
+def test_stack_runs_every_run_in_its_own_container(pg_url, record_store, tmp_path, capsys):
+    phases = Phases(capsys)
     project = f"platform_ops_e2e_{uuid.uuid4().hex[:8]}"
     tag = f"platform-ops:e2e-{uuid.uuid4().hex[:8]}"
     files = [DEPLOY / "docker-compose.yml", DEPLOY / "docker-compose.test.yml"]
@@ -432,5 +441,5 @@ def test_stack_runs_every_run_in_its_own_container(pg_url, record_store, tmp_pat
         stack.close()
         assert not eng.image_exists(tag)
         phases.done("5. teardown")
-    print("[deploy] " + "; ".join(f"{name} {sec:.0f}s" for name, sec in phases.times))
-    print("[deploy] " + "; ".join(phases.numbers))
+    phases.say("; ".join(f"{name} {sec:.0f}s" for name, sec in phases.times))
+    phases.say("; ".join(phases.numbers))
