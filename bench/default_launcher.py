@@ -2,7 +2,7 @@
 launchRun -> RUN_START and the peak memory of one ``release`` run under ``dagster dev`` (the
 repository's dagster.yaml: the shipped queued coordinator, runs as subprocesses).
 
-    .venv/bin/python -m tests.deploy.bench_default_launcher [runs]
+    .venv/bin/python bench/default_launcher.py [runs]
 
 Memory is the run worker's peak resident set (``VmHWM`` from /proc of the process the code
 server spawns for the run); a container's cgroup figure also counts the page cache of the
