@@ -25,7 +25,7 @@ from dev.local_services import sandbox_env, sandbox_process
 from tests.dagster_dev import dagster_dev
 from tests.deploy.graphql import LOCATION, REPOSITORY, Webserver
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 RELEASE_CONFIG = yaml.safe_load((REPO / "config" / "release-test.yaml").read_text())
 
 
