@@ -130,6 +130,20 @@ class ChunkWrites:
     attempts_rows: list[dict] = field(default_factory=list)
     notifications: list[dict] = field(default_factory=list)
 
+    def due(
+        self, ids: list[int], rows: Mapping[int, Mapping[str, Any]], prior: Prior
+    ) -> Iterator[tuple[int, Mapping[str, Any], int]]:
+        """``(id, record, attempts so far)`` of each record that gets an attempt now. A record
+        the read did not return (gone, or no longer matching) or out of attempts is recorded as
+        ``skipped`` here: one rule for every Python path."""
+        for rid in ids:
+            record = rows.get(rid)
+            previous, status = prior.get(rid, (0, None))
+            if record is None or status == "exhausted":
+                self.outcomes[rid] = Outcome(rid, "skipped")
+                continue
+            yield rid, record, previous
+
     def record(self, rid, result, attempt, previous, started, error=None) -> None:
         self.outcomes[rid] = Outcome(rid, result, attempt, error)
         self.history[rid] = {

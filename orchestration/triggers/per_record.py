@@ -48,12 +48,7 @@ def run(
     chunk: ChunkWrites,
 ) -> None:
     """Each record's action and compare-and-set update in its own savepoint."""
-    for rid in ids:
-        record = rows.get(rid)
-        previous, status = prior.get(rid, (0, None))
-        if record is None or status == "exhausted":
-            chunk.outcomes[rid] = Outcome(rid, "skipped")
-            continue
+    for rid, record, previous in chunk.due(ids, rows, prior):
         attempt = previous + 1
         started = utcnow()
         ctx = ActionContext(conn, chunk.now, spec.name, chunk.actor, chunk.run_id, attempt)

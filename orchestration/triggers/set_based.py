@@ -76,12 +76,7 @@ def run(
     planned: list[tuple[Mapping[str, Any], int, Any, Transition]] = []
     failures = []
     no_conn = _NoConnection()
-    for rid in ids:
-        record = rows.get(rid)
-        previous, status = prior.get(rid, (0, None))
-        if record is None or status == "exhausted":
-            chunk.outcomes[rid] = Outcome(rid, "skipped")
-            continue
+    for _rid, record, previous in chunk.due(ids, rows, prior):
         attempt = previous + 1
         started = utcnow()
         ctx = ActionContext(no_conn, chunk.now, spec.name, chunk.actor, chunk.run_id, attempt)
