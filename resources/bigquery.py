@@ -6,22 +6,27 @@ from dagster-gcp's ``BigQueryResource`` (application default credentials, or
 ``gcp_credentials``) for the environment's GCP project; when the variable named by
 ``emulator_host_env_var`` (``BIGQUERY_EMULATOR_HOST``) is set, an anonymous client talks to that
 loopback endpoint instead and the project is ``emulator_project`` (``test`` has no GCP project).
+
+dagster-gcp and the Google client (~160 MB, ~1.3 s: the storage client, pandas, pyarrow, grpc)
+are imported by ``get_client`` only: this resource is bound in the code location, so a module-level
+import would be paid by every run of every job (tests/core/test_import_cost.py).
 """
 
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
-from dagster_gcp import BigQueryResource
-from google.auth.exceptions import DefaultCredentialsError
-from google.cloud import bigquery
 from pydantic import Field
 
 from resources.environments import Environment, EnvironmentConfigError, EnvVarName
 from resources.errors import FinalFailure
 from resources.identifiers import display
+
+if TYPE_CHECKING:
+    from google.cloud import bigquery
 
 CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
 
@@ -104,7 +109,7 @@ class PlatformBigQueryResource(dg.ConfigurableResource):
         return environment.gcp_project
 
     @contextlib.contextmanager
-    def get_client(self, environment: Environment) -> Iterator[bigquery.Client]:
+    def get_client(self, environment: Environment) -> Iterator["bigquery.Client"]:
         """A client for ``environment``: the emulator if configured, else GCP via dagster-gcp."""
         endpoint = self.emulator_endpoint()
         if endpoint:
@@ -116,6 +121,7 @@ class PlatformBigQueryResource(dg.ConfigurableResource):
                     f"{environment.gcp_project}."
                 )
             from google.auth.credentials import AnonymousCredentials
+            from google.cloud import bigquery
 
             client = bigquery.Client(
                 project=self.emulator_project,
@@ -131,6 +137,9 @@ class PlatformBigQueryResource(dg.ConfigurableResource):
         project = self.project_for(environment)
         if not self.gcp_credentials:  # with a key in config, dagster-gcp writes its own file
             check_credentials_path()
+        from dagster_gcp import BigQueryResource
+        from google.auth.exceptions import DefaultCredentialsError
+
         gcp = BigQueryResource(
             project=project, location=self.location, gcp_credentials=self.gcp_credentials
         )

@@ -5,6 +5,10 @@ re-running a past slot deletes no more than that day's run would have, and a tes
 exactly on either side of the boundary. A row dated on the cutoff day itself is kept: only rows
 *older* than ``retention_days`` go. Identifiers cannot be query parameters in BigQuery, so they
 are validated against a strict pattern and backquoted; the cutoff is a ``DATE`` parameter.
+
+The Google client (with its storage client, pandas and pyarrow: ~150 MB and ~1 s) is imported by
+``delete_old_records`` when a cleanup runs, never when the code location loads: every other job's
+run pays for loading this module (tests/core/test_import_cost.py).
 """
 
 from __future__ import annotations
@@ -12,11 +16,12 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-
-from google.api_core import exceptions as gexc
-from google.cloud import bigquery
+from typing import TYPE_CHECKING
 
 from resources.errors import FinalFailure
+
+if TYPE_CHECKING:
+    from google.cloud import bigquery
 
 MIN_RETENTION_DAYS = 30
 DEFAULT_RETENTION_DAYS = 90
@@ -95,6 +100,9 @@ def delete_old_records(
     timeout_seconds: float = 600.0,
 ) -> CleanupResult:
     """Run the DELETE and return how many rows it removed (from the DML job statistics)."""
+    from google.api_core import exceptions as gexc
+    from google.cloud import bigquery
+
     cutoff = cutoff_date(slot, retention_days, today)
     ref = table_ref(project, dataset, table, date_column)
     config = bigquery.QueryJobConfig(

@@ -20,7 +20,6 @@ from typing import Any
 
 import dagster as dg
 
-from orchestration.dagster_internals import DeserializationError, forget_sqlite_shard
 from orchestration.policies import checked_jsonl
 
 FINISHED = [
@@ -100,6 +99,10 @@ def read_archive(path: Path) -> ArchivedRun:
     the instance only after this read succeeded), so nothing here is quarantined: a damaged
     file of a run still in the instance is overwritten by the next pass's export.
     """
+    # Imported here, not at module level: dagster_internals loads Dagster's SQLite storage (with
+    # Alembic), which the code location does not otherwise need at load (test_import_cost.py).
+    from orchestration.dagster_internals import DeserializationError
+
     items = checked_jsonl.read(path, FORMAT, "event", "events", ArchiveError)
     try:
         runs = [dg.deserialize_value(i["run"], dg.DagsterRun) for i in items if i["kind"] == "run"]
@@ -161,6 +164,8 @@ def release_sqlite_shard(instance: dg.DagsterInstance, run_id: str) -> int:
     even when nearly empty) and ``delete_run`` empties it but leaves it on disk: without this an
     archived instance would not shrink at all. PostgreSQL storage has no such files.
     """
+    from orchestration.dagster_internals import forget_sqlite_shard  # see read_archive
+
     freed = 0
     for path in forget_sqlite_shard(instance, run_id):
         if path.exists():
