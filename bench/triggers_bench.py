@@ -1,10 +1,22 @@
-"""Trigger benchmarks on PostgreSQL: sensor tick vs table size, worker throughput vs one UPDATE.
+"""Trigger benchmarks on PostgreSQL: sensor tick vs table size, worker throughput vs one UPDATE,
+and notifications end to end.
 
     .venv/bin/python bench/triggers_bench.py [--big 1000000] [--small 10000] [--due 10000]
+        [--only sensor|worker|e2e] [--e2e-count 20000] [--e2e-delay 0.005]
+        [--e2e-concurrency 16,32] [--e2e-senders httpx,stdlib] [--e2e-store postgresql,sqlite]
 
 Prints the numbers side by side with the issue's targets. Each run uses a fresh schema that is
-dropped afterwards. The notifier runs without a webhook URL (log-only delivery) so the worker
-number includes the outbox and history rows but no HTTP.
+dropped afterwards. In the worker section the notifier runs without a webhook URL (log-only
+delivery) so the worker number includes the outbox and history rows but no HTTP.
+
+End to end (``e2e``): ``--e2e-count`` due alerts, a loopback webhook in its own process
+(``bench/webhook_receiver.py``: uvicorn, keep-alive) that answers after ``--e2e-delay``; timed
+from the batch's start to every notification acknowledged and marked delivered, exactly as the
+worker op runs it (``worker.process_batch_delivering``). Printed beside the latency-bound ideal
+(count x delay / concurrency) and the >= 2,000/s target. ``stdlib`` is the same delivery with
+POSTs made by ``http.client`` instead of httpx (a ``sender_factory`` defined here), to show what
+the HTTP client costs. Against an older checkout (``PYTHONPATH=<worktree>``) without pipelined
+delivery, the line measures its ``deliver_pending`` after each chunk instead.
 
 Two set-based references: the ``UPDATE … RETURNING`` that finds the due rows itself (its
 ``WHERE`` is the trigger's), and the same ``UPDATE`` given the ids, as the worker is (the sensor
@@ -16,10 +28,17 @@ The worker is measured against all three.
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
+import sys
+import tempfile
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import quote
 
 import sqlalchemy as sa
@@ -33,6 +52,8 @@ from resources.notifier import OutboxDelivery
 from resources.record_store import make_engine, upgrade
 
 PG = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import webhook_receiver  # noqa: E402  (bench/, beside this file)
 
 
 def fresh_store() -> tuple[str, str]:
@@ -224,6 +245,130 @@ def bench_worker(rows: int, table: int, repeat: int = 7) -> None:
     )
 
 
+class StdlibSender:
+    """POSTs over ``http.client`` (one kept-alive connection per thread): the comparison for
+    httpx's per-request cost. Same contract as ``resources.notifier.HttpxSender``."""
+
+    def __init__(self, url: str, timeout: float, concurrency: int) -> None:
+        parts = url.split("/", 3)
+        self.host, _, port = parts[2].partition(":")
+        self.port = int(port or 80)
+        self.path = "/" + (parts[3] if len(parts) > 3 else "")
+        self.timeout = timeout
+        self._pool = ThreadPoolExecutor(concurrency)
+        self._local = threading.local()
+
+    def _post(self, key: str, payload) -> str | None:
+        body = json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+        for _ in range(2):  # a kept-alive connection the server closed: one fresh try
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = http.client.HTTPConnection(
+                    self.host, self.port, timeout=self.timeout
+                )
+            try:
+                conn.request("POST", self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                return None if resp.status < 300 else f"HTTP {resp.status}"
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                self._local.conn = None
+                error = f"{type(exc).__name__}: {exc}"
+        return error
+
+    def start(self, rows):
+        futures = [self._pool.submit(self._post, key, payload) for key, payload in rows]
+        return lambda: [f.result() for f in futures]
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+
+def e2e_store(kind: str, count: int) -> tuple[str, object]:
+    """A store with ``count`` due alerts; returns its URL and a cleanup."""
+    if kind == "postgresql":
+        schema, url = fresh_store()
+        engine = make_engine(url)
+        fill(engine, count, count)
+        engine.dispose()
+        return url, lambda: drop(schema)
+    path = Path(tempfile.mkdtemp(prefix="e2e-bench-")) / "store.sqlite"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    from dev.seed import seed_alerts
+
+    seed_alerts(make_engine(url), due=count)
+    return url, lambda: path.unlink()
+
+
+def time_e2e(url: str, hook, count: int, concurrency: int, sender: str) -> tuple[float, dict]:
+    """One batch over every due alert, from its start to every notification marked delivered."""
+    import resources.notifier as notifier
+    from orchestration.triggers import worker
+
+    engine = make_engine(url)
+    ids = due_ids(engine)
+    assert len(ids) == count, (len(ids), count)
+    hook.reset()
+    pipelined = hasattr(worker, "process_batch_delivering")
+    if pipelined:
+        factory = None
+        if sender == "stdlib":
+            factory = lambda d: StdlibSender(d.webhook_url, d.timeout_seconds, d.concurrency)  # noqa: E731
+        delivery = notifier.OutboxDelivery(
+            webhook_url=hook.url, concurrency=concurrency, sender_factory=factory
+        )
+        t0 = time.perf_counter()
+        result = worker.process_batch_delivering(ESCALATE_ALERTS, engine, ids, delivery)
+    else:  # the code before pipelined delivery: one POST and one transaction at a time
+        delivery = notifier.OutboxDelivery(webhook_url=hook.url)
+        t0 = time.perf_counter()
+        result = worker.process_batch(
+            ESCALATE_ALERTS, engine, ids, deliver=lambda e, k: delivery.deliver_pending(e, k)
+        )
+    elapsed = time.perf_counter() - t0
+    assert result.counts()["succeeded"] == count, result.counts()
+    with engine.connect() as conn:
+        pending = conn.execute(
+            sa.text("SELECT count(*) FROM notification_outbox WHERE delivered_at IS NULL")
+        ).scalar()
+    stats = hook.stats()
+    assert pending == 0 and stats["distinct"] == count, (pending, stats)
+    engine.dispose()
+    return elapsed, stats
+
+
+def bench_e2e(count: int, delay: float, concurrencies: list[int], senders: list[str], stores):
+    hook = webhook_receiver.start(delay)
+    try:
+        for kind in stores:
+            print(
+                f"notifications end to end, {count:,} due alerts ({kind}), webhook answering "
+                f"after {delay * 1000:g} ms (own process, keep-alive):"
+            )
+            for concurrency in concurrencies:
+                for sender in senders:
+                    url, cleanup = e2e_store(kind, count)
+                    try:
+                        elapsed, stats = time_e2e(url, hook, count, concurrency, sender)
+                    finally:
+                        cleanup()
+                    ideal = count * delay / concurrency
+                    rate = count / elapsed
+                    print(
+                        f"  {sender:6} concurrency {concurrency:2}: {elapsed:7.2f} s = "
+                        f"{rate:7,.0f} delivered/s   latency-bound ideal {ideal:5.2f} s = "
+                        f"{count / ideal:7,.0f}/s ({ideal / elapsed:4.0%} of it)   target >= "
+                        f"2,000/s: {rate >= 2000}   max in flight {stats['max_in_flight']}, "
+                        f"repeated keys {stats['repeated']}",
+                        flush=True,
+                    )
+    finally:
+        hook.stop()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--big", type=int, default=1_000_000)
@@ -235,13 +380,26 @@ def main() -> None:
         default="10000,1000000",
         help="table sizes for the worker bench (the due rows are spread through the table)",
     )
-    p.add_argument("--only", choices=["sensor", "worker"], default=None)
+    p.add_argument("--only", choices=["sensor", "worker", "e2e"], default=None)
+    p.add_argument("--e2e-count", type=int, default=20_000)
+    p.add_argument("--e2e-delay", type=float, default=0.005)
+    p.add_argument("--e2e-concurrency", default="16")
+    p.add_argument("--e2e-senders", default="httpx")
+    p.add_argument("--e2e-store", default="postgresql")
     args = p.parse_args()
-    if args.only != "worker":
+    if args.only in (None, "sensor"):
         bench_sensor(args.big, args.small, args.due)
-    if args.only != "sensor":
+    if args.only in (None, "worker"):
         for table in (int(x) for x in args.worker_tables.split(",")):
             bench_worker(args.worker_rows, table)
+    if args.only in (None, "e2e"):
+        bench_e2e(
+            args.e2e_count,
+            args.e2e_delay,
+            [int(x) for x in args.e2e_concurrency.split(",")],
+            args.e2e_senders.split(","),
+            args.e2e_store.split(","),
+        )
 
 
 if __name__ == "__main__":

@@ -14,11 +14,12 @@ from pydantic import Field
 from assets.trace_summaries import Refresh, build_trace_summaries_asset
 from orchestration.policies.progress import Progress
 from orchestration.triggers.catalog import REFRESH_TRACE_SUMMARIES
+from orchestration.triggers.lineage import done_earlier, lineage
 from orchestration.triggers.runs import ACTOR_TAG
 from orchestration.triggers.scheduled import ScheduledAction, ScheduledContext
 from orchestration.triggers.spec import TriggerSpec
-from orchestration.triggers.worker import BatchResult, process_batch
-from resources.notifier import TriggersNotifierResource
+from orchestration.triggers.worker import EARLIER, BatchResult, process_batch_delivering
+from resources.notifier import DeliveryPipeline, Selection, TriggersNotifierResource
 from resources.record_store import RecordStoreResource
 
 # The notifier's resource key: the parameter name of every op here and of the asset.
@@ -54,34 +55,53 @@ def execute_trigger_batch(
     actor = config.actor or context.run.tags.get(ACTOR_TAG) or spec.actor
     if actor and context.run.tags.get(ACTOR_TAG) != actor:
         context.instance.add_run_tags(context.run_id, {ACTOR_TAG: actor})
-    delivery = notifier.delivery(log=context.log.info)
+    log = context.log.info
     engine = record_store.engine()
-    delivery.deliver_pending(engine, limit=500)  # leftovers of a killed or failed run
+    ids = config.record_ids
+    # A retry or re-execution: what its earlier attempts did, and every notification they left
+    # pending (not a page of it), delivered first.
+    earlier = leftovers = None
+    before = lineage(context)
+    if before is not None:
+        earlier = done_earlier(engine, spec.name, before.run_ids, ids, log)
+        leftovers = Selection(since=before.started_at - DeliveryPipeline.SINCE_MARGIN)
+        log(
+            f"trigger {spec.name}: attempt {before.retry_number + 1}; {len(earlier)} of the "
+            f"batch's record(s) already done by an earlier attempt (runs "
+            f"{', '.join(r[:8] for r in before.run_ids)})"
+        )
     # A line per committed chunk: chunks are hundreds to thousands of records, so a few lines.
-    progress = Progress(
-        len(set(config.record_ids)), context.log.info, f"trigger {spec.name}", every_seconds=0
-    )
-    result = process_batch(
+    progress = Progress(len(set(ids)), log, f"trigger {spec.name}", every_seconds=0)
+    result = process_batch_delivering(
         spec,
         engine,
-        config.record_ids,
+        ids,
+        notifier.delivery(log=log),
+        leftovers=leftovers,
         run_id=context.run_id,
         actor=actor,
-        deliver=lambda eng, keys: delivery.deliver_pending(eng, keys),
-        log=context.log.info,
+        log=log,
         progress=progress.tick,
+        earlier=earlier,
     )
     result.progress = progress.metadata()
     return result
 
 
 def result_metadata(result: BatchResult) -> dict[str, Any]:
+    """This attempt's counts (with ``already_done_by_earlier_attempt`` apart from ``skipped``),
+    its rate, and what its deliveries did (earlier attempts' leftovers included)."""
     counts = result.counts()
+    counts.setdefault(EARLIER, 0)
+    delivery = result.delivery
     return {
         **counts,
         **{k: result.progress[k] for k in ("seconds", "rate_per_second") if k in result.progress},
         "transitioned_ids": dg.MetadataValue.json(result.ids("succeeded")[:1000]),
         "notifications": len(result.notification_keys),
+        "notifications_delivered": len(delivery.delivered) if delivery else 0,
+        "notifications_failed": len(delivery.failed) if delivery else 0,
+        "delivery_errors": dg.MetadataValue.json(delivery.first_errors() if delivery else {}),
         "errors": dg.MetadataValue.json(
             {str(o.record_id): o.error for o in result.outcomes if o.error}
         ),

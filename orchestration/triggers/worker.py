@@ -29,8 +29,14 @@ path                  applies when                                if it cannot t
 Either way the per-record semantics are the same: a record that stopped matching (or lost the
 compare-and-set) is skipped; an action that raises costs only its own record an attempt, and
 after ``max_attempts`` ``on_error`` runs (in a savepoint) and the record is never retried. A
-killed worker loses only its open chunk, which a re-run redoes. After each commit the chunk's
-notifications are delivered (``resources.notifier``).
+killed worker loses only its open chunk, which a re-run redoes.
+
+Notifications are delivered beside the chunks (:func:`process_batch_delivering`, pipelined):
+each committed chunk's keys go to a ``resources.notifier.DeliveryPipeline`` thread, which POSTs
+them concurrently while the next chunk transitions; the batch returns once every notification
+is acknowledged and marked (or failed and left pending). Records an earlier attempt of the same
+batch already moved (a step retry, a re-execution: ``lineage``) are reported apart from records
+that stopped matching.
 
 ``python -m orchestration.triggers.worker --store-url URL --trigger NAME --ids 1,2,5-9`` runs it
 without Dagster (used by the reliability tests, which SIGKILL it).
@@ -44,7 +50,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -55,8 +61,15 @@ from orchestration.triggers.scan import chunks
 from orchestration.triggers.spec import TriggerSpec, utcnow
 from resources.db import is_connection_error, is_lock_timeout, retrying
 
+if TYPE_CHECKING:
+    from resources.notifier import DeliveryReport, OutboxDelivery, Selection
+
 Log = Callable[[str], None]
-Deliver = Callable[[sa.Engine, list[str] | None], Any]  # None: every pending row
+# Called after each chunk commits with its notification keys; None: every pending row this batch
+# may have left (after a lost connection). A ``DeliveryPipeline`` returns at once.
+Deliver = Callable[[sa.Engine, list[str] | None], Any]
+EARLIER = "already_done_by_earlier_attempt"
+ERROR_LINES = 20  # per-record error lines in a batch's summary, then a count
 
 
 @dataclass
@@ -65,14 +78,31 @@ class BatchResult:
     outcomes: list[Outcome] = field(default_factory=list)
     notification_keys: list[str] = field(default_factory=list)
     progress: dict[str, Any] = field(default_factory=dict)  # final Progress numbers, if any
+    # Record id -> status an earlier attempt of this batch gave it (``lineage``); None: not
+    # looked up (a first attempt), so ``counts`` has no ``already_done_by_earlier_attempt``.
+    earlier: dict[int, str] | None = None
+    delivery: DeliveryReport | None = None  # what the batch's deliveries sent, once done
 
     def ids(self, status: str) -> list[int]:
         return [o.record_id for o in self.outcomes if o.status == status]
 
+    def done_earlier(self, outcome: Outcome) -> bool:
+        """Skipped now because an earlier attempt of this batch moved (or gave up on) it."""
+        return (
+            outcome.status == "skipped"
+            and bool(self.earlier)
+            and outcome.record_id in (self.earlier or {})
+        )
+
     def counts(self) -> dict[str, int]:
+        """This attempt's outcomes; with ``earlier`` known, records an earlier attempt already
+        did are counted as ``already_done_by_earlier_attempt``, not ``skipped`` (which then
+        means: stopped matching, or never matched)."""
         out = {"succeeded": 0, "skipped": 0, "failed": 0, "exhausted": 0}
+        if self.earlier is not None:
+            out[EARLIER] = 0
         for o in self.outcomes:
-            out[o.status] += 1
+            out[EARLIER if self.done_earlier(o) else o.status] += 1
         return out
 
 
@@ -138,7 +168,25 @@ def process_chunk(
 def _commit_chunk(spec, engine: sa.Engine, part, paths, run_id, actor, log, statement):
     """One chunk in its own transaction: committed, or rolled back as a whole."""
     with engine.begin() as conn:
+        begin_sqlite_write(conn)
         return process_chunk(spec, conn, part, paths, run_id, actor, log, statement)
+
+
+def begin_sqlite_write(conn: sa.Connection) -> None:
+    """SQLite: open the chunk's transaction explicitly, as a writer (``BEGIN IMMEDIATE``).
+
+    The pysqlite driver begins a transaction only at the first INSERT/UPDATE; a chunk starts with
+    reads and its first write is inside a savepoint (set-based ``all_or_fall_back``, per-record
+    savepoints), so that ``SAVEPOINT`` opened the transaction and its ``RELEASE`` committed it:
+    records moved without their history and outbox rows (seen with a SIGKILL while a deliverer
+    held the write lock). Taking the write lock first also spares the chunk a failed upgrade
+    from reader to writer when a deliverer commits between its read and its first write.
+    A connection already in a transaction (an engine that emits ``BEGIN`` itself) is left as is.
+    """
+    if conn.dialect.name != "sqlite":
+        return
+    if not conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _run_chunk(spec, engine: sa.Engine, part, paths, run_id, actor, log, statement):
@@ -182,12 +230,14 @@ def process_batch(
     log: Log | None = None,
     commit_every: int | None = None,
     progress: Callable[[int], Any] | None = None,
+    earlier: dict[int, str] | None = None,
 ) -> BatchResult:
     """Apply ``spec`` to each of ``ids``; see the module docstring for the guarantees.
 
-    ``progress`` is called with the size of each chunk once it is committed.
+    ``progress`` is called with the size of each chunk once it is committed; ``earlier`` is what
+    earlier attempts of this batch did (``lineage.done_earlier``), for the counts.
     """
-    result = BatchResult(spec.name)
+    result = BatchResult(spec.name, earlier=earlier)
     actor = actor or spec.actor
     ordered = sorted({int(i) for i in ids})
     paths = chunk_paths(spec, engine.dialect.name)
@@ -214,9 +264,35 @@ def process_batch(
     if log:
         counts = result.counts()
         log(f"trigger {spec.name}: {counts} of {len(ordered)} record(s)")
-        for o in result.outcomes:
-            if o.error:
-                log(f"  record {o.record_id} attempt {o.attempt} {o.status}: {o.error}")
+        errors = [o for o in result.outcomes if o.error]
+        for o in errors[:ERROR_LINES]:
+            log(f"  record {o.record_id} attempt {o.attempt} {o.status}: {o.error}")
+        if len(errors) > ERROR_LINES:
+            log(f"  … and {len(errors) - ERROR_LINES} more record error(s) (the step's metadata)")
+    return result
+
+
+def process_batch_delivering(
+    spec: TriggerSpec,
+    engine: sa.Engine,
+    ids: Iterable[int],
+    delivery: OutboxDelivery,
+    *,
+    leftovers: Selection | None = None,
+    **kwargs: Any,
+) -> BatchResult:
+    """:func:`process_batch` with its notifications delivered beside it (pipelined): each
+    committed chunk's keys are delivered while the next chunk transitions; returns once every
+    delivery is done (``result.delivery``), raising if one failed past the retry window.
+
+    ``leftovers`` (a retried or re-executed step: what its earlier attempts left pending) is
+    delivered first, on the same thread.
+    """
+    with delivery.pipeline(engine) as pipe:
+        if leftovers is not None:
+            pipe.submit_selection(leftovers, "notifications left pending by earlier attempts")
+        result = process_batch(spec, engine, ids, deliver=pipe, **kwargs)
+    result.delivery = pipe.report
     return result
 
 
@@ -247,14 +323,7 @@ def run_trigger(
         ensure_upgraded(store.url)
         engine = store.engine()
     delivery = OutboxDelivery(webhook_url=webhook_url, log=log)
-    return process_batch(
-        spec,
-        engine,
-        record_ids,
-        actor=actor,
-        deliver=lambda eng, keys: delivery.deliver_pending(eng, keys),
-        log=log,
-    )
+    return process_batch_delivering(spec, engine, record_ids, delivery, actor=actor, log=log)
 
 
 def parse_ids(text: str) -> list[int]:
@@ -276,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     (never a traceback, never the password)."""
     from orchestration.triggers.catalog import get_trigger
     from resources.db import RecordStoreSettingError, is_connection_error, unreachable_message
-    from resources.notifier import OutboxDelivery
+    from resources.notifier import OutboxDelivery, Selection
     from resources.record_store import make_engine
 
     p = argparse.ArgumentParser(description="Run one trigger worker batch without Dagster.")
@@ -286,20 +355,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--webhook-url", default=None)
     p.add_argument("--commit-every", type=int, default=None)
     p.add_argument("--run-id", default=None)
-    p.add_argument("--sweep", action="store_true", help="first deliver older pending notifications")
+    p.add_argument("--sweep", action="store_true", help="first deliver every pending notification")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="notifications POSTed at once (default: the notifier's)",
+    )
     args = p.parse_args(argv)
     spec = get_trigger(args.trigger)
+    extra = {} if args.concurrency is None else {"concurrency": args.concurrency}
+    try:
+        delivery = OutboxDelivery(webhook_url=args.webhook_url, log=_stderr, **extra)
+    except ValueError as exc:  # a bad --concurrency: the one line
+        _stderr(f"error: {exc}")
+        return 1
     try:
         engine = make_engine(args.store_url)
-        delivery = OutboxDelivery(webhook_url=args.webhook_url)  # retry lines: logging
-        if args.sweep:
-            delivery.deliver_pending(engine)
-        result = process_batch(
+        result = process_batch_delivering(
             spec,
             engine,
             parse_ids(args.ids),
+            delivery,
+            leftovers=Selection() if args.sweep else None,
             run_id=args.run_id,
-            deliver=lambda eng, keys: delivery.deliver_pending(eng, keys),
             commit_every=args.commit_every,
             log=_stderr,
         )

@@ -69,25 +69,68 @@ def test_pure_action_that_uses_the_connection_falls_back_per_record(engine):
 
 
 def test_set_based_update_is_compare_and_set_on_cas_columns(engine):
-    """A record whose cas column changed after the read is skipped, the others go through."""
+    """A record whose cas column changed after the read is skipped, the others go through.
+
+    The change is made inside the chunk's own transaction, between the read and the set-based
+    UPDATE: a concurrent writer cannot get in there (PostgreSQL: the read locks the rows; SQLite:
+    the chunk holds the write lock from its start, ``worker.begin_sqlite_write``)."""
+    from orchestration.triggers import set_based
+    from orchestration.triggers.chunk import ChunkWrites, read_due
+    from orchestration.triggers.spec import utcnow
+    from orchestration.triggers.worker import begin_sqlite_write
+
     seed_alerts(engine, due=3)
+    spec = _spec(lambda record, ctx: Transition({"state": "escalated"}), cas_columns=("title",))
+    with engine.begin() as conn:
+        begin_sqlite_write(conn)
+        now = utcnow()
+        rows, prior = read_due(spec, conn, [1, 2, 3], now)
+        conn.execute(alerts.update().where(alerts.c.id == 2).values(title="renamed"))
+        writes = ChunkWrites(spec, "r", None, now)
+        set_based.run(spec, conn, [1, 2, 3], rows, prior, writes)
+        writes.write(conn, [1, 2, 3])
+    outcomes = [(i, writes.outcomes[i].status, writes.outcomes[i].attempt) for i in (1, 2, 3)]
+    assert outcomes == [(1, "succeeded", 1), (2, "skipped", 1), (3, "succeeded", 1)]
+    assert alert_states(engine) == {1: "escalated", 2: "pending", 3: "escalated"}
+
+
+def test_a_concurrent_writer_waits_for_the_chunk_on_sqlite(sqlite_store_url):
+    """SQLite: the chunk's transaction is one transaction from its first read (``BEGIN
+    IMMEDIATE``). Before, its first write was inside a savepoint, which opened the transaction;
+    the savepoint's RELEASE committed the records' UPDATE on its own, and a kill before the
+    history and outbox inserts left records moved without either."""
+    import threading
+
+    from resources.record_store import make_engine
+
+    engine = make_engine(sqlite_store_url)
+    seed_alerts(engine, due=3)
+    inside = threading.Event()
+    release = threading.Event()
 
     def action(record, ctx):
-        if record["id"] == 2:  # a concurrent writer renames alert 2 between read and update
-            with engine.begin() as other:
-                other.execute(alerts.update().where(alerts.c.id == 2).values(title="renamed"))
+        if record["id"] == 2:
+            inside.set()
+            assert release.wait(30)
         return Transition({"state": "escalated"})
 
-    if engine.dialect.name == "postgresql":  # row 2 is locked by the worker: no concurrent write
-        action = lambda record, ctx: Transition({"state": "escalated"})  # noqa: E731
-        with engine.begin() as conn:
-            conn.execute(alerts.update().where(alerts.c.id == 2).values(title="renamed"))
-    spec = _spec(action, cas_columns=("title",))
-    if engine.dialect.name == "postgresql":
-        result = process_batch(spec, engine, [1, 2, 3])
-        assert result.ids("succeeded") == [1, 2, 3]
-        return
-    result = process_batch(spec, engine, [1, 2, 3])
-    assert result.ids("succeeded") == [1, 3]
-    assert [(o.record_id, o.attempt) for o in result.outcomes if o.status == "skipped"] == [(2, 1)]
-    assert alert_states(engine) == {1: "escalated", 2: "pending", 3: "escalated"}
+    done: dict = {}
+    worker = threading.Thread(
+        target=lambda: done.update(result=process_batch(_spec(action), engine, [1, 2, 3]))
+    )
+    worker.start()
+    assert inside.wait(30)
+    probe = make_engine(sqlite_store_url, {"RECORD_STORE_BUSY_TIMEOUT_MS": "100"})
+    try:
+        with probe.begin() as other:  # the chunk holds the write lock: this writer waits
+            other.execute(alerts.update().where(alerts.c.id == 1).values(title="x"))
+        blocked = False
+    except sa.exc.OperationalError as exc:
+        blocked = "locked" in str(exc)
+    finally:
+        release.set()
+        worker.join(30)
+        probe.dispose()
+    assert blocked
+    assert done["result"].ids("succeeded") == [1, 2, 3]
+    engine.dispose()
