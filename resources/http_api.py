@@ -10,6 +10,10 @@ Every call is bounded (README, "HTTP behaviour"): one deadline covers connect, s
 attempt and every sleep; a success body is read up to ``max_body_bytes`` and an error body up to
 ``max_error_body_bytes``, streamed, so a hostile or broken server can hold neither the step's time
 nor its memory. A 2xx body that is not JSON is a final :class:`ApiResponseError`.
+
+httpx (with httpcore and h11: ~60 ms and ~6 MB) is imported when a client is made, with the
+transport pieces that subclass it (``http_api_transport``): every run loads this module through
+the code location, and most runs never call a platform (tests/core/test_import_cost.py).
 """
 
 from __future__ import annotations
@@ -26,15 +30,18 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import httpcore
-import httpx
 import tenacity
 
 from resources import tracing
 from resources.environments import header_value_problem
+
+if TYPE_CHECKING:
+    import httpx
+
+    from resources.http_api_transport import CheckedResponse
 
 logger = logging.getLogger(__name__)
 
@@ -357,90 +364,6 @@ def _within_deadline(timeout: float | None, exc_type: type[Exception]) -> float 
     return remaining if timeout is None else min(timeout, remaining)
 
 
-class _DeadlineStream(httpcore.NetworkStream):
-    """A socket whose every read and write ends by the call's deadline.
-
-    httpx's timeouts are per socket operation: a server sending one byte per second never trips
-    a 3 s read timeout. Clipping each operation to the remaining deadline bounds the whole call,
-    the status line and headers included (which no body loop could watch).
-    """
-
-    def __init__(self, stream: httpcore.NetworkStream) -> None:
-        self._stream = stream
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, _within_deadline(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, _within_deadline(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def start_tls(
-        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.NetworkStream:
-        return _DeadlineStream(
-            self._stream.start_tls(
-                ssl_context, server_hostname, _within_deadline(timeout, httpcore.ConnectTimeout)
-            )
-        )
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
-
-
-class _DeadlineBackend(httpcore.NetworkBackend):
-    """httpcore's own sync backend, with :class:`_DeadlineStream` sockets."""
-
-    def __init__(self) -> None:
-        self._backend = httpcore.SyncBackend()
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.NetworkStream:
-        return _DeadlineStream(
-            self._backend.connect_tcp(
-                host,
-                port,
-                _within_deadline(timeout, httpcore.ConnectTimeout),
-                local_address,
-                socket_options,
-            )
-        )
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Any = None
-    ) -> httpcore.NetworkStream:
-        return _DeadlineStream(
-            self._backend.connect_unix_socket(
-                path, _within_deadline(timeout, httpcore.ConnectTimeout), socket_options
-            )
-        )
-
-    def sleep(self, seconds: float) -> None:
-        self._backend.sleep(seconds)
-
-
-def _deadline_transport() -> httpx.HTTPTransport:
-    """httpx's default transport over :class:`_DeadlineBackend`.
-
-    httpx has no public hook for a network backend; its transport keeps the httpcore pool in
-    ``_pool``. Should that change, the header-trickling test in
-    tests/release/test_http_hardening.py fails (nothing else can bound a trickled status line).
-    """
-    transport = httpx.HTTPTransport()
-    transport._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(), network_backend=_DeadlineBackend()
-    )
-    return transport
-
-
 # Content-codings named in a message; any other header text is the server's and is not echoed
 # (it could carry anything, and it was lowercased, which no scrub would recognise).
 _KNOWN_CODINGS = frozenset(
@@ -526,21 +449,6 @@ class _BodyDecoder:
             raise _EncodingRefused(f"its {self._coding} body is too short to decode")
 
 
-class CheckedResponse(httpx.Response):
-    """A response read whole within the caps, whose ``json()`` fails as an :class:`ApiError`.
-
-    Callers that take the response from :meth:`ApiClient.request` and call ``.json()`` get the
-    same checked decoding as :meth:`ApiClient.request_json`.
-    """
-
-    def __init__(self, *, decoder: Callable[[httpx.Response], Any], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._decoder = decoder
-
-    def json(self, **kwargs: Any) -> Any:
-        return self._decoder(self)
-
-
 class _WaitWithRetryAfter(tenacity.wait.wait_base):
     """Exponential backoff with jitter, but never shorter than the server's ``Retry-After``."""
 
@@ -621,11 +529,15 @@ class ApiClient:
         self.deadline_seconds = float(deadline_seconds)
         self.max_body_bytes = max_body_bytes
         self.max_error_body_bytes = max_error_body_bytes
+        import httpx
+
+        from resources.http_api_transport import deadline_transport
+
         self._client = httpx.Client(
             base_url=self.base_url,
             headers={"Accept-Encoding": ACCEPT_ENCODING, **dict(headers)},
             timeout=httpx.Timeout(timeout_seconds, connect=min(10.0, timeout_seconds)),
-            transport=transport if transport is not None else _deadline_transport(),
+            transport=transport if transport is not None else deadline_transport(),
             follow_redirects=False,
         )
 
@@ -648,6 +560,8 @@ class ApiClient:
 
     def _attempt_timeout(self, deadline: float) -> httpx.Timeout:
         """This attempt's timeouts, none past the deadline (for transports without our sockets)."""
+        import httpx
+
         remaining = max(0.001, deadline - time.monotonic())
         timeout = min(self._timeout_seconds, remaining)
         return httpx.Timeout(timeout, connect=min(10.0, timeout))
@@ -743,6 +657,8 @@ class ApiClient:
         The response is read whole (within ``max_body_bytes``) before it is returned; its
         ``json()`` is :meth:`decode_json`.
         """
+        import httpx
+
         method = method.upper()
         headers = dict(extra_headers or {})
         if method == "POST":
@@ -888,6 +804,8 @@ class ApiClient:
             ) from None
         if over:
             raise self._too_large(method, path, status, "that kept going")
+        from resources.http_api_transport import CheckedResponse
+
         kept = [
             (k, v)
             for k, v in response.headers.multi_items()

@@ -1,12 +1,18 @@
-"""The device checks a gateway runs: HTTP GET or TCP connect, always with a timeout."""
+"""The device checks a gateway runs: HTTP GET or TCP connect, always with a timeout.
+
+httpx is imported by the first HTTP check, not with the module: the code location loads this
+module for every run, and a TCP-only gateway never needs it (tests/core/test_import_cost.py).
+"""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 _client: httpx.Client | None = None
 _client_lock = threading.Lock()
@@ -16,6 +22,8 @@ def _shared_client() -> httpx.Client:
     """One pooled client per process: a new client per check would build a TLS context and a
     connection every time, which dominates a fast device's check."""
     global _client
+    import httpx
+
     with _client_lock:
         if _client is None:
             _client = httpx.Client(follow_redirects=False, limits=httpx.Limits(max_connections=64))
@@ -25,6 +33,8 @@ def _shared_client() -> httpx.Client:
 def http_check(address: str, timeout: float) -> tuple[str, dict]:
     """GET ``address``; a response below 400 means up. Redirects are not followed: a device that
     answers at all with a non-error status is reachable, which is what polling measures."""
+    import httpx
+
     started = time.perf_counter()
     try:
         response = _shared_client().get(address, timeout=timeout)

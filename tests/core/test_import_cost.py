@@ -97,6 +97,27 @@ def test_loading_the_code_location_imports_no_heavy_client():
     assert not found, "loading the code location imported: " + _report(found, prefixes)
 
 
+def test_the_http_clients_import_httpx_only_when_they_call():
+    """httpx (~60 ms, ~6 MB) comes with the first client, not with the modules that bind it.
+
+    (resources.notifier, imported by every area's trigger tables, still imports it at load: once
+    it does not, add httpx/httpcore/h11 to HEAVY for the trigger run.)"""
+    code = (
+        "import json, sys\n"
+        "import resources.http_api, resources.platform_api, resources.supabase\n"
+        "import orchestration.gateways.checks, orchestration.maintenance.platform_calls\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    modules = json.loads(proc.stdout.strip().splitlines()[-1])
+    prefixes = {"httpx": "HTTP client", "httpcore": "httpx's transport", "h11": "HTTP/1.1"}
+    found = _heavy(modules, prefixes)
+    assert not found, "the HTTP client modules imported: " + _report(found, prefixes)
+
+
 def _recorded_run(home: Path, job: str, env: dict, modules_file: Path, *args: str) -> list[str]:
     cmd = [sys.executable, "-c", RECORDING_CLI, str(modules_file), "job", "execute"]
     cmd += ["-m", "orchestration.definitions", "-j", job, *args]
