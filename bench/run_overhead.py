@@ -58,7 +58,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,28 +109,57 @@ engine.dispose()
 # --------------------------------------------------------------------------- process trees
 
 
+def high_water_mark(pid: int) -> int:
+    """Bytes: the process's peak resident set so far (``VmHWM``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def group_of(pid: int) -> int | None:
+    """The process group of ``pid`` (None if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[2])  # fields after "(comm)": state ppid pgrp
+
+
+def group_members(pgid: int) -> set[int]:
+    """The pids of process group ``pgid`` now."""
+    return {int(n) for n in os.listdir("/proc") if n.isdigit() and group_of(int(n)) == pgid}
+
+
 class GroupSampler(threading.Thread):
-    """Peak of the summed RSS of every process in process group ``pgid`` (sampled from /proc).
+    """Peak of the summed RSS of the processes of process group ``pgid`` (sampled from /proc),
+    leaving out ``exclude`` (processes that were there before what is measured started) and, at
+    each sample, processes for which ``ignore(pid)`` is true.
 
     Only pids not seen before have their ``stat`` read (to learn their group), so a sample costs
     a directory listing plus one ``statm`` per member: cheap enough not to slow what it measures.
+    With ``hwm``, each member's own high-water mark (``VmHWM``) is read too: ``largest`` is then
+    the largest single process, for processes this one cannot ``wait4`` (a daemon's run worker).
     """
 
-    def __init__(self, pgid: int, every: float = 0.05) -> None:
+    def __init__(
+        self,
+        pgid: int,
+        every: float = 0.05,
+        exclude: Iterable[int] = (),
+        hwm: bool = False,
+        ignore: Callable[[int], bool] = lambda pid: False,
+    ) -> None:
         super().__init__(daemon=True)
         self.pgid = pgid
+        self.ignore = ignore  # a process for which it is true is not counted (that sample)
         self.every = every
+        self.hwm = hwm
         self.peak = 0
+        self.largest = 0
         self._members: set[int] = set()
-        self._others: set[int] = set()
+        self._others: set[int] = set(exclude)
         self._halt = threading.Event()
-
-    def _group_of(self, pid: int) -> int | None:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return None
-        return int(stat.rsplit(")", 1)[1].split()[2])  # fields after "(comm)": state ppid pgrp
 
     def sample(self) -> None:
         total = 0
@@ -141,12 +170,16 @@ class GroupSampler(threading.Thread):
             if pid in self._others:
                 continue
             if pid not in self._members:
-                if self._group_of(pid) != self.pgid:
+                if group_of(pid) != self.pgid:
                     self._others.add(pid)
                     continue
                 self._members.add(pid)
+            if self.ignore(pid):  # asked at every sample: until it execs, a forked child
+                continue  # shows its parent's command line
             try:
                 total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+                if self.hwm:
+                    self.largest = max(self.largest, high_water_mark(pid))
             except OSError:
                 self._members.discard(pid)
         self.peak = max(self.peak, total)
