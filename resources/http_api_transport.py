@@ -93,9 +93,12 @@ def deadline_transport() -> httpx.HTTPTransport:
     ``_pool``. Should that change, the header-trickling test in
     tests/release/test_http_hardening.py fails (nothing else can bound a trickled status line).
     """
-    transport = httpx.HTTPTransport()
+    # One SSL context for both (loading the CA bundle takes ~20 ms each): the transport's own
+    # pool, which is replaced, would otherwise build one that is never used.
+    ssl_context = httpx.create_ssl_context()
+    transport = httpx.HTTPTransport(verify=ssl_context)
     transport._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(), network_backend=_DeadlineBackend()
+        ssl_context=ssl_context, network_backend=_DeadlineBackend()
     )
     return transport
 
