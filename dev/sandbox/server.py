@@ -112,6 +112,18 @@ def _parse_json(raw: bytes) -> Any:
     return json.loads(raw)
 
 
+def _sql_of(path: str, raw: bytes) -> str | None:
+    """The ``query`` of a Management API SQL request, for the request log (no credentials)."""
+    if not path.startswith("/v1/"):
+        return None
+    try:
+        body = _parse_json(raw)
+    except (ValueError, RecursionError):
+        return None
+    sql = body.get("query") if isinstance(body, dict) else None
+    return sql if isinstance(sql, str) else None
+
+
 def _loopback_host(host: str) -> str:
     """The sandbox must never listen beyond this machine: refuse non-loopback addresses."""
     if host == "localhost":
@@ -316,6 +328,7 @@ class SandboxServer:
             headers.get("Idempotency-Key"),
             authorized,
             headers.get("traceparent"),
+            _sql_of(path, raw),
         )
         return reply
 
@@ -338,8 +351,12 @@ class SandboxServer:
         idempotency_key: str | None,
         authorized: bool,
         traceparent: str | None = None,
+        sql: str | None = None,
     ) -> None:
         entry = {
+            # The SQL text of a Management API query (None elsewhere): tests check that a
+            # read-only job sent reads only.
+            "sql": sql,
             "method": method,
             "path": path,
             "query": query,

@@ -113,6 +113,15 @@ def _transaction_verb(statement: str) -> str | None:
     return None
 
 
+def _sqlite_regclass(conn: sqlite3.Connection, name: object) -> str | None:
+    if not isinstance(name, str):
+        return None
+    row = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?", (name,)
+    ).fetchone()
+    return row[0] if row else None
+
+
 class SqliteRunner:
     """SQLite stand-in for the project's PostgreSQL: one connection and transaction per request."""
 
@@ -128,6 +137,11 @@ class SqliteRunner:
         statements = split_sqlite_statements(sql)
         with self._lock:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            # PostgreSQL's to_regclass(name): the name when the table exists, else NULL. The
+            # release plan asks with it whether the tracking table exists, through a read only.
+            conn.create_function(
+                "to_regclass", 1, lambda name: _sqlite_regclass(conn, name), deterministic=False
+            )
             try:
                 return self._run(conn, statements)
             finally:

@@ -8,8 +8,16 @@ from orchestration.release.jobs import (
     org_sync_all_job,
     org_sync_by_tenant_job,
     release_job,
+    release_plan_job,
 )
 
 defs = dg.Definitions(
-    jobs=[release_job, migrate_job, bootstrap_job, org_sync_all_job, org_sync_by_tenant_job]
+    jobs=[
+        release_job,
+        release_plan_job,
+        migrate_job,
+        bootstrap_job,
+        org_sync_all_job,
+        org_sync_by_tenant_job,
+    ]
 )

@@ -13,6 +13,7 @@ from orchestration.release.ops import (
     claim_environment,
     free_environment,
     plan_org_batches,
+    plan_release,
     release_preflight,
     run_bootstrap,
     summarize_org_sync,
@@ -30,7 +31,8 @@ def _org_sync(after: object) -> object:
     **job_settings(
         "release",
         description="Release sequence for one environment: migrate → bootstrap → org_sync_all. "
-        "Choose the environment in resources.environment (prod needs confirm_prod: true).",
+        "Choose the environment in resources.environment (prod needs confirm_prod: true and "
+        "the plan id of a reviewed release_plan run).",
         recipe="release",
         kind="release",
     )
@@ -42,6 +44,20 @@ def release_job() -> None:
     # or killed-then-marked run frees it by having ended (see guard.py).
     migrated = apply_migrations(claim_environment(release_preflight()))
     free_environment(_org_sync(run_bootstrap(migrated)))
+
+
+@dg.job(
+    **job_settings(
+        "release_plan",
+        description="Read-only: what release would do to one environment (pending migrations "
+        "with their SQL, drift, bootstrap, active orgs, URLs, code version) and the plan id "
+        "that release applies (ops.release_preflight.config.plan_id; required on prod).",
+        recipe="api_call",
+        kind="release_plan",
+    )
+)
+def release_plan_job() -> None:
+    plan_release()
 
 
 @dg.job(

@@ -164,10 +164,26 @@ def apply_sql(migration: Migration) -> str:
     )
 
 
+READ_APPLIED_SQL = f"SELECT version, checksum FROM {TRACKING_TABLE} ORDER BY version;"
+# A read that works whether or not the table exists (to_regclass answers NULL for a missing one).
+TRACKING_PRESENT_SQL = f"SELECT to_regclass('{TRACKING_TABLE}') IS NOT NULL AS present;"
+
+
 def read_applied(client: SupabaseSqlClient) -> dict[str, str]:
+    """Applied versions and checksums; creates the tracking table first (the apply path)."""
     client.query(CREATE_TRACKING_SQL)
-    rows = client.query(f"SELECT version, checksum FROM {TRACKING_TABLE} ORDER BY version;")
+    rows = client.query(READ_APPLIED_SQL)
     return {str(r["version"]): str(r["checksum"]) for r in rows}
+
+
+def read_applied_readonly(client: SupabaseSqlClient) -> dict[str, str]:
+    """Applied versions and checksums through reads only: a missing tracking table means nothing
+    is applied yet. The release plan uses this, because a plan must change nothing, not even
+    create an empty table (a reviewer could not tell a plan from a half-run release)."""
+    rows = client.query(TRACKING_PRESENT_SQL)
+    if not rows or not rows[0].get("present"):
+        return {}
+    return {str(r["version"]): str(r["checksum"]) for r in client.query(READ_APPLIED_SQL)}
 
 
 def _tracked_after_failure(client: SupabaseSqlClient, migration: Migration) -> bool | None:

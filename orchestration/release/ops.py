@@ -12,6 +12,7 @@ from orchestration.release import bootstrap as bootstrap_lib
 from orchestration.release import guard
 from orchestration.release import migrations as migrations_lib
 from orchestration.release import org_sync as org_sync_lib
+from orchestration.release import plan as plan_lib
 from orchestration.tags import ENVIRONMENT_TAG
 from resources.environment import PlatformEnvironment
 from resources.environments import PLATFORM, SUPABASE
@@ -25,8 +26,58 @@ def root_run_id(context: dg.OpExecutionContext) -> str:
     return context.run.root_run_id or context.run_id
 
 
-@dg.op(description="Checks the target environment and tags the run with it.")
-def release_preflight(context: dg.OpExecutionContext, environment: PlatformEnvironment) -> None:
+# Jobs that apply migrations: on prod they run only a reviewed plan (release_plan's id).
+# bootstrap and the org syncs are not covered by a plan id (the API has no dry run; orgs change
+# all the time), so they keep confirm_prod alone.
+PLAN_REQUIRED_ON_PROD = frozenset({"release", "migrate"})
+
+
+class PreflightConfig(dg.Config):
+    plan_id: str | None = Field(
+        default=None,
+        description="The id a release_plan run showed: the run first recomputes the plan (reads "
+        "only) and refuses, naming what changed, if it differs. Required for release and "
+        "migrate on prod.",
+    )
+
+
+def _migrations_dir(context: dg.OpExecutionContext) -> Path:
+    """The directory this run's apply_migrations step will read (its config, else the default),
+    so the plan checked is the plan applied."""
+    ops_config = (context.run_config or {}).get("ops") or {}
+    step_config = (ops_config.get("apply_migrations") or {}).get("config") or {}
+    return Path(step_config.get("migrations_dir") or migrations_lib.DEFAULT_MIGRATIONS_DIR)
+
+
+def _reviewed_target(instance: dg.DagsterInstance, plan_id: str) -> plan_lib.PlanTarget | None:
+    """The target of the release_plan run that showed ``plan_id`` (None: not on this instance)."""
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(job_name="release_plan", tags={plan_lib.PLAN_ID_TAG: plan_id}),
+        limit=1,
+    )
+    for record in records:
+        events = instance.get_records_for_run(
+            record.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_OUTPUT
+        ).records
+        for event in events:
+            data = event.event_log_entry.dagster_event
+            output = data.step_output_data if data else None
+            value = output.metadata.get("plan_target") if output else None
+            if value is not None:
+                return plan_lib.PlanTarget.from_dict(value.value)
+    return None
+
+
+@dg.op(
+    description="Checks the target environment and tags the run with it; given a plan_id, "
+    "recomputes the release plan (reads only) and refuses a plan that changed."
+)
+def release_preflight(
+    context: dg.OpExecutionContext,
+    config: PreflightConfig,
+    environment: PlatformEnvironment,
+    supabase: SupabaseManagementResource,
+) -> None:
     env = environment.environment
     if context.run.tags.get(ENVIRONMENT_TAG) != env.name:
         context.instance.add_run_tags(context.run_id, {ENVIRONMENT_TAG: env.name})
@@ -36,8 +87,110 @@ def release_preflight(context: dg.OpExecutionContext, environment: PlatformEnvir
         f"Release targets environment '{env.name}': platform API {api_url}, "
         f"Supabase Management API {supabase_url}"
     )
+    metadata: dict[str, object] = {
+        "environment": env.name,
+        "api_url": api_url,
+        "supabase_api_url": supabase_url,
+    }
+    if config.plan_id is None:
+        if env.name == "prod" and context.job_name in PLAN_REQUIRED_ON_PROD:
+            raise plan_lib.PlanRefused(
+                f"Job {context.job_name} on prod applies only a reviewed plan: run release_plan "
+                "for prod first, review it, then paste the YAML it shows (it sets "
+                "ops.release_preflight.config.plan_id) into this job's launchpad. Nothing was "
+                "sent."
+            )
+    else:
+        plan_id = plan_lib.check_plan_id(config.plan_id)
+        migrations = migrations_lib.discover(_migrations_dir(context))
+        with supabase.client(on_retry=context.log.warning) as sql:
+            plan = plan_lib.compute_plan(
+                environment=env.name,
+                api_url=api_url,
+                supabase_api_url=supabase_url,
+                migrations=migrations,
+                sql=sql,
+                platform=None,  # orgs are not in the id: no need to list them here
+                code_version=plan_lib.code_version(),
+            )
+        reviewed = None if plan.plan_id == plan_id else _reviewed_target(context.instance, plan_id)
+        plan_lib.verify(plan, plan_id, reviewed)
+        context.log.info(
+            f"Plan {plan_id[:12]} verified: {len(plan.pending)} migration(s) pending, "
+            f"{len(plan.applied)} applied"
+        )
+        metadata["plan_id"] = plan_id
+    context.add_output_metadata(metadata)
+
+
+class ReleasePlanConfig(dg.Config):
+    migrations_dir: str = Field(
+        default=str(migrations_lib.DEFAULT_MIGRATIONS_DIR),
+        description="Directory of NNNN_name.sql files (the one release's apply_migrations reads).",
+    )
+
+
+@dg.op(
+    description="Read-only: what release would do to the environment (pending migrations and "
+    "their SQL, drift, bootstrap, active orgs, URLs, code version) and the plan id to apply."
+)
+def plan_release(
+    context: dg.OpExecutionContext,
+    config: ReleasePlanConfig,
+    environment: PlatformEnvironment,
+    supabase: SupabaseManagementResource,
+    platform_api: PlatformApiResource,
+) -> None:
+    env = environment.environment
+    api_url, supabase_url = env.endpoint(PLATFORM), env.endpoint(SUPABASE)
+    migrations = migrations_lib.discover(Path(config.migrations_dir))
+    with (
+        supabase.client(on_retry=context.log.warning) as sql,
+        platform_api.client(on_retry=context.log.warning) as platform,
+    ):
+        plan = plan_lib.compute_plan(
+            environment=env.name,
+            api_url=api_url,
+            supabase_api_url=supabase_url,
+            migrations=migrations,
+            sql=sql,
+            platform=platform,
+            code_version=plan_lib.code_version(),
+        )
+    context.instance.add_run_tags(
+        context.run_id, {ENVIRONMENT_TAG: env.name, plan_lib.PLAN_ID_TAG: plan.plan_id}
+    )
+    custom_dir = config.migrations_dir != str(migrations_lib.DEFAULT_MIGRATIONS_DIR)
+    launchpad = plan_lib.launchpad_yaml(
+        plan,
+        confirm_prod=environment.confirm_prod,
+        migrations_dir=config.migrations_dir if custom_dir else None,
+    )
+    if plan.blocked:
+        context.log.warning(f"Plan {plan.plan_id} is BLOCKED: {'; '.join(plan.blocked_reasons)}")
+    else:
+        context.log.info(
+            f"Plan {plan.plan_id}: {len(plan.pending)} migration(s) pending, bootstrap (smart), "
+            f"{plan.org_count} active org(s)"
+        )
     context.add_output_metadata(
-        {"environment": env.name, "api_url": api_url, "supabase_api_url": supabase_url}
+        {
+            "plan_id": plan.plan_id,
+            "blocked": plan.blocked,
+            "blocked_reason": "; ".join(plan.blocked_reasons),
+            "summary": dg.MetadataValue.md(plan_lib.summary_markdown(plan)),
+            "launchpad_yaml": dg.MetadataValue.md(
+                "Paste into the `release` launchpad:\n\n" + plan_lib.fence(launchpad, "yaml")
+            ),
+            "pending": dg.MetadataValue.json([p.filename for p in plan.pending]),
+            "applied_count": len(plan.applied),
+            "active_orgs": plan.org_count,
+            "environment": env.name,
+            "api_url": api_url,
+            "supabase_api_url": supabase_url,
+            "code_version": plan.code_version,
+            "plan_target": dg.MetadataValue.json(plan.target.as_dict()),
+        }
     )
 
 

@@ -43,6 +43,24 @@ def prod_standins(tmp_path, monkeypatch, platform_env) -> Iterator[tuple[Sandbox
         yield api, db
 
 
+def _with_reviewed_plan(instance) -> dict:
+    """Prod run config carrying the plan id of a release_plan run (release and migrate on prod
+    apply only a reviewed plan)."""
+    planned = defs.get_job_def("release_plan").execute_in_process(
+        instance=instance, run_config=run_config("prod", **PROD_CONFIRMED), raise_on_error=False
+    )
+    assert planned.success, run_text(planned)
+    (output,) = [
+        e
+        for e in planned.all_events
+        if e.event_type_value == "STEP_OUTPUT" and e.step_key == "plan_release"
+    ]
+    plan_id = output.event_specific_data.metadata["plan_id"].value
+    return run_config(
+        "prod", **PROD_CONFIRMED, ops={"release_preflight": {"config": {"plan_id": plan_id}}}
+    )
+
+
 def _override_value(variable: str, sandbox: SandboxServer) -> str:
     # BIGQUERY_EMULATOR_HOST takes host:port; the URL variables take a base URL.
     return (
@@ -79,7 +97,7 @@ def test_an_override_equal_to_the_fixed_endpoint_changes_nothing(
     monkeypatch.setenv("CA_API_URL", api.base_url + "/")
     monkeypatch.setenv("SUPABASE_API_URL", db.base_url)
     result = defs.get_job_def("migrate").execute_in_process(
-        instance=instance, run_config=run_config("prod", **PROD_CONFIRMED), raise_on_error=False
+        instance=instance, run_config=_with_reviewed_plan(instance), raise_on_error=False
     )
     assert result.success, run_text(result)
 
@@ -87,7 +105,7 @@ def test_an_override_equal_to_the_fixed_endpoint_changes_nothing(
 def test_preflight_reports_the_urls_the_clients_call(instance, platform_env, prod_standins):
     api, db = prod_standins
     result = defs.get_job_def("release").execute_in_process(
-        instance=instance, run_config=run_config("prod", **PROD_CONFIRMED), raise_on_error=False
+        instance=instance, run_config=_with_reviewed_plan(instance), raise_on_error=False
     )
     assert result.success, run_text(result)
     (output,) = [

@@ -174,8 +174,14 @@ def test_prod_without_confirmation_refused_before_any_request(instance, platform
     assert not result.success
     assert "confirm_prod: true" in run_text(result)
     assert platform_env.requests == []
-    # With confirmation the same run goes through (against the sandbox standing in for prod).
-    confirmed = _execute(instance, config=run_config("prod", env_extra={"confirm_prod": True}))
+    # With confirmation (and a reviewed plan, which prod requires: tests/release/
+    # test_release_plan.py) the same run goes through against the sandbox standing in for prod.
+    prod = run_config("prod", env_extra={"confirm_prod": True})
+    planned = _execute(instance, "release_plan", prod)
+    plan_id = _step_metadata(planned, "plan_release")["plan_id"]
+    confirmed = _execute(
+        instance, config={**prod, "ops": {"release_preflight": {"config": {"plan_id": plan_id}}}}
+    )
     assert confirmed.success
 
 
