@@ -117,18 +117,23 @@ def high_water_mark(pid: int) -> int:
     return 0
 
 
-def group_of(pid: int) -> int | None:
-    """The process group of ``pid`` (None if it is gone)."""
+def parent_and_group(pid: int) -> tuple[int, int] | None:
+    """(parent pid, process group) of ``pid``; None if it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[2])  # fields after "(comm)": state ppid pgrp
+    fields = stat.rsplit(")", 1)[1].split()  # after "(comm)": state ppid pgrp ...
+    return int(fields[1]), int(fields[2])
 
 
 def group_members(pgid: int) -> set[int]:
     """The pids of process group ``pgid`` now."""
-    return {int(n) for n in os.listdir("/proc") if n.isdigit() and group_of(int(n)) == pgid}
+    found = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (ids := parent_and_group(int(name))) and ids[1] == pgid:
+            found.add(int(name))
+    return found
 
 
 class GroupSampler(threading.Thread):
@@ -136,10 +141,16 @@ class GroupSampler(threading.Thread):
     leaving out ``exclude`` (processes that were there before what is measured started) and, at
     each sample, processes for which ``ignore(pid)`` is true.
 
+    A child that has been forked but has not exec'd yet (its command line is still its
+    parent's) is not counted: until ``exec`` it shares (vfork) or copies its parent's pages, and
+    counting it would count the parent twice — ``subprocess`` starting ``tail`` from a 110 MiB
+    process would show as 220 MiB.
+
     Only pids not seen before have their ``stat`` read (to learn their group), so a sample costs
-    a directory listing plus one ``statm`` per member: cheap enough not to slow what it measures.
-    With ``hwm``, each member's own high-water mark (``VmHWM``) is read too: ``largest`` is then
-    the largest single process, for processes this one cannot ``wait4`` (a daemon's run worker).
+    a directory listing plus a ``cmdline`` and a ``statm`` per member: cheap enough not to slow
+    what it measures. With ``hwm``, each member's own high-water mark (``VmHWM``) is read too:
+    ``largest`` is then the largest single process, for processes this one cannot ``wait4``
+    (a daemon's run worker).
     """
 
     def __init__(
@@ -157,31 +168,35 @@ class GroupSampler(threading.Thread):
         self.hwm = hwm
         self.peak = 0
         self.largest = 0
-        self._members: set[int] = set()
+        self._members: dict[int, int] = {}  # pid -> parent pid
         self._others: set[int] = set(exclude)
         self._halt = threading.Event()
 
     def sample(self) -> None:
-        total = 0
         for name in os.listdir("/proc"):
-            if not name.isdigit():
+            if not name.isdigit() or int(name) in self._others or int(name) in self._members:
                 continue
-            pid = int(name)
-            if pid in self._others:
-                continue
-            if pid not in self._members:
-                if group_of(pid) != self.pgid:
-                    self._others.add(pid)
-                    continue
-                self._members.add(pid)
-            if self.ignore(pid):  # asked at every sample: until it execs, a forked child
-                continue  # shows its parent's command line
+            ids = parent_and_group(int(name))
+            if ids is None or ids[1] != self.pgid:
+                self._others.add(int(name))
+            else:
+                self._members[int(name)] = ids[0]
+        cmdlines = {}
+        for pid in list(self._members):
+            try:
+                cmdlines[pid] = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                del self._members[pid]
+        total = 0
+        for pid, parent in self._members.items():
+            if cmdlines[pid] == cmdlines.get(parent) or self.ignore(pid):
+                continue  # not exec'd yet, or not to be counted
             try:
                 total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
                 if self.hwm:
                     self.largest = max(self.largest, high_water_mark(pid))
-            except OSError:
-                self._members.discard(pid)
+            except (OSError, IndexError):
+                continue  # it ended between the two reads
         self.peak = max(self.peak, total)
 
     def run(self) -> None:
