@@ -30,7 +30,13 @@ class DemoJob:
     config: Path | None = None
 
 
-DEMO_JOBS: list[DemoJob] = [DemoJob("release", REPO / "config" / "release-test.yaml")]
+PLANNED_CONFIG = DEMO_DIR / "release-planned.yaml"
+# Plan -> apply, as the runbook's prod procedure: release runs the config the plan run showed
+# (its launchpad_yaml, with the plan id), so the release applies exactly what was planned.
+DEMO_JOBS: list[DemoJob] = [
+    DemoJob("release_plan", REPO / "config" / "release-test.yaml"),
+    DemoJob("release", PLANNED_CONFIG),
+]
 
 
 def _area_demos() -> list[tuple[str, Callable[[dict[str, str], Path], list[str]]]]:
@@ -49,7 +55,35 @@ def _area_demos() -> list[tuple[str, Callable[[dict[str, str], Path], list[str]]
 
 
 # Metadata too large or too raw for the console summary.
-_SKIP_KEYS = {"orgs", "tables_created", "applied", "columns_added", "unknown_applied"}
+_SKIP_KEYS = {
+    "orgs",
+    "tables_created",
+    "applied",
+    "columns_added",
+    "unknown_applied",
+    "summary",
+    "launchpad_yaml",
+    "plan_target",
+}
+
+
+def _write_planned_config() -> None:
+    """The launchpad YAML of the last release_plan run, as the config the release runs with
+    (falls back to config/release-test.yaml, without a plan id, if there is none)."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    text = None
+    for run in instance.get_runs(dg.RunsFilter(job_name="release_plan"), limit=1):
+        for record in instance.get_records_for_run(
+            run.run_id, of_type=dg.DagsterEventType.STEP_OUTPUT
+        ).records:
+            event = record.event_log_entry.dagster_event
+            value = event.step_output_data.metadata.get("launchpad_yaml") if event else None
+            if value is not None:
+                text = str(value.value).split("```yaml\n", 1)[1].split("```", 1)[0]
+    fallback = (REPO / "config" / "release-test.yaml").read_text()
+    PLANNED_CONFIG.write_text(text or fallback)
 
 
 def _execute(job: DemoJob, env: dict[str, str]) -> tuple[int, float]:
@@ -119,6 +153,9 @@ def run_demo(orgs: int = 25, fresh: bool = False) -> int:
             for line in _summarize(job.job):
                 print(line)
             failures += code != 0
+            if job.job == "release_plan":
+                _write_planned_config()
+                print(f"  plan -> {PLANNED_CONFIG} (the release below applies this plan id)")
         for title, area_demo in _area_demos():
             print(f"\n== {title}")
             try:
