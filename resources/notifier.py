@@ -4,39 +4,40 @@ after commit by this module (webhook over httpx; without a webhook URL, log only
 Delivery (:class:`OutboxDelivery`)
 ----------------------------------
 The pending rows wanted (given keys, or every pending row, optionally created since a time) are
-read by id, then delivered in *claim batches* of up to ``claim_batch`` rows, each in one
-transaction:
+read by id, then delivered in *claim batches* of ``claim_batch`` rows (``4 x concurrency``):
 
 1. claim: ``UPDATE … SET attempts = attempts + 1 WHERE id IN (…) AND delivered_at IS NULL
-   RETURNING …``. On PostgreSQL the ids go through ``SELECT … FOR UPDATE SKIP LOCKED``: a row
-   another deliverer holds is left to it. On SQLite this first write takes the database's write
-   lock: a second deliverer waits for the commit, then finds the rows delivered.
+   RETURNING …``;
 2. POST every claimed row, ``concurrency`` at once (a thread pool; each thread keeps one HTTP/1.1
-   connection alive, so a batch of thousands opens ``concurrency`` connections, not thousands),
-   each with ``Idempotency-Key: <dedupe_key>``.
+   connection alive, so thousands of notifications open ``concurrency`` connections, not
+   thousands), each with ``Idempotency-Key: <dedupe_key>``;
 3. mark: one ``UPDATE … SET delivered_at`` for the delivered rows, one ``UPDATE … SET last_error``
    per distinct error for the others (they stay pending, retried by a later delivery); commit.
 
-On PostgreSQL two batches are open at once: the next one is claimed and its POSTs queued
-while the current one's last POSTs finish and it is marked, so the POST threads never wait for a
-claim or a commit. SQLite has one write lock: one batch at a time.
+Two batches are open at once: the next one is claimed and its POSTs queued while the current
+one's last POSTs finish and it is marked, so the POST threads never wait for a claim or a commit.
 
-The claim's locks last until the commit, so two deliverers never both send a row, on either
-backend. How long they last: PostgreSQL holds the batch's row locks (nobody else writes those
-rows) for at most ``2 x claim_batch / concurrency`` rounds of POSTs, each at most
-``timeout_seconds`` (8 x 5 s by default, far below the 300 s idle-in-transaction bound). SQLite
-holds its one write lock, which the worker's next chunk needs, so there a batch is one round
-(``claim_batch = concurrency``): at most ``timeout_seconds`` (5 s) against the 30 s busy timeout.
+Two deliverers never both send a row:
 
-The repeat window, precisely. A row is POSTed a second time only when its batch did not commit:
+- PostgreSQL: the claim goes through ``SELECT … FOR UPDATE SKIP LOCKED`` and its transaction
+  stays open until the mark commits; a row another deliverer holds is skipped (left to it). The
+  locks last at most ``2 x 4`` rounds of POSTs, each at most ``timeout_seconds`` (8 x 5 s by
+  default), far below the 300 s idle-in-transaction bound; nobody else writes those rows.
+- SQLite: the claim commits at once (SQLite has one write lock, which the worker's next chunk
+  needs: held across POSTs it would stop the worker, and a deliverer claiming batch after batch
+  would starve it), and the deliverers of one database file take turns through an OS lock,
+  ``flock`` on ``<database file>-delivery.lock`` (released by the OS if the holder dies), held
+  from a delivery's first claim to its last mark. A second deliverer waits, then finds the rows
+  delivered.
 
-- the process dies (SIGKILL, OOM, lost node) after a batch's first POST and before its commit:
-  that batch's rows are pending again (nothing of the batch committed, not even ``attempts``) and
-  the next delivery POSTs them again, each under the same ``Idempotency-Key``, which the receiver
-  uses to drop the repeat. So a kill repeats at most the POSTs of the open batches: ``2 x
-  claim_batch`` on PostgreSQL (128 by default), ``claim_batch`` on SQLite (16); a row of a
-  committed batch is never POSTed again.
-- the connection is lost or the commit fails in a live process: the batch is redone over the
+The repeat window, precisely. A row is POSTed a second time only when its batch was not marked:
+
+- the process dies (SIGKILL, OOM, lost node) after a batch's first POST and before its mark
+  commits: that batch's rows are pending (on PostgreSQL nothing of the batch committed, not even
+  ``attempts``) and the next delivery POSTs them again, each under the same ``Idempotency-Key``,
+  which the receiver uses to drop the repeat. So a kill repeats at most the POSTs of the two open
+  batches, ``2 x claim_batch`` (128 by default); a row marked delivered is never POSTed again.
+- the connection is lost or the mark fails in a live process: the batch is redone over the
   record store's retry window (``resources.db.retrying``, one log line per retry); a row whose
   POST was already answered 2xx is marked without a second POST, so only POSTs that were not
   acknowledged are repeated.
@@ -58,6 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import os
 import queue
 import threading
@@ -84,11 +86,10 @@ WEBHOOK_URL_ENV = "TRIGGERS_WEBHOOK_URL"
 
 DEFAULT_CONCURRENCY = 16
 MAX_CONCURRENCY = 128
-# Claim batch = this many rounds of ``concurrency`` POSTs on PostgreSQL (one round on SQLite, see
-# the module docstring): fewer transactions per row, while the last, partial round of a batch
-# (waiting for its slowest POST) stays a small share of the batch.
-PG_ROUNDS_PER_BATCH = 4
-PG_BATCHES_IN_FLIGHT = 2  # claimed batches open at once on PostgreSQL (``deliver``)
+# Claim batch = this many rounds of ``concurrency`` POSTs: fewer transactions per row, and
+# the repeat window after a kill (the open batches) stays small.
+ROUNDS_PER_BATCH = 4
+BATCHES_IN_FLIGHT = 2  # claimed batches open at once (``deliver``)
 READ_PAGE = 1000  # ids per read of the outbox (and keys per ``IN``)
 LOG_ONLY_BATCH = 1000  # rows marked per statement without a webhook
 FIRST_ERRORS = 3  # errors quoted in a summary line
@@ -110,6 +111,7 @@ outbox = sa.Table(
 
 Log = Callable[[str], None]
 _INT_ARRAY = postgresql.ARRAY(sa.Integer)
+_MEMORY_DELIVERY_LOCK = threading.Lock()
 
 
 def concurrency_problem(value: object) -> str | None:
@@ -215,7 +217,7 @@ class HttpxSender:
     def post_one(self, key: str, payload: Any) -> str | None:
         try:
             resp = self._client().post(self.url, json=payload, headers={"Idempotency-Key": key})
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL is no HTTPError
             return self.error_text(f"{type(exc).__name__}: {exc}")
         if resp.status_code >= 300:
             return f"HTTP {resp.status_code}: {self.error_text(resp.text)}"
@@ -254,14 +256,12 @@ class OutboxDelivery:
     def mode(self) -> str:
         return "webhook" if self.webhook_url else "log only, no webhook URL"
 
-    def batch_size(self, engine: sa.Engine) -> int:
+    def batch_size(self) -> int:
         if self.claim_batch:
             return self.claim_batch
         if not self.webhook_url:
             return LOG_ONLY_BATCH
-        if engine.dialect.name == "postgresql":
-            return self.concurrency * PG_ROUNDS_PER_BATCH
-        return self.concurrency
+        return self.concurrency * ROUNDS_PER_BATCH
 
     def sender(self) -> Sender | None:
         if not self.webhook_url:
@@ -302,41 +302,75 @@ class OutboxDelivery:
     # --- one delivery ----------------------------------------------------------------------------
 
     def deliver(
-        self, engine: sa.Engine, selection: Selection, sender: Sender | None
+        self,
+        engine: sa.Engine,
+        selection: Selection,
+        sender: Sender | None,
+        stop: threading.Event | None = None,
     ) -> DeliveryReport:
-        """Every row of ``selection`` pending now, batch by batch (module docstring).
-
-        With a webhook on PostgreSQL, ``PG_BATCHES_IN_FLIGHT`` batches are open at once: the next
-        batch is claimed and its POSTs queued while the current one's finish, so the POST threads
-        never wait for a claim or a commit. SQLite (one write lock) and log-only delivery do one
-        batch at a time.
-        """
+        """Every row of ``selection`` pending now, batch by batch (module docstring): with a
+        webhook, ``BATCHES_IN_FLIGHT`` batches are open at once, the next one claimed and its
+        POSTs queued while the current one's finish, so the POST threads never wait for a claim
+        or a commit. ``stop`` set (the caller interrupted): no further batch is claimed."""
         report = DeliveryReport()
         started = time.monotonic()
-        size = self.batch_size(engine)
-        pipelined = sender is not None and engine.dialect.name == "postgresql"
         in_flight: deque[_Open] = deque()
-        try:
-            for ids in self._pending_pages(engine, selection):
-                for at in range(0, len(ids), size):
-                    batch = ids[at : at + size]
-                    if not pipelined:
+        with self._one_deliverer(engine, sender):
+            try:
+                for batch in self._batches(engine, selection, stop):
+                    if sender is None:  # log only: one statement a batch
                         done = retrying(_what(batch), self.log)(
-                            self._batch, engine, batch, sender, set()
+                            self._batch, engine, batch, None, set()
                         )
                         report.delivered += done[0]
-                        report.failed.update(done[1])
                         continue
-                    in_flight.append(self._open(engine, batch, sender))  # type: ignore[arg-type]
-                    if len(in_flight) == PG_BATCHES_IN_FLIGHT:
-                        self._close(engine, in_flight.popleft(), sender, report)  # type: ignore[arg-type]
-            while in_flight:
-                self._close(engine, in_flight.popleft(), sender, report)  # type: ignore[arg-type]
-        finally:
-            for batch_open in in_flight:  # an error above: let its POSTs end, roll it back
-                batch_open.abandon()
+                    in_flight.append(self._open(engine, batch, sender))
+                    if len(in_flight) == BATCHES_IN_FLIGHT:
+                        self._close(engine, in_flight.popleft(), sender, report)
+                while in_flight:
+                    self._close(engine, in_flight.popleft(), sender, report)  # type: ignore[arg-type]
+            finally:
+                for batch_open in in_flight:  # an error above: let its POSTs end, roll it back
+                    batch_open.abandon()
         report.seconds = time.monotonic() - started
         return report
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _one_deliverer(engine: sa.Engine, sender: Sender | None) -> Iterator[None]:
+        """SQLite with a webhook: one deliverer at a time per database file.
+
+        There a claim commits at once (holding SQLite's one write lock across the POSTs would
+        stop the worker's next chunk, and a deliverer claiming batch after batch would starve
+        it), so the rows a deliverer claimed are kept from another deliverer by an OS lock on
+        ``<database file>-delivery.lock`` (``flock``: another thread or process waits; released
+        by the OS if the holder dies). PostgreSQL needs none: the claim's row locks do it.
+        """
+        if sender is None or engine.dialect.name != "sqlite":
+            yield
+            return
+        path = engine.url.database
+        if not path or path == ":memory:":  # one process's database: a thread lock does it
+            with _MEMORY_DELIVERY_LOCK:
+                yield
+            return
+        fd = os.open(f"{path}-delivery.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _batches(
+        self, engine: sa.Engine, selection: Selection, stop: threading.Event | None
+    ) -> Iterator[list[int]]:
+        """The selected pending ids in claim batches, until ``stop`` is set."""
+        size = self.batch_size()
+        for ids in self._pending_pages(engine, selection):
+            for at in range(0, len(ids), size):
+                if stop is not None and stop.is_set():
+                    return
+                yield ids[at : at + size]
 
     def _pending_pages(self, engine: sa.Engine, sel: Selection) -> Iterator[list[int]]:
         """Ids of the selected pending rows, in pages, ascending."""
@@ -382,7 +416,7 @@ class OutboxDelivery:
             outbox.c.channel == self.channel,
         )
         if engine.dialect.name != "postgresql":
-            return pending  # the UPDATE's write lock serialises deliverers
+            return pending  # SQLite: ``_one_deliverer`` (log only: the claim is the mark)
         locked = sa.select(outbox.c.id).where(pending).with_for_update(skip_locked=True)
         return outbox.c.id.in_(locked)
 
@@ -447,32 +481,45 @@ class OutboxDelivery:
         return delivered, {k: e for k, e in errors.items() if k not in acked}
 
     def _open(self, engine: sa.Engine, ids: list[int], sender: Sender) -> _Open:
-        """Claim a batch in a transaction left open, and queue its POSTs (pipelined delivery)."""
+        """Claim a batch and queue its POSTs. PostgreSQL: the claim's transaction stays open
+        (its row locks keep other deliverers off) until ``_close`` marks it; SQLite: the claim
+        commits at once (``_one_deliverer`` keeps other deliverers off)."""
+        keep_open = engine.dialect.name == "postgresql"
 
-        def claim() -> tuple[sa.Connection, list[Claimed]]:
+        def claim() -> tuple[sa.Connection | None, list[Claimed]]:
             conn = engine.connect()
             try:
                 conn.begin()
-                return conn, self._claim(conn, engine, ids)
+                rows = self._claim(conn, engine, ids)
+                if keep_open:
+                    return conn, rows
+                conn.commit()
             except BaseException:
                 conn.close()  # rolls the claim back
                 raise
+            conn.close()
+            return None, rows
 
         conn, rows = retrying(_what(ids), self.log)(claim)
         posted = [(key, payload) for _id, key, payload in rows]
         return _Open(ids, conn, rows, posted, sender.start(posted) if posted else list)
 
     def _close(self, engine: sa.Engine, batch: _Open, sender: Sender, report: DeliveryReport):
-        """Wait for an open batch's POSTs, mark and commit it. If that fails transiently (the
-        connection lost), redo the batch in one transaction, acknowledged keys not POSTed again."""
+        """Wait for an open batch's POSTs, mark it and commit. If that fails transiently (the
+        connection lost, SQLite busy), redo the batch in one transaction over the retry window,
+        acknowledged keys not POSTed again."""
         acked: set[str] = set()
         errors = _outcomes(batch.posted, batch.wait(), acked)
         try:
-            try:
-                delivered = self._mark(batch.conn, engine, batch.rows, acked, errors)
-                batch.conn.commit()
-            finally:
-                batch.conn.close()
+            if batch.conn is None:
+                with engine.begin() as conn:
+                    delivered = self._mark(conn, engine, batch.rows, acked, errors)
+            else:
+                try:
+                    delivered = self._mark(batch.conn, engine, batch.rows, acked, errors)
+                    batch.conn.commit()
+                finally:
+                    batch.conn.close()
         except sa.exc.DBAPIError as exc:
             if not is_transient(exc):
                 raise
@@ -511,7 +558,7 @@ class _Open:
     """A claimed batch whose POSTs are under way; its transaction stays open until marked."""
 
     ids: list[int]
-    conn: sa.Connection
+    conn: sa.Connection | None  # PostgreSQL: the claim's open transaction
     rows: list[Claimed]
     posted: list[tuple[str, Any]]
     wait: Wait
@@ -520,8 +567,9 @@ class _Open:
         """After an error elsewhere: let the POSTs end, roll the claim back (rows stay pending)."""
         with contextlib.suppress(Exception):
             self.wait()
-        with contextlib.suppress(Exception):
-            self.conn.close()
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
 
 
 class DeliveryPipeline:
@@ -552,6 +600,7 @@ class DeliveryPipeline:
         self.chunks = 0
         self._jobs: queue.Queue[tuple[str, Selection] | None] = queue.Queue()
         self._error: BaseException | None = None
+        self._stop = threading.Event()
         self._closed = False
         self._started = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="outbox-delivery", daemon=True)
@@ -564,8 +613,12 @@ class DeliveryPipeline:
         if exc_type is None:
             self.close()
             return
-        # The caller failed: its committed chunks' notifications still go out; the caller's
-        # error is the one raised.
+        if not issubclass(exc_type, Exception):
+            # Interrupted (run termination, Ctrl-C): no further batch; open ones roll back and
+            # stay pending for the next delivery.
+            self._stop.set()
+        # The caller failed: its committed chunks' notifications still go out (unless
+        # interrupted); the caller's error is the one raised.
         with contextlib.suppress(Exception):
             self.close()
 
@@ -622,11 +675,11 @@ class DeliveryPipeline:
         try:
             sender = self.delivery.sender()
             while (job := self._jobs.get()) is not None:
-                if self._error is not None:
-                    continue  # a delivery failed: the rest waits for the step's retry
+                if self._error is not None or self._stop.is_set():
+                    continue  # failed or interrupted: the rest waits for the next delivery
                 what, selection = job
                 try:
-                    report = self.delivery.deliver(self.engine, selection, sender)
+                    report = self.delivery.deliver(self.engine, selection, sender, self._stop)
                 except BaseException as exc:  # re-raised in the caller's thread
                     self._error = exc
                     continue

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import dagster as dg
 import sqlalchemy as sa
@@ -59,7 +59,8 @@ def lineage(context: dg.OpExecutionContext) -> Lineage | None:
         for run_id in sorted(ids)
         if (record := context.instance.get_run_record_by_id(run_id)) is not None
     ]
-    return Lineage(tuple(sorted(ids)), min(created), context.retry_number)
+    started = min(created) if created else datetime.now(UTC)  # records deleted: this moment
+    return Lineage(tuple(sorted(ids)), started, context.retry_number)
 
 
 def done_earlier(

@@ -146,13 +146,13 @@ def test_each_chunk_gets_one_summary_line_with_and_without_a_webhook(engine):
         assert all(r.delivered_at is not None for r in outbox(engine))
 
 
-@pytest.mark.postgres
-def test_delivery_of_a_chunk_overlaps_the_next_chunks_transitions(pg_store_url):
+def test_delivery_of_a_chunk_overlaps_the_next_chunks_transitions(store_url):
     """While chunk 1's notifications are being POSTed, chunk 2 commits (before, the worker
-    delivered a chunk's notifications before starting the next chunk)."""
+    delivered a chunk's notifications before starting the next chunk; on SQLite a deliverer
+    must not hold the one write lock across its POSTs)."""
     from resources.record_store import make_engine
 
-    engine = make_engine(pg_store_url)
+    engine = make_engine(store_url)
     seed_alerts(engine, due=40)
     seen: dict[str, int] = {}
 
@@ -208,3 +208,17 @@ def test_worker_cli_refuses_a_bad_concurrency_in_one_line(sqlite_store_url):
         "error: triggers_notifier concurrency=0 is not valid: set a whole number from 1 to 128 "
         "(notifications POSTed at once; default 16)"
     ]
+
+
+def test_a_failing_caller_still_gets_its_committed_notifications_delivered(engine):
+    """The worker failing after some chunks committed (the step will fail): the pipeline still
+    delivers what was handed to it before re-raising the caller's error."""
+    keys = _fill_outbox(engine, 30)
+    with WebhookReceiver() as hook:
+        delivery = OutboxDelivery(webhook_url=hook.url, concurrency=4)
+        with pytest.raises(RuntimeError, match="chunk 2 failed"), delivery.pipeline(engine) as pipe:
+            pipe(engine, keys[:20])
+            pipe(engine, keys[20:])
+            raise RuntimeError("chunk 2 failed")
+        assert hook.key_counts() == Counter({k: 1 for k in keys})
+    assert all(r.delivered_at is not None for r in outbox(engine))
