@@ -15,10 +15,10 @@ from orchestration.release import org_sync as org_sync_lib
 from orchestration.release import plan as plan_lib
 from orchestration.tags import ENVIRONMENT_TAG
 from resources.environment import PlatformEnvironment
-from resources.environments import PLATFORM, SUPABASE
+from resources.environments import PLATFORM, SUPABASE, Environment
 from resources.platform_api import PlatformApiResource
 from resources.record_store import RecordStoreResource
-from resources.supabase import SupabaseManagementResource
+from resources.supabase import SupabaseManagementResource, SupabaseSqlClient
 
 
 def root_run_id(context: dg.OpExecutionContext) -> str:
@@ -104,23 +104,42 @@ def release_preflight(
         plan_id = plan_lib.check_plan_id(config.plan_id)
         migrations = migrations_lib.discover(_migrations_dir(context))
         with supabase.client(on_retry=context.log.warning) as sql:
-            plan = plan_lib.compute_plan(
-                environment=env.name,
-                api_url=api_url,
-                supabase_api_url=supabase_url,
-                migrations=migrations,
-                sql=sql,
-                platform=None,  # orgs are not in the id: no need to list them here
-                code_version=plan_lib.code_version(),
-            )
-        reviewed = None if plan.plan_id == plan_id else _reviewed_target(context.instance, plan_id)
-        plan_lib.verify(plan, plan_id, reviewed)
-        context.log.info(
-            f"Plan {plan_id[:12]} verified: {len(plan.pending)} migration(s) pending, "
-            f"{len(plan.applied)} applied"
-        )
+            _verify_plan(context, env, sql, plan_id, migrations)
         metadata["plan_id"] = plan_id
     context.add_output_metadata(metadata)
+
+
+def _run_plan_id(context: dg.OpExecutionContext) -> str | None:
+    """The plan id given to this run's preflight (None: the run applies no particular plan)."""
+    ops_config = (context.run_config or {}).get("ops") or {}
+    value = ((ops_config.get("release_preflight") or {}).get("config") or {}).get("plan_id")
+    return plan_lib.check_plan_id(value) if isinstance(value, str) else None
+
+
+def _verify_plan(
+    context: dg.OpExecutionContext,
+    env: Environment,
+    sql: SupabaseSqlClient,
+    plan_id: str,
+    migrations: list[migrations_lib.Migration],
+) -> None:
+    """Recompute the plan (reads only; orgs are not in the id, so not listed) and refuse, naming
+    what changed, unless it is the reviewed one and not blocked."""
+    plan = plan_lib.compute_plan(
+        environment=env.name,
+        api_url=env.endpoint(PLATFORM),
+        supabase_api_url=env.endpoint(SUPABASE),
+        migrations=migrations,
+        sql=sql,
+        platform=None,
+        code_version=plan_lib.code_version(),
+    )
+    reviewed = None if plan.plan_id == plan_id else _reviewed_target(context.instance, plan_id)
+    plan_lib.verify(plan, plan_id, reviewed)
+    context.log.info(
+        f"Plan {plan_id[:12]} verified: {len(plan.pending)} migration(s) pending, "
+        f"{len(plan.applied)} applied"
+    )
 
 
 class ReleasePlanConfig(dg.Config):
@@ -260,6 +279,11 @@ def apply_migrations(
     guard.ensure_held(context.run_id, context.get_step_execution_context().step.key)
     migrations = migrations_lib.discover(Path(config.migrations_dir))
     with supabase.client(on_retry=context.log.warning) as client:
+        plan_id = _run_plan_id(context)
+        if plan_id is not None:
+            # Again, on the very files about to be sent: one changed since the preflight (a
+            # deploy in between) is refused here, before the first write.
+            _verify_plan(context, supabase.environment.environment, client, plan_id, migrations)
         result = migrations_lib.migrate(
             client, migrations, log=context.log.info, key_prefix=f"migrate:{context.run_id}"
         )

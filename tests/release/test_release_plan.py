@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import httpx
 import pytest
 import yaml
@@ -19,6 +20,8 @@ from dev.sandbox.server import SandboxServer
 from orchestration.definitions import defs
 from orchestration.release import migrations as migrations_lib
 from orchestration.release import plan as plan_lib
+from orchestration.release.ops import apply_migrations, release_preflight
+from orchestration.resources import build_resources
 from resources.environments import ENDPOINT_OVERRIDES, ENVIRONMENTS, Environment
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN, run_config
 from tests.run_text import run_text
@@ -341,3 +344,37 @@ def test_code_version_prefers_the_build_variable(tmp_path):
     assert plan_lib.code_version({"PLATFORM_OPS_CODE_VERSION": "x<b>"}) == "x?b?"
     assert plan_lib.code_version({}).startswith("git ")  # this checkout
     assert plan_lib.code_version({}, root=tmp_path).startswith(("platform-ops ", "unknown"))
+
+
+@dg.op(ins={"after": dg.In(dg.Nothing)}, config_schema={"path": str})
+def deploy_a_file(context) -> None:
+    """A deploy landing between the preflight's check and the first migration."""
+    Path(context.op_config["path"]).write_text("CREATE TABLE between_steps (id INTEGER);\n")
+
+
+@dg.job
+def preflight_then_deploy_then_migrate() -> None:
+    apply_migrations(deploy_a_file(release_preflight()))
+
+
+def test_a_file_deployed_after_the_preflight_is_refused_before_the_first_write(
+    instance, server, mig_dir
+):
+    md = _plan(instance, mig_dir)
+    job = dg.Definitions(
+        jobs=[preflight_then_deploy_then_migrate], resources=build_resources()
+    ).get_job_def("preflight_then_deploy_then_migrate")
+    ops = {
+        "release_preflight": {"config": {"plan_id": md["plan_id"]}},
+        "deploy_a_file": {"config": {"path": str(mig_dir / "0004_between_steps.sql")}},
+        "apply_migrations": {"config": {"migrations_dir": str(mig_dir)}},
+    }
+    server.clear_requests()
+    result = job.execute_in_process(
+        instance=instance, run_config=_config("test", ops), raise_on_error=False
+    )
+    assert not result.success
+    assert "file added: 0004_between_steps.sql" in run_text(result)
+    failed = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failed == ["apply_migrations"]
+    assert _writes(server) == []
