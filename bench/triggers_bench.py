@@ -3,7 +3,8 @@ and notifications end to end.
 
     .venv/bin/python bench/triggers_bench.py [--big 1000000] [--small 10000] [--due 10000]
         [--only sensor|worker|e2e] [--e2e-count 20000] [--e2e-delay 0.005]
-        [--e2e-concurrency 16,32] [--e2e-senders httpx,stdlib] [--e2e-store postgresql,sqlite]
+        [--e2e-concurrency 16,32] [--e2e-senders httpx,shared,stdlib]
+        [--e2e-store postgresql,sqlite]
 
 Prints the numbers side by side with the issue's targets. Each run uses a fresh schema that is
 dropped afterwards. In the worker section the notifier runs without a webhook URL (log-only
@@ -15,7 +16,8 @@ from the batch's start to every notification acknowledged and marked delivered, 
 worker op runs it (``worker.process_batch_delivering``). Printed beside the latency-bound ideal
 (count x delay / concurrency) and the >= 2,000/s target. ``stdlib`` is the same delivery with
 POSTs made by ``http.client`` instead of httpx (a ``sender_factory`` defined here), to show what
-the HTTP client costs. Against an older checkout (``PYTHONPATH=<worktree>``) without pipelined
+the HTTP client costs; ``shared`` is httpx with one client shared by the POST threads instead of
+one per thread. Against an older checkout (``PYTHONPATH=<worktree>``) without pipelined
 delivery, the line measures its ``deliver_pending`` after each chunk instead.
 
 Two set-based references: the ``UPDATE … RETURNING`` that finds the due rows itself (its
@@ -31,6 +33,7 @@ import argparse
 import http.client
 import json
 import os
+import resource
 import sys
 import tempfile
 import threading
@@ -41,6 +44,7 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
+import httpx
 import sqlalchemy as sa
 
 from orchestration.triggers.catalog import ESCALATE_ALERTS
@@ -286,6 +290,34 @@ class StdlibSender:
         self._pool.shutdown()
 
 
+try:  # an older checkout (``PYTHONPATH``) has no senders: only its serial delivery is measured
+    from resources.notifier import HttpxSender
+except ImportError:  # pragma: no cover - the "before" measurement
+    HttpxSender = object  # type: ignore[assignment,misc]
+
+
+class SharedHttpxSender(HttpxSender):  # type: ignore[misc,valid-type]
+    """The shipped sender's POSTs over ONE ``httpx.Client`` (a pool of ``concurrency``
+    connections) shared by the threads, instead of a client per thread: the comparison for
+    that choice."""
+
+    def __init__(self, url: str, timeout: float, concurrency: int) -> None:
+        super().__init__(url, timeout, concurrency)
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        self._shared = httpx.Client(timeout=timeout, limits=limits)
+        self._clients.append(self._shared)
+
+    def _client(self) -> httpx.Client:
+        return self._shared
+
+
+SENDERS = {
+    "httpx": None,  # the shipped HttpxSender
+    "shared": SharedHttpxSender,
+    "stdlib": StdlibSender,
+}
+
+
 def e2e_store(kind: str, count: int) -> tuple[str, object]:
     """A store with ``count`` due alerts; returns its URL and a cleanup."""
     if kind == "postgresql":
@@ -313,10 +345,11 @@ def time_e2e(url: str, hook, count: int, concurrency: int, sender: str) -> tuple
     assert len(ids) == count, (len(ids), count)
     hook.reset()
     pipelined = hasattr(worker, "process_batch_delivering")
+    cpu0 = _cpu()
     if pipelined:
         factory = None
-        if sender == "stdlib":
-            factory = lambda d: StdlibSender(d.webhook_url, d.timeout_seconds, d.concurrency)  # noqa: E731
+        if SENDERS[sender] is not None:
+            factory = lambda d: SENDERS[sender](d.webhook_url, d.timeout_seconds, d.concurrency)  # noqa: E731
         delivery = notifier.OutboxDelivery(
             webhook_url=hook.url, concurrency=concurrency, sender_factory=factory
         )
@@ -329,6 +362,7 @@ def time_e2e(url: str, hook, count: int, concurrency: int, sender: str) -> tuple
             ESCALATE_ALERTS, engine, ids, deliver=lambda e, k: delivery.deliver_pending(e, k)
         )
     elapsed = time.perf_counter() - t0
+    cpu = _cpu() - cpu0
     assert result.counts()["succeeded"] == count, result.counts()
     with engine.connect() as conn:
         pending = conn.execute(
@@ -337,7 +371,13 @@ def time_e2e(url: str, hook, count: int, concurrency: int, sender: str) -> tuple
     stats = hook.stats()
     assert pending == 0 and stats["distinct"] == count, (pending, stats)
     engine.dispose()
-    return elapsed, stats
+    return elapsed, {**stats, "cpu_us": cpu / count * 1e6}
+
+
+def _cpu() -> float:
+    """CPU seconds of this process (all threads: worker, deliverer, POSTs), user + system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def bench_e2e(count: int, delay: float, concurrencies: list[int], senders: list[str], stores):
@@ -357,12 +397,15 @@ def bench_e2e(count: int, delay: float, concurrencies: list[int], senders: list[
                         cleanup()
                     ideal = count * delay / concurrency
                     rate = count / elapsed
+                    if stats["max_in_flight"] == 1:  # code before concurrent delivery
+                        sender, concurrency, ideal = "serial", 1, count * delay
                     print(
                         f"  {sender:6} concurrency {concurrency:2}: {elapsed:7.2f} s = "
                         f"{rate:7,.0f} delivered/s   latency-bound ideal {ideal:5.2f} s = "
                         f"{count / ideal:7,.0f}/s ({ideal / elapsed:4.0%} of it)   target >= "
                         f"2,000/s: {rate >= 2000}   max in flight {stats['max_in_flight']}, "
-                        f"repeated keys {stats['repeated']}",
+                        f"repeated keys {stats['repeated']}, worker process CPU "
+                        f"{stats['cpu_us']:.0f} us/notification",
                         flush=True,
                     )
     finally:

@@ -190,7 +190,7 @@ class HttpxSender:
     (its lock and connection search) than a connection per thread."""
 
     def __init__(self, url: str, timeout_seconds: float, concurrency: int) -> None:
-        self.url = url
+        self.url = httpx.URL(url)  # parsed once, not on every POST
         self.timeout = timeout_seconds
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="outbox-post")
         self._local = threading.local()
@@ -243,7 +243,7 @@ class OutboxDelivery:
     channel: str = "webhook"
     log: Log | None = None
     concurrency: int = DEFAULT_CONCURRENCY
-    claim_batch: int | None = None  # None: by backend (module docstring)
+    claim_batch: int | None = None  # rows a claim takes; None: ROUNDS_PER_BATCH x concurrency
     # How POSTs are made (the bench plugs in alternatives to compare); default ``HttpxSender``.
     sender_factory: Callable[[OutboxDelivery], Sender] | None = None
 
