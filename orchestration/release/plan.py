@@ -416,11 +416,12 @@ def summary_markdown(plan: ReleasePlan) -> str:
         out += ["Drift:", "", *(f"- {d}" for d in plan.drift), ""]
     out += ["### 2. Bootstrap", "", BOOTSTRAP_NOTE, ""]
     sample = ", ".join(plan.org_sample) or "none"
-    more = " ..." if plan.org_count > len(plan.org_sample) else ""
+    rest = plan.org_count - len(plan.org_sample)
+    more = f" and {rest} more" if rest > 0 else ""
     out += [
         "### 3. Org sync",
         "",
-        f"{plan.org_count} active org(s) would be synced; first: {sample}{more}. Orgs are not "
+        f"{plan.org_count} active org(s) would be synced: {sample}{more}. Orgs are not "
         "part of the plan id (they change all the time; each org's sync is idempotent).",
     ]
     return "\n".join(out) + "\n"
