@@ -379,3 +379,14 @@ def test_a_file_deployed_after_the_preflight_is_refused_before_the_first_write(
     failed = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert failed == ["apply_migrations"]
     assert _writes(server) == []
+
+
+def test_the_plan_run_shows_no_secret(instance, server, mig_dir, capfd):
+    md = _plan(instance, mig_dir)
+    (run,) = instance.get_runs(dg.RunsFilter(tags={plan_lib.PLAN_ID_TAG: md["plan_id"]}))
+    blob = repr([r.event_log_entry for r in instance.get_records_for_run(run.run_id).records])
+    blob += repr(run.run_config) + repr(dict(run.tags))
+    out, err = capfd.readouterr()
+    for text in (blob, out, err):
+        assert TEST_API_KEY not in text and TEST_SUPABASE_TOKEN not in text
+    assert md["plan_id"] in blob and server.base_url in blob  # the metadata itself is there
