@@ -25,3 +25,7 @@ fi
 # any working directory (subprocesses such as `python -m dev.sandbox serve` included).
 SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$PWD" > "$SITE/platform_ops_dev.pth"
+
+# Byte-compile the project once: where PYTHONDONTWRITEBYTECODE is set (as on these machines and in
+# the image), every `dagster job execute` would otherwise compile the ~110 project modules again.
+.venv/bin/python -m compileall -q orchestration assets resources dev

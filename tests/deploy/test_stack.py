@@ -236,10 +236,12 @@ def check_image(tag: str, phases: Phases) -> None:
     listing = eng.docker(
         "run", "--rm", "--network", "host", "--entrypoint", "python", tag, "-c",
         "import importlib.util as u, os; print(os.getuid()); print(*sorted(os.listdir('.')));"
+        "print(os.path.isdir('orchestration/__pycache__'));"
         "print(*[m for m in ('dev', 'bench') if u.find_spec(m)])",
     ).splitlines()  # fmt: skip
-    uid, files, importable = listing[0], set(listing[1].split()), listing[2:]
+    uid, files, compiled, importable = listing[0], set(listing[1].split()), listing[2], listing[3:]
     assert uid != "0", "the image runs as root"
+    assert compiled == "True", "the code is not byte-compiled in the image (every run compiles it)"
     allowed = {"pyproject.toml", "README.md", "orchestration", "resources", "assets", "migrations"}
     assert files - allowed - {"config", "platform_ops.egg-info"} == set(), files
     assert not [line for line in importable if line.strip()], importable
