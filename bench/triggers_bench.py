@@ -3,7 +3,7 @@ and notifications end to end.
 
     .venv/bin/python bench/triggers_bench.py [--big 1000000] [--small 10000] [--due 10000]
         [--only sensor|worker|e2e] [--e2e-count 20000] [--e2e-delay 0.005]
-        [--e2e-concurrency 16,32] [--e2e-senders httpx,shared,stdlib]
+        [--e2e-concurrency 16,32] [--e2e-senders httpx,shared,stdlib,none]
         [--e2e-store postgresql,sqlite]
 
 Prints the numbers side by side with the issue's targets. Each run uses a fresh schema that is
@@ -17,8 +17,9 @@ worker op runs it (``worker.process_batch_delivering``). Printed beside the late
 (count x delay / concurrency) and the >= 2,000/s target. ``stdlib`` is the same delivery with
 POSTs made by ``http.client`` instead of httpx (a ``sender_factory`` defined here), to show what
 the HTTP client costs; ``shared`` is httpx with one client shared by the POST threads instead of
-one per thread. Against an older checkout (``PYTHONPATH=<worktree>``) without pipelined
-delivery, the line measures its ``deliver_pending`` after each chunk instead.
+one per thread; ``none`` acknowledges without any HTTP (the cost of everything else). Against an
+older checkout (``PYTHONPATH=<worktree>``) without pipelined delivery, the line measures its
+``deliver_pending`` after each chunk instead.
 
 Two set-based references: the ``UPDATE … RETURNING`` that finds the due rows itself (its
 ``WHERE`` is the trigger's), and the same ``UPDATE`` given the ids, as the worker is (the sensor
@@ -311,10 +312,25 @@ class SharedHttpxSender(HttpxSender):  # type: ignore[misc,valid-type]
         return self._shared
 
 
+class NullSender:
+    """No HTTP at all: every row acknowledged at once. What delivery costs besides the POSTs
+    (claims, marks, reads, the pipeline), for the CPU column."""
+
+    def __init__(self, url: str, timeout: float, concurrency: int) -> None:
+        pass
+
+    def start(self, rows):
+        return lambda: [None] * len(rows)
+
+    def close(self) -> None:
+        pass
+
+
 SENDERS = {
     "httpx": None,  # the shipped HttpxSender
     "shared": SharedHttpxSender,
     "stdlib": StdlibSender,
+    "none": NullSender,
 }
 
 
@@ -369,7 +385,7 @@ def time_e2e(url: str, hook, count: int, concurrency: int, sender: str) -> tuple
             sa.text("SELECT count(*) FROM notification_outbox WHERE delivered_at IS NULL")
         ).scalar()
     stats = hook.stats()
-    assert pending == 0 and stats["distinct"] == count, (pending, stats)
+    assert pending == 0 and stats["distinct"] == (0 if sender == "none" else count), stats
     engine.dispose()
     return elapsed, {**stats, "cpu_us": cpu / count * 1e6}
 
