@@ -71,6 +71,7 @@ from run_overhead import (  # noqa: E402
     MiB,
     checkouts,
     group_members,
+    kill_group,
 )
 
 from dev.local_services import sandbox_env, sandbox_process  # noqa: E402
@@ -248,8 +249,7 @@ class Stack:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        kill_group(self.proc.pid)  # a code server or run worker still starting goes too
         self._log.close()
         self.proc = None
 

@@ -218,9 +218,16 @@ class Sample:
     log: Path
 
 
-def kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+def kill_group(pgid: int, timeout: float = 10.0) -> None:
+    """SIGKILL every process of group ``pgid`` and wait (bounded) until none is left, so that
+    nothing the measured command started outlives it (or writes into a removed temp dir)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return  # the group is empty
+        time.sleep(0.05)
 
 
 def measure(cmd: Sequence[str], cwd: Path, env: dict[str, str], log: Path) -> Sample:

@@ -104,6 +104,19 @@ def wait_for(engine, ids: list[int], deadline: float, proc: subprocess.Popen) ->
     return done
 
 
+def end_group(pgid: int, timeout: float = 10.0) -> None:
+    """SIGKILL what is left of the daemon's process group and wait (bounded) until it is empty:
+    a run worker or code server still starting when the daemon exits would otherwise outlive
+    the bench and write into its removed temp dir."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
 def run_launches(home: Path) -> list[float]:
     """Seconds from run created to run finished, for each finished escalate_alerts run."""
     import dagster as dg
@@ -174,6 +187,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        end_group(proc.pid)
         log.close()
     latencies = [(done[i] - due[i]).total_seconds() for i in due if i in done]
     launches = run_launches(home)
