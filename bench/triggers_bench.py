@@ -3,7 +3,7 @@ and notifications end to end.
 
     .venv/bin/python bench/triggers_bench.py [--big 1000000] [--small 10000] [--due 10000]
         [--only sensor|worker|e2e] [--e2e-count 20000] [--e2e-delay 0.005]
-        [--e2e-concurrency 16,32] [--e2e-senders httpx,shared,stdlib,none]
+        [--e2e-concurrency 16,32] [--e2e-senders default,httpx,shared,none]
         [--e2e-store postgresql,sqlite]
 
 Prints the numbers side by side with the issue's targets. Each run uses a fresh schema that is
@@ -14,10 +14,11 @@ End to end (``e2e``): ``--e2e-count`` due alerts, a loopback webhook in its own 
 (``bench/webhook_receiver.py``: uvicorn, keep-alive) that answers after ``--e2e-delay``; timed
 from the batch's start to every notification acknowledged and marked delivered, exactly as the
 worker op runs it (``worker.process_batch_delivering``). Printed beside the latency-bound ideal
-(count x delay / concurrency) and the >= 2,000/s target. ``stdlib`` is the same delivery with
-POSTs made by ``http.client`` instead of httpx (a ``sender_factory`` defined here), to show what
-the HTTP client costs; ``shared`` is httpx with one client shared by the POST threads instead of
-one per thread; ``none`` acknowledges without any HTTP (the cost of everything else). Against an
+(count x delay / concurrency) and the >= 2,000/s target. ``default`` is the shipped sender
+(``http.client``, ``resources.webhook_senders``); ``httpx`` the same delivery over httpx (what a
+proxied webhook uses), to show what the HTTP client costs; ``shared`` is httpx with one client
+shared by the POST threads instead of one per thread; ``none`` acknowledges without any HTTP
+(the cost of everything else). Against an
 older checkout (``PYTHONPATH=<worktree>``) without pipelined delivery, the line measures its
 ``deliver_pending`` after each chunk instead.
 
@@ -31,16 +32,12 @@ The worker is measured against all three.
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import os
 import resource
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -250,63 +247,21 @@ def bench_worker(rows: int, table: int, repeat: int = 7) -> None:
     )
 
 
-class StdlibSender:
-    """POSTs over ``http.client`` (one kept-alive connection per thread): the comparison for
-    httpx's per-request cost. Same contract as ``resources.notifier.HttpxSender``."""
-
-    def __init__(self, url: str, timeout: float, concurrency: int) -> None:
-        parts = url.split("/", 3)
-        self.host, _, port = parts[2].partition(":")
-        self.port = int(port or 80)
-        self.path = "/" + (parts[3] if len(parts) > 3 else "")
-        self.timeout = timeout
-        self._pool = ThreadPoolExecutor(concurrency)
-        self._local = threading.local()
-
-    def _post(self, key: str, payload) -> str | None:
-        body = json.dumps(payload).encode()
-        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
-        for _ in range(2):  # a kept-alive connection the server closed: one fresh try
-            conn = getattr(self._local, "conn", None)
-            if conn is None:
-                conn = self._local.conn = http.client.HTTPConnection(
-                    self.host, self.port, timeout=self.timeout
-                )
-            try:
-                conn.request("POST", self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                resp.read()
-                return None if resp.status < 300 else f"HTTP {resp.status}"
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                self._local.conn = None
-                error = f"{type(exc).__name__}: {exc}"
-        return error
-
-    def start(self, rows):
-        futures = [self._pool.submit(self._post, key, payload) for key, payload in rows]
-        return lambda: [f.result() for f in futures]
-
-    def close(self) -> None:
-        self._pool.shutdown()
-
-
 try:  # an older checkout (``PYTHONPATH``) has no senders: only its serial delivery is measured
-    from resources.notifier import HttpxSender
+    from resources.webhook_senders import HttpxSender
 except ImportError:  # pragma: no cover - the "before" measurement
     HttpxSender = object  # type: ignore[assignment,misc]
 
 
 class SharedHttpxSender(HttpxSender):  # type: ignore[misc,valid-type]
-    """The shipped sender's POSTs over ONE ``httpx.Client`` (a pool of ``concurrency``
-    connections) shared by the threads, instead of a client per thread: the comparison for
-    that choice."""
+    """httpx with ONE ``httpx.Client`` (a pool of ``concurrency`` connections) shared by the
+    threads, instead of a client per thread: the comparison for that choice."""
 
     def __init__(self, url: str, timeout: float, concurrency: int) -> None:
         super().__init__(url, timeout, concurrency)
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         self._shared = httpx.Client(timeout=timeout, limits=limits)
-        self._clients.append(self._shared)
+        self._made.append(self._shared)
 
     def _client(self) -> httpx.Client:
         return self._shared
@@ -327,9 +282,9 @@ class NullSender:
 
 
 SENDERS = {
-    "httpx": None,  # the shipped HttpxSender
+    "default": None,  # the shipped choice: http.client (httpx only when a proxy applies)
+    "httpx": HttpxSender,
     "shared": SharedHttpxSender,
-    "stdlib": StdlibSender,
     "none": NullSender,
 }
 
@@ -443,7 +398,7 @@ def main() -> None:
     p.add_argument("--e2e-count", type=int, default=20_000)
     p.add_argument("--e2e-delay", type=float, default=0.005)
     p.add_argument("--e2e-concurrency", default="16")
-    p.add_argument("--e2e-senders", default="httpx")
+    p.add_argument("--e2e-senders", default="default,httpx")
     p.add_argument("--e2e-store", default="postgresql")
     args = p.parse_args()
     if args.only in (None, "sensor"):

@@ -1,5 +1,6 @@
 """Notifications: written to ``notification_outbox`` inside a state change's transaction, delivered
-after commit by this module (webhook over httpx; without a webhook URL, log only).
+after commit by this module (webhook POSTs by ``resources.webhook_senders``; without a webhook URL,
+log only).
 
 Delivery (:class:`OutboxDelivery`)
 ----------------------------------
@@ -36,7 +37,7 @@ The repeat window, precisely. A row is POSTed a second time only when its batch 
   commits: that batch's rows are pending (on PostgreSQL nothing of the batch committed, not even
   ``attempts``) and the next delivery POSTs them again, each under the same ``Idempotency-Key``,
   which the receiver uses to drop the repeat. So a kill repeats at most the POSTs of the two open
-  batches, ``2 x claim_batch`` (128 by default); a row marked delivered is never POSTed again.
+  batches, ``2 x claim_batch`` (256 by default); a row marked delivered is never POSTed again.
 - the connection is lost or the mark fails in a live process: the batch is redone over the
   record store's retry window (``resources.db.retrying``, one log line per retry); a row whose
   POST was already answered 2xx is marked without a second POST, so only POSTs that were not
@@ -66,25 +67,22 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Protocol
-from urllib.parse import urlsplit
+from typing import Annotated, Any
 
 import dagster as dg
-import httpx
 import sqlalchemy as sa
 from pydantic import BeforeValidator, Field
 from sqlalchemy.dialects import postgresql
 
 from resources.db import as_utc, is_transient, reason, retrying
 from resources.errors import FinalFailure
-from resources.http_api import redact_then_truncate
+from resources.webhook_senders import Sender, Wait, make_sender, webhook_url_problem
 
 WEBHOOK_URL_ENV = "TRIGGERS_WEBHOOK_URL"
 
-DEFAULT_CONCURRENCY = 16
+DEFAULT_CONCURRENCY = 32  # bench/triggers_bench.py: 16 fell short of 2,000/s on 2 CPUs, 32 met it
 MAX_CONCURRENCY = 128
 # Claim batch = this many rounds of ``concurrency`` POSTs: fewer transactions per row, and
 # the repeat window after a kill (the open batches) stays small.
@@ -93,7 +91,6 @@ BATCHES_IN_FLIGHT = 2  # claimed batches open at once (``deliver``)
 READ_PAGE = 1000  # ids per read of the outbox (and keys per ``IN``)
 LOG_ONLY_BATCH = 1000  # rows marked per statement without a webhook
 FIRST_ERRORS = 3  # errors quoted in a summary line
-ERROR_TEXT = 200  # characters of a receiver's answer kept in ``last_error``
 
 # The core area's outbox (migration core_0001); the one definition every writer and reader imports.
 outbox = sa.Table(
@@ -135,6 +132,19 @@ def _concurrency_field(value: int) -> int:
 Concurrency = Annotated[int, BeforeValidator(_concurrency_field)]
 
 
+def _webhook_url_field(value: object) -> object:
+    if isinstance(value, str) and value:
+        problem = webhook_url_problem(
+            value, f"triggers_notifier webhook_url (default ${WEBHOOK_URL_ENV})"
+        )
+        if problem:
+            raise FinalFailure(problem)
+    return value or None
+
+
+WebhookUrl = Annotated[str | None, BeforeValidator(_webhook_url_field)]
+
+
 @dataclass
 class DeliveryReport:
     """What one delivery (or all of a pipeline's) sent, and what failed and stays pending."""
@@ -172,68 +182,6 @@ class Selection:
     limit: int | None = None
 
 
-Wait = Callable[[], list[str | None]]
-
-
-class Sender(Protocol):
-    """POSTs ``(key, payload)`` rows concurrently. ``start`` queues them and returns a function
-    that waits for them: one error text per row, in order (None: answered 2xx)."""
-
-    def start(self, rows: Sequence[tuple[str, Any]]) -> Wait: ...
-
-    def close(self) -> None: ...
-
-
-class HttpxSender:
-    """``concurrency`` threads, each with its own ``httpx.Client`` holding one kept-alive
-    connection: measured on 2 CPUs, one shared client's pool costs more per POST under threads
-    (its lock and connection search) than a connection per thread."""
-
-    def __init__(self, url: str, timeout_seconds: float, concurrency: int) -> None:
-        self.url = httpx.URL(url)  # parsed once, not on every POST
-        self.timeout = timeout_seconds
-        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="outbox-post")
-        self._local = threading.local()
-        self._clients: list[httpx.Client] = []
-        self._lock = threading.Lock()
-        parts = urlsplit(url)
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-        self._secrets = [url] + ([path] if len(path) > 1 else [])
-
-    def _client(self) -> httpx.Client:
-        client = getattr(self._local, "client", None)
-        if client is None:
-            limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-            client = httpx.Client(timeout=self.timeout, limits=limits)
-            self._local.client = client
-            with self._lock:
-                self._clients.append(client)
-        return client
-
-    def error_text(self, text: str) -> str:
-        """What may be stored and logged of an error: the URL and its path never."""
-        return redact_then_truncate(text, self._secrets, ERROR_TEXT)
-
-    def post_one(self, key: str, payload: Any) -> str | None:
-        try:
-            resp = self._client().post(self.url, json=payload, headers={"Idempotency-Key": key})
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL is no HTTPError
-            return self.error_text(f"{type(exc).__name__}: {exc}")
-        if resp.status_code >= 300:
-            return f"HTTP {resp.status_code}: {self.error_text(resp.text)}"
-        return None
-
-    def start(self, rows: Sequence[tuple[str, Any]]) -> Wait:
-        futures = [self._pool.submit(self.post_one, key, payload) for key, payload in rows]
-        return lambda: [f.result() for f in futures]
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        with self._lock:
-            for client in self._clients:
-                client.close()
-
-
 @dataclass
 class OutboxDelivery:
     """Plain delivery logic (tests, the worker CLI and the ops use it; no Dagster needed)."""
@@ -244,11 +192,13 @@ class OutboxDelivery:
     log: Log | None = None
     concurrency: int = DEFAULT_CONCURRENCY
     claim_batch: int | None = None  # rows a claim takes; None: ROUNDS_PER_BATCH x concurrency
-    # How POSTs are made (the bench plugs in alternatives to compare); default ``HttpxSender``.
+    # How POSTs are made (the bench plugs in alternatives to compare); default ``make_sender``.
     sender_factory: Callable[[OutboxDelivery], Sender] | None = None
 
     def __post_init__(self) -> None:
-        problem = concurrency_problem(self.concurrency)
+        problem = concurrency_problem(self.concurrency) or (
+            webhook_url_problem(self.webhook_url, "the webhook URL") if self.webhook_url else None
+        )
         if problem:
             raise ValueError(problem)
 
@@ -268,7 +218,7 @@ class OutboxDelivery:
             return None
         if self.sender_factory is not None:
             return self.sender_factory(self)
-        return HttpxSender(self.webhook_url, self.timeout_seconds, self.concurrency)
+        return make_sender(self.webhook_url, self.timeout_seconds, self.concurrency)
 
     # --- the public entry points ---------------------------------------------------------------
 
@@ -695,7 +645,7 @@ class DeliveryPipeline:
 class TriggersNotifierResource(dg.ConfigurableResource):
     """Webhook notifier for trigger notifications; without a URL it only writes the run log."""
 
-    webhook_url: str | None = Field(
+    webhook_url: WebhookUrl = Field(
         default_factory=lambda: os.environ.get(WEBHOOK_URL_ENV) or None,
         description=f"Where notifications are POSTed (JSON). Defaults to ${WEBHOOK_URL_ENV}; "
         "unset means log only.",
@@ -709,6 +659,8 @@ class TriggersNotifierResource(dg.ConfigurableResource):
     )
 
     def delivery(self, log: Log | None = None) -> OutboxDelivery:
+        # The field's default (the env var) is not validated by pydantic: check it here too.
+        _webhook_url_field(self.webhook_url)
         return OutboxDelivery(
             webhook_url=self.webhook_url,
             timeout_seconds=self.timeout_seconds,

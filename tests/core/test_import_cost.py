@@ -39,8 +39,13 @@ HEAVY = {
     "gql": "pulled in by dagster_graphql",
     "sqlalchemy.orm": "the ORM (the record store uses Core tables only)",
 }
-# Dagster's own run storage imports Alembic, so only loading the location must leave it out.
-LOAD_ONLY = {"alembic": "migrations: only when the record store is behind"}
+# Some runs need these (Dagster's run storage imports Alembic; an HTTP job builds an httpx
+# client), so only loading the location must leave them out.
+LOAD_ONLY = {
+    "alembic": "migrations: only when the record store is behind",
+    "httpx": "HTTP clients: built by the ops that call out (webhooks go over http.client)",
+    "httpcore": "pulled in by httpx",
+}
 
 LOAD_AND_RESOLVE = """
 import json, sys

@@ -206,7 +206,7 @@ def test_worker_cli_refuses_a_bad_concurrency_in_one_line(sqlite_store_url):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "error: triggers_notifier concurrency=0 is not valid: set a whole number from 1 to 128 "
-        "(notifications POSTed at once; default 16)"
+        "(notifications POSTed at once; default 32)"
     ]
 
 

@@ -1,0 +1,182 @@
+"""The webhook senders (``resources.webhook_senders``) against a real loopback HTTP server.
+
+The default sender is the standard library's ``http.client`` (for CPU per POST, see the module);
+these tests hold it to what httpx gave before: keep-alive, the Idempotency-Key, Basic auth from
+``user:password@host``, no redirect following, redacted error texts, a fresh try on a kept-alive
+connection the receiver closed, and httpx (with the proxy) whenever a proxy applies.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from resources.notifier import OutboxDelivery, TriggersNotifierResource
+from resources.webhook_senders import (
+    HttpClientSender,
+    HttpxSender,
+    make_sender,
+    webhook_url_problem,
+)
+
+
+class Recorder:
+    """Records (request target, headers) of each POST; ``answer`` picks status, body, close."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, str], tuple]] = []
+        self.answer = lambda n: (200, b"", False)
+        self._lock = threading.Lock()
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                with recorder._lock:
+                    recorder.seen.append((self.path, dict(self.headers), self.client_address))
+                    n = len(recorder.seen)
+                status, body, close = recorder.answer(n)
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                if close:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                if status in (301, 302, 307):
+                    self.send_header("Location", "/elsewhere")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path: str = "/hook/s3cr3t-token") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def recorder():
+    r = Recorder()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _post(sender, rows):
+    try:
+        return sender.start(rows)()
+    finally:
+        sender.close()
+
+
+def test_keys_keep_alive_and_basic_auth(recorder, no_proxy):
+    url = recorder.url("/hook/s3cr3t-token?x=1").replace("http://", "http://ops:pa%3Ass@")
+    sender = make_sender(url, 5.0, 4)
+    assert isinstance(sender, HttpClientSender)
+    errors = _post(sender, [(f"k{i}", {"i": i}) for i in range(40)])
+    assert errors == [None] * 40
+    assert sorted(h["Idempotency-Key"] for _, h, _ in recorder.seen) == sorted(
+        f"k{i}" for i in range(40)
+    )
+    assert {p for p, _, _ in recorder.seen} == {"/hook/s3cr3t-token?x=1"}
+    auth = base64.b64encode(b"ops:pa:ss").decode()
+    assert {h["Authorization"] for _, h, _ in recorder.seen} == {f"Basic {auth}"}
+    assert {h["Content-Type"] for _, h, _ in recorder.seen} == {"application/json"}
+    # Kept alive: at most one connection per thread for 40 POSTs.
+    assert len({addr for _, _, addr in recorder.seen}) <= 4
+
+
+def test_errors_are_redacted_and_redirects_not_followed(recorder, no_proxy):
+    url = recorder.url()
+    answers = {1: (500, f"boom at {url} /hook/s3cr3t-token".encode(), False), 2: (302, b"", False)}
+    recorder.answer = lambda n: answers.get(n, (200, b"", False))
+    sender = make_sender(url, 5.0, 1)
+    errors = _post(sender, [("a", {}), ("b", {}), ("c", {})])
+    assert errors[0] is not None and errors[0].startswith("HTTP 500")
+    assert "s3cr3t-token" not in errors[0] and str(recorder.port) not in errors[0]
+    assert errors[1] is not None and errors[1].startswith("HTTP 302")
+    assert errors[2] is None
+    assert [p for p, _, _ in recorder.seen] == ["/hook/s3cr3t-token"] * 3  # no /elsewhere
+
+
+def test_closed_and_long_answers_reconnect(recorder, no_proxy):
+    """A receiver that closes after answering, or answers more than is read: the next POST goes
+    on a fresh connection and succeeds; a refused connection is one redacted error per row."""
+    answers = {2: (200, b"", True), 4: (200, b"x" * 200_000, False)}
+    recorder.answer = lambda n: answers.get(n, (200, b"", False))
+    sender = make_sender(recorder.url(), 5.0, 1)
+    assert _post(sender, [(f"k{i}", {}) for i in range(6)]) == [None] * 6
+    conns = [addr for _, _, addr in recorder.seen]
+    assert conns[0] == conns[1] != conns[2] == conns[3] != conns[4]
+    port = recorder.port
+    recorder.close()
+    errors = _post(make_sender(f"http://127.0.0.1:{port}/hook/s3cr3t-token", 2.0, 2), [("z", {})])
+    assert errors[0] is not None and "s3cr3t-token" not in errors[0]
+
+
+def test_a_proxy_in_the_environment_is_honoured(recorder, monkeypatch):
+    """With HTTP_PROXY set, POSTs go through it (httpx), to the webhook URL in absolute form;
+    NO_PROXY naming the host goes direct again."""
+    target = "http://127.0.0.2:9/hook"  # loopback; reached only through the proxy
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{recorder.port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    sender = make_sender(target, 5.0, 2)
+    assert isinstance(sender, HttpxSender)
+    assert _post(sender, [("p", {"x": 1})]) == [None]
+    assert recorder.seen[0][0] == target
+    monkeypatch.setenv("NO_PROXY", "127.0.0.2")
+    assert isinstance(make_sender(target, 5.0, 2), HttpClientSender)
+
+
+BAD_URLS = [
+    "ftp://host/s3cr3t-token",
+    "hooks.slack.example/s3cr3t-token",
+    "http:///s3cr3t-token",
+    "http://host:99999/s3cr3t-token",
+    "http://host:port/s3cr3t-token",
+    "https://host/s3cr3t-token with space",
+    "https://host/s3cr3t-token\r\nX-Injected: 1",
+    "javascript:alert('s3cr3t-token')",
+]
+
+
+@pytest.mark.parametrize("url", BAD_URLS)
+def test_a_bad_webhook_url_is_one_line_without_the_value(url, monkeypatch):
+    problem = webhook_url_problem(url, "X")
+    assert problem and "\n" not in problem and "s3cr3t-token" not in problem
+    with pytest.raises(Exception) as caught:
+        TriggersNotifierResource(webhook_url=url).delivery()
+    assert "webhook_url" in str(caught.value) and "s3cr3t-token" not in str(caught.value)
+    monkeypatch.setenv("TRIGGERS_WEBHOOK_URL", url)  # the env var default is checked too
+    with pytest.raises(Exception) as caught:
+        TriggersNotifierResource().delivery()
+    assert "TRIGGERS_WEBHOOK_URL" in str(caught.value)
+    with pytest.raises(ValueError):
+        OutboxDelivery(webhook_url=url)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080/hook", "https://hooks.example.com/services/T0/B0/x?y=1"]
+)
+def test_good_webhook_urls(url):
+    assert webhook_url_problem(url, "X") is None
+    assert TriggersNotifierResource(webhook_url=url).delivery().webhook_url == url
