@@ -24,15 +24,16 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import re
 import ssl
 import threading
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
-from resources.http_api import redact_then_truncate
+from resources.http_api import REDACTED, redact_then_truncate
 
 if TYPE_CHECKING:
     import httpx
@@ -75,20 +76,45 @@ def webhook_url_problem(url: str, setting: str) -> str | None:
 
 
 def _secrets(url: str) -> list[str]:
+    """Every part of ``url`` a receiver's answer might echo that could be a secret, in the forms
+    it might echo them: the URL, its path and query, each path segment and query value of 6+
+    characters, the user and password; each also percent-decoded, percent-encoded and with ``/``
+    JSON-escaped (``\\/``). Matched case-insensitively (:func:`_scrub`)."""
     parts = urlsplit(url)
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
-    found = [url] + ([path] if len(path) > 1 else [])
-    if parts.password:
-        found.append(parts.password)
-    return found
+    query = f"?{parts.query}" if parts.query else ""
+    found = {url, parts.path + query, parts.query}
+    if len(parts.path) > 1:
+        found.add(parts.path)
+    found |= {seg for seg in parts.path.split("/") if len(seg) >= 6}
+    for pair in parts.query.split("&"):
+        value = pair.partition("=")[2]
+        if len(value) >= 6:
+            found.add(value)
+    found |= {v for v in (parts.username, parts.password) if v}
+    forms = set()
+    for secret in filter(None, found):
+        for form in (secret, unquote(secret), quote(secret, safe="")):
+            forms |= {form, form.replace("/", "\\/")}
+    return sorted((f for f in forms if len(f) >= 4), key=len, reverse=True)
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    """``text`` with every secret form replaced, whatever its case; then cut (and a secret cut
+    in two masked) by the project's ``redact_then_truncate``."""
+    if secrets:
+        pattern = re.compile("|".join(re.escape(s) for s in secrets), re.IGNORECASE)
+        text = pattern.sub(REDACTED, text)
+    return redact_then_truncate(text, secrets, ERROR_TEXT)
 
 
 def _proxied(url: str) -> bool:
-    """Whether the environment sends requests to this URL through a proxy (httpx would)."""
+    """Whether the environment sends requests to this URL through a proxy, as httpx would
+    (``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY``, unless ``NO_PROXY`` names the host)."""
     parts = urlsplit(url)
-    return parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(
-        parts.hostname or ""
-    )
+    proxies = urllib.request.getproxies()
+    if parts.scheme not in proxies and "all" not in proxies:
+        return False
+    return not urllib.request.proxy_bypass(parts.hostname or "")
 
 
 class _Threads:
@@ -103,7 +129,7 @@ class _Threads:
 
     def error_text(self, text: str) -> str:
         """What may be stored and logged of an error: the URL, its path and password never."""
-        return redact_then_truncate(text, self._secrets, ERROR_TEXT)
+        return _scrub(text, self._secrets)
 
     def _own(self, make: Callable[[], Any]) -> Any:
         made = getattr(self._local, "conn", None)
@@ -133,6 +159,19 @@ class _Threads:
                 made.close()
 
 
+def _tls_context() -> ssl.SSLContext:
+    """The same trust as every other client of the project: httpx's context (certifi's bundle,
+    or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set), certificate and host name verified."""
+    import httpx
+
+    return httpx.create_ssl_context()
+
+
+# A kept-alive connection the receiver closed meanwhile: the request never reached it, so one
+# fresh try is safe. A timeout is not among them: the receiver may be working on it.
+STALE_CONNECTION = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+
 class HttpClientSender(_Threads):
     """The default: ``http.client`` (standard library), one kept-alive connection per thread."""
 
@@ -143,7 +182,7 @@ class HttpClientSender(_Threads):
         self._host, self._port = parts.hostname or "", parts.port
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._timeout = timeout_seconds
-        self._context = ssl.create_default_context() if self._https else None
+        self._context = _tls_context() if self._https else None
         self._headers = {"Content-Type": "application/json", "User-Agent": "platform-ops"}
         if parts.username is not None:  # user:password@host, as httpx sends it: Basic auth
             pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
@@ -175,7 +214,7 @@ class HttpClientSender(_Threads):
             except (OSError, http.client.HTTPException) as exc:
                 self._drop()
                 error = self.error_text(f"{type(exc).__name__}: {exc}")
-                if reused and not fresh:
+                if reused and not fresh and isinstance(exc, STALE_CONNECTION):
                     continue
                 return error
             if resp.status >= 300:

@@ -9,7 +9,10 @@ connection the receiver closed, and httpx (with the proxy) whenever a proxy appl
 from __future__ import annotations
 
 import base64
+import ssl
+import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -26,9 +29,10 @@ from resources.webhook_senders import (
 class Recorder:
     """Records (request target, headers) of each POST; ``answer`` picks status, body, close."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[str, str] | None = None) -> None:
         self.seen: list[tuple[str, dict[str, str], tuple]] = []
         self.answer = lambda n: (200, b"", False)
+        self.delay = lambda n: 0.0
         self._lock = threading.Lock()
         recorder = self
 
@@ -40,6 +44,7 @@ class Recorder:
                 with recorder._lock:
                     recorder.seen.append((self.path, dict(self.headers), self.client_address))
                     n = len(recorder.seen)
+                time.sleep(recorder.delay(n))
                 status, body, close = recorder.answer(n)
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
@@ -56,11 +61,17 @@ class Recorder:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        self.scheme = "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def url(self, path: str = "/hook/s3cr3t-token") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def close(self) -> None:
         self.server.shutdown()
@@ -76,7 +87,14 @@ def recorder():
 
 @pytest.fixture
 def no_proxy(monkeypatch):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+    for name in (
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -145,6 +163,83 @@ def test_a_proxy_in_the_environment_is_honoured(recorder, monkeypatch):
     assert recorder.seen[0][0] == target
     monkeypatch.setenv("NO_PROXY", "127.0.0.2")
     assert isinstance(make_sender(target, 5.0, 2), HttpClientSender)
+
+
+def test_all_proxy_is_honoured_too(recorder, no_proxy, monkeypatch):
+    target = "http://127.0.0.2:9/hook"
+    monkeypatch.setenv("ALL_PROXY", f"http://127.0.0.1:{recorder.port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    sender = make_sender(target, 5.0, 1)
+    assert isinstance(sender, HttpxSender)
+    assert _post(sender, [("p", {})]) == [None]
+    assert recorder.seen[0][0] == target
+
+
+def test_a_timed_out_post_is_not_sent_again(recorder, no_proxy):
+    """A timeout on a kept-alive connection is an answer not yet given, not a stale connection:
+    the row stays pending (one error), it is not POSTed a second time at once."""
+    recorder.delay = lambda n: 1.5 if n == 2 else 0.0
+    sender = make_sender(recorder.url(), 0.5, 1)
+    errors = _post(sender, [("first", {}), ("slow", {}), ("third", {})])
+    assert errors[0] is None and errors[2] is None
+    assert errors[1] is not None and "timed out" in errors[1]
+    keys = [h["Idempotency-Key"] for _, h, _ in recorder.seen]
+    assert keys.count("slow") == 1, keys
+
+
+ECHOES = [
+    "path /hook/S3cr3tTok3n/x not found",
+    '{"e": "no hook \\/hook\\/S3cr3tTok3n\\/x"}',
+    "bad signature SIGNATURE99",
+    "HTTP://127.0.0.1:{port}/HOOK/s3cr3ttok3n/X?SIG=SIGNATURE99",
+    "encoded %2Fhook%2FS3cr3tTok3n%2Fx",
+    "password pa55word!",
+]
+
+
+@pytest.mark.parametrize("echo", ECHOES)
+def test_an_echoed_secret_never_reaches_the_error(recorder, no_proxy, echo):
+    body = echo.replace("{port}", str(recorder.port)).encode()
+    recorder.answer = lambda n: (404, body, False)
+    url = recorder.url("/hook/S3cr3tTok3n/x?sig=SIGNATURE99").replace(
+        "http://", "http://ops:pa55word!@"
+    )
+    [error] = _post(make_sender(url, 5.0, 1), [("k", {})])
+    assert error is not None and error.startswith("HTTP 404")
+    for secret in ("S3cr3tTok3n", "s3cr3ttok3n", "SIGNATURE99", "pa55word"):
+        assert secret not in error, error
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 (openssl), as (cert, key)."""
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+def test_https_verifies_the_certificate_like_every_other_client(certificate, no_proxy, monkeypatch):
+    """Certificates are verified against the project's trust (certifi, or SSL_CERT_FILE): a
+    self-signed receiver is refused, and accepted once SSL_CERT_FILE names its certificate."""
+    server = Recorder(tls=certificate)
+    try:
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        [error] = _post(make_sender(server.url(), 5.0, 1), [("a", {})])
+        assert error is not None and "CERTIFICATE_VERIFY_FAILED" in error
+        assert "s3cr3t-token" not in error
+        monkeypatch.setenv("SSL_CERT_FILE", certificate[0])
+        assert _post(make_sender(server.url(), 5.0, 1), [("b", {})]) == [None]
+        assert [h["Idempotency-Key"] for _, h, _ in server.seen] == ["b"]
+    finally:
+        server.close()
 
 
 BAD_URLS = [
