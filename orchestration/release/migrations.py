@@ -24,6 +24,7 @@ from pathlib import Path
 from orchestration.release.sql_scan import SqlScanError, refused_statements
 from resources.errors import FinalFailure
 from resources.http_api import ApiError
+from resources.identifiers import display
 from resources.supabase import SqlError, SupabaseSqlClient
 
 TRACKING_TABLE = "platform_ops_schema_migrations"
@@ -247,7 +248,8 @@ def migrate(
     if result.unknown_applied:
         log(
             "Applied versions not in this repo (a newer release ran here?): "
-            + ", ".join(result.unknown_applied)
+            # Read from the database: escaped, one line each (no forged log lines).
+            + ", ".join(display(v) for v in result.unknown_applied)
         )
     for index, migration in enumerate(todo, start=1):
         log(f"Applying {migration.filename} ({index}/{len(todo)})")

@@ -94,12 +94,7 @@ def release_preflight(
     }
     if config.plan_id is None:
         if env.name == "prod" and context.job_name in PLAN_REQUIRED_ON_PROD:
-            raise plan_lib.PlanRefused(
-                f"Job {context.job_name} on prod applies only a reviewed plan: run release_plan "
-                "for prod first, review it, then paste the YAML it shows (it sets "
-                "ops.release_preflight.config.plan_id) into this job's launchpad. Nothing was "
-                "sent."
-            )
+            raise plan_lib.plan_required_on_prod(context.job_name)
     else:
         plan_id = plan_lib.check_plan_id(config.plan_id)
         migrations = migrations_lib.discover(_migrations_dir(context))
@@ -134,11 +129,13 @@ def _verify_plan(
         platform=None,
         code_version="(not in the plan id)",  # spares a git call per check
     )
-    reviewed = None if plan.plan_id == plan_id else _reviewed_target(context.instance, plan_id)
-    plan_lib.verify(plan, plan_id, reviewed)
+    matched = plan_lib.match_plan(plan, plan_id) is not None
+    reviewed = None if matched else _reviewed_target(context.instance, plan_id)
+    applied_since = plan_lib.verify(plan, plan_id, reviewed)
+    resumed = f" ({applied_since} of the plan's files applied since: resuming)"
     context.log.info(
         f"Plan {plan_id[:12]} verified: {len(plan.pending)} migration(s) pending, "
-        f"{len(plan.applied)} applied"
+        f"{len(plan.applied)} applied" + (resumed if applied_since else "")
     )
 
 
@@ -277,13 +274,18 @@ def apply_migrations(
 ) -> None:
     # In the release job: stop here if the environment was taken away (no-op elsewhere).
     guard.ensure_held(context.run_id, context.get_step_execution_context().step.key)
+    plan_id = _run_plan_id(context)
+    env = supabase.environment.environment
+    if plan_id is None and env.name == "prod":
+        # Checked here, not only in the preflight: a step selection, a UI step subset or
+        # "re-execute selected steps" runs this op without the preflight.
+        raise plan_lib.plan_required_on_prod(context.job_name)
     migrations = migrations_lib.discover(Path(config.migrations_dir))
     with supabase.client(on_retry=context.log.warning) as client:
-        plan_id = _run_plan_id(context)
         if plan_id is not None:
             # Again, on the very files about to be sent: one changed since the preflight (a
             # deploy in between) is refused here, before the first write.
-            _verify_plan(context, supabase.environment.environment, client, plan_id, migrations)
+            _verify_plan(context, env, client, plan_id, migrations)
         result = migrations_lib.migrate(
             client, migrations, log=context.log.info, key_prefix=f"migrate:{context.run_id}"
         )

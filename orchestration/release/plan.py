@@ -5,18 +5,33 @@
 active orgs, the URLs the clients call, the code version) and a plan id; ``release`` given that id
 recomputes the plan before anything changes and refuses, naming what changed, if the id differs.
 
-The id covers the TARGET state, not the remaining steps: sha256 over the canonical JSON of the
-environment, both base URLs, every repo migration (version, name, checksum, in order) and the
-applied versions this repo does not know. An apply killed half-way and started again with the
-same id recomputes the same id (the files it applied are still the same files, now applied), so
-it applies the rest; a new or edited file, another environment or URL changes it.
+The id covers what was reviewed: sha256 over the canonical JSON of the environment, both base
+URLs, the Supabase project ref (which database), every repo migration (version, name, checksum,
+in order) and the applied set at plan time (every tracking row: version and checksum). So a
+new or edited file, another environment, URL or database, or a tracking row deleted, added or
+changed since the plan (a "0 pending" plan must not apply a file whose row was deleted since)
+changes it.
+
+A resumed apply still matches: at apply time the id is accepted iff the applied set now equals
+the planned applied set plus the first k planned-pending files (with their checksums) for some
+k >= 0. No plan is stored for that: for each k the candidate planned set is the applied set now
+minus its k newest rows that are repo files with the file's checksum, kept only if those k are
+the first k pending files of that candidate; the candidate id is recomputed and compared. So a
+release killed after k files and started again with the same id applies the rest, and anything
+else is refused naming what changed.
 
 Left out of the id on purpose:
 - the org count and slugs: orgs come and go all day, and the sync is idempotent per org; an id
   covering them would be stale before anyone could review it;
 - the code version: it is shown so a reviewer knows which build made the plan, but the files the
   plan lists (with their checksums) are what an apply depends on, and a rebuild of the same
-  files (a new image, another checkout) must not invalidate a reviewed plan.
+  files (a new image, another checkout) must not invalidate a reviewed plan (the preflight warns
+  when the code version differs from the plan run's).
+
+Every value that does not come from this repo (org slugs from the platform API, applied versions
+and checksums from the database) is shown through :func:`code`: one escaped ASCII line in a
+Markdown code span, so it can neither format the summary (links, images, HTML, emphasis) nor
+break a one-line error.
 
 Everything here is a plain function over read-only clients; the ops are thin wiring.
 """
@@ -28,8 +43,8 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -48,6 +63,8 @@ PACKAGE_NAME = "platform-ops"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 ORG_SAMPLE_SIZE = 5
 PLAN_ID_RE = re.compile(r"[0-9a-f]{64}")
+# Every statement the plan sends (reads only); the tests allow exactly these.
+PLAN_QUERIES = (migrations_lib.TRACKING_PRESENT_SQL, migrations_lib.READ_APPLIED_SQL)
 # Run tag of a release_plan run: how `release` finds the reviewed plan to say what changed.
 PLAN_ID_TAG = "platform/release-plan-id"
 BOOTSTRAP_NOTE = (
@@ -61,6 +78,31 @@ class PlanRefused(FinalFailure):
     """An apply whose plan is missing, blocked or no longer the plan reviewed."""
 
 
+def plan_required_on_prod(job_name: str) -> PlanRefused:
+    """The one refusal of a prod run without a plan id: the preflight's and apply_migrations'
+    (which checks again itself, so no step selection can skip the requirement)."""
+    return PlanRefused(
+        f"Job {job_name} on prod applies only a reviewed plan: run release_plan for prod first, "
+        "review it, then paste the YAML it shows (it sets ops.release_preflight.config.plan_id) "
+        "into this job's launchpad. Nothing was sent."
+    )
+
+
+def span(text: str) -> str:
+    """``text`` (one line already) as a Markdown code span it cannot close: the delimiter is
+    longer than any backtick run inside, padded when the text starts or ends with a backtick."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    tick = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{tick}{pad}{text}{pad}{tick}"
+
+
+def code(value: object) -> str:
+    """An untrusted value shown as text: ``display()`` (one escaped ASCII line, so a newline
+    cannot break a one-line error) inside a code span (so Markdown renders no link or HTML)."""
+    return span(display(value))
+
+
 @dataclass(frozen=True)
 class PlanTarget:
     """What the plan id covers: the state an apply of this plan leads to."""
@@ -68,16 +110,24 @@ class PlanTarget:
     environment: str
     api_url: str
     supabase_api_url: str
+    project_ref: str  # the Supabase project: which database the migrations go to
     migrations: tuple[tuple[str, str, str], ...]  # (version, name, sha256) in version order
-    unknown_applied: tuple[str, ...]  # applied versions this repo has no file for
+    applied: tuple[tuple[str, str], ...]  # every tracking row (version, checksum), by version
+
+    @property
+    def unknown_applied(self) -> tuple[str, ...]:
+        """Applied versions this repo has no file for."""
+        known = {v for v, _n, _c in self.migrations}
+        return tuple(v for v, _c in self.applied if v not in known)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "environment": self.environment,
             "api_url": self.api_url,
             "supabase_api_url": self.supabase_api_url,
+            "project_ref": self.project_ref,
             "migrations": [list(m) for m in self.migrations],
-            "unknown_applied": list(self.unknown_applied),
+            "applied": [list(a) for a in self.applied],
         }
 
     @classmethod
@@ -90,11 +140,12 @@ class PlanTarget:
                 environment=str(data["environment"]),
                 api_url=str(data["api_url"]),
                 supabase_api_url=str(data["supabase_api_url"]),
+                project_ref=str(data["project_ref"]),
                 migrations=tuple(
                     (str(v), str(n), str(c))
                     for v, n, c in data["migrations"]  # type: ignore[misc]
                 ),
-                unknown_applied=tuple(str(v) for v in data["unknown_applied"]),
+                applied=tuple((str(v), str(c)) for v, c in data["applied"]),  # type: ignore[misc]
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -176,22 +227,22 @@ def build_plan(
     environment: str,
     api_url: str,
     supabase_api_url: str,
+    project_ref: str,
     migrations: Sequence[Migration],
     applied: Mapping[str, str],
     orgs: Sequence[str],
     code_version: str,
 ) -> ReleasePlan:
     """The plan from what was read: no I/O, so every rule here is tested without a server."""
-    known = {m.version for m in migrations}
     drift = tuple(
-        f"{m.filename} (applied {applied[m.version][:12]}, file now {m.checksum[:12]})"
+        f"{m.filename} (applied {code(applied[m.version][:12])}, file now {m.checksum[:12]})"
         for m in migrations
         if m.version in applied and applied[m.version] != m.checksum
     )
     todo = [m for m in migrations if m.version not in applied]
     newest = max(applied, default=None)
     gaps = tuple(
-        f"{m.filename} is pending but version {newest} is applied"
+        f"{m.filename} is pending but version {code(newest)} is applied"
         for m in todo
         if newest is not None and m.version < newest
     )
@@ -200,8 +251,9 @@ def build_plan(
             environment=environment,
             api_url=api_url,
             supabase_api_url=supabase_api_url,
+            project_ref=project_ref,
             migrations=tuple((m.version, m.name, m.checksum) for m in migrations),
-            unknown_applied=tuple(sorted(v for v in applied if v not in known)),
+            applied=tuple(sorted(applied.items())),
         ),
         pending=tuple(
             PendingMigration(
@@ -214,7 +266,7 @@ def build_plan(
         gaps=gaps,
         not_atomic=tuple(line for m in todo for line in _not_atomic(m)),
         org_count=len(orgs),
-        org_sample=tuple(org_name(o) for o in orgs[:ORG_SAMPLE_SIZE]),
+        org_sample=tuple(span(org_name(o)) for o in orgs[:ORG_SAMPLE_SIZE]),
         code_version=code_version,
     )
 
@@ -231,13 +283,14 @@ def compute_plan(
 ) -> ReleasePlan:
     """Read what is applied (SELECTs only) and, given ``platform``, list the active orgs (GETs),
     then build the plan. ``platform`` None skips the org listing (``release`` verifying an id:
-    orgs are not in the id)."""
+    orgs are not in the id). The project ref is the one ``sql`` sends its queries to."""
     applied = migrations_lib.read_applied_readonly(sql)
     orgs = list(platform.iter_orgs(status="active")) if platform is not None else []
     return build_plan(
         environment=environment,
         api_url=api_url,
         supabase_api_url=supabase_api_url,
+        project_ref=sql.project_ref,
         migrations=migrations,
         applied=applied,
         orgs=orgs,
@@ -277,33 +330,69 @@ def code_version(env: Mapping[str, str] | None = None, root: Path = PACKAGE_ROOT
 
 
 def check_plan_id(value: str) -> str:
-    """The id as given, stripped; refused (one line, how to fix) unless it looks like one."""
-    text = value.strip()
+    """The id as given, stripped and lower-cased (a pasted id in upper case or with spaces is
+    the same id); refused (one line, how to fix) unless it looks like one."""
+    text = value.strip().lower()
     if not PLAN_ID_RE.fullmatch(text):
         raise PlanRefused(
-            f"ops.release_preflight.config.plan_id {display(text, 80)} is not a plan id (64 "
+            f"ops.release_preflight.config.plan_id {display(value, 80)} is not a plan id (64 "
             "lowercase hex characters): copy it from the release_plan run's metadata. Nothing "
             "was sent."
         )
     return text
 
 
+def planned_targets(now: PlanTarget) -> Iterator[tuple[int, PlanTarget]]:
+    """Every target a plan could have had that leads to ``now`` by applying its first k pending
+    files (k = 0, 1, ...): the applied set now minus its k newest rows that are repo files with
+    the file's checksum, kept only when those k are the first k pending files of that set."""
+    checksums = {v: c for v, _n, c in now.migrations}
+    ours = sorted((v for v, c in now.applied if checksums.get(v) == c), reverse=True)
+    for k in range(len(ours) + 1):
+        since = sorted(ours[:k])
+        before = tuple(a for a in now.applied if a[0] not in since)
+        before_versions = {v for v, _c in before}
+        pending = [v for v, _n, _c in now.migrations if v not in before_versions]
+        if pending[:k] == since:
+            yield k, replace(now, applied=before)
+
+
+def match_plan(plan: ReleasePlan, plan_id: str) -> int | None:
+    """How many of the planned-pending files were applied since the plan whose id is
+    ``plan_id`` (0: none; a resumed apply: some), or None when no such plan leads here."""
+    for k, target in planned_targets(plan.target):
+        if target.plan_id == plan_id:
+            return k
+    return None
+
+
+def _versions(versions: Sequence[str]) -> str:
+    return ", ".join(code(v) for v in versions) or "none"
+
+
 def describe_changes(reviewed: PlanTarget | None, now: PlanTarget) -> list[str]:
-    """What differs between the reviewed plan's target and today's, one line per change."""
+    """What differs between the reviewed plan's target and today's, one line per change; values
+    read from the database are shown escaped (:func:`code`)."""
     if reviewed is None:
         return [
             "the reviewed plan is not on this Dagster instance, so the changes cannot be "
-            f"listed; the plan now covers environment '{now.environment}' and "
-            f"{len(now.migrations)} migration file(s)"
+            f"listed; the plan now covers environment '{now.environment}', Supabase project "
+            f"{now.project_ref}, {len(now.migrations)} migration file(s) and "
+            f"{len(now.applied)} applied"
         ]
     changes: list[str] = []
     if reviewed.environment != now.environment:
         changes.append(f"environment {reviewed.environment} -> {now.environment}")
     if reviewed.api_url != now.api_url:
-        changes.append(f"platform API URL {reviewed.api_url} -> {now.api_url}")
+        changes.append(f"platform API URL {code(reviewed.api_url)} -> {code(now.api_url)}")
     if reviewed.supabase_api_url != now.supabase_api_url:
         changes.append(
-            f"Supabase Management API URL {reviewed.supabase_api_url} -> {now.supabase_api_url}"
+            f"Supabase Management API URL {code(reviewed.supabase_api_url)} -> "
+            f"{code(now.supabase_api_url)}"
+        )
+    if reviewed.project_ref != now.project_ref:
+        changes.append(
+            f"Supabase project ref {code(reviewed.project_ref)} -> {code(now.project_ref)}"
         )
     before = {v: (n, c) for v, n, c in reviewed.migrations}
     after = {v: (n, c) for v, n, c in now.migrations}
@@ -317,18 +406,29 @@ def describe_changes(reviewed: PlanTarget | None, now: PlanTarget) -> list[str]:
             changes.append(
                 f"file edited: {version}_{new_name}.sql (sha256 {old_sum[:12]} -> {new_sum[:12]})"
             )
-    if reviewed.unknown_applied != now.unknown_applied:
+    was, now_applied = dict(reviewed.applied), dict(now.applied)
+    gone = sorted(was.keys() - now_applied.keys())
+    if gone:
         changes.append(
-            "applied versions unknown to this repo: "
-            f"{', '.join(reviewed.unknown_applied) or 'none'} -> "
-            f"{', '.join(now.unknown_applied) or 'none'}"
+            f"no longer applied (tracking row deleted since the plan): {_versions(gone)}"
+        )
+    changed = sorted(v for v in was.keys() & now_applied.keys() if was[v] != now_applied[v])
+    if changed:
+        changes.append(f"applied checksum changed since the plan: {_versions(changed)}")
+    added = sorted(now_applied.keys() - was.keys())
+    resumed = any(t.applied == reviewed.applied for _k, t in planned_targets(now))
+    if added and not resumed:
+        changes.append(
+            "applied since the plan, not as the plan's next pending files: " + _versions(added)
         )
     return changes or ["the plan's inputs hash differently (nothing named changed)"]
 
 
-def verify(plan: ReleasePlan, plan_id: str, reviewed: PlanTarget | None) -> None:
-    """Refuse unless ``plan`` is the reviewed one (same id) and is not blocked."""
-    if plan.plan_id != plan_id:
+def verify(plan: ReleasePlan, plan_id: str, reviewed: PlanTarget | None) -> int:
+    """Refuse unless ``plan`` is where the reviewed plan (``plan_id``) leads, having applied
+    its first k pending files (k returned), and is not blocked."""
+    applied_since = match_plan(plan, plan_id)
+    if applied_since is None:
         raise PlanRefused(
             f"Plan {plan_id[:12]} is not what a release would do now (plan {plan.plan_id[:12]}): "
             + "; ".join(describe_changes(reviewed, plan.target))
@@ -344,6 +444,7 @@ def verify(plan: ReleasePlan, plan_id: str, reviewed: PlanTarget | None) -> None
             + ". Nothing was changed.",
             plan_id=plan_id,
         )
+    return applied_since
 
 
 def fence(text: str, lang: str = "") -> str:
@@ -363,6 +464,9 @@ def launchpad_yaml(
         "    config:",
         f"      name: {plan.target.environment}",
     ]
+    # The ref comes from the environment (SUPABASE_PROJECT_REF), not from run config: named
+    # here so the person applying sees which database the id was computed for.
+    lines.insert(0, f"# Supabase project ref: {plan.target.project_ref} (in the plan id)")
     if plan.target.environment == "prod" or confirm_prod:
         lines.append("      confirm_prod: true")
     lines += ["ops:", "  release_preflight:", "    config:", f"      plan_id: {plan.plan_id}"]
@@ -385,11 +489,15 @@ def summary_markdown(plan: ReleasePlan) -> str:
         out += [f"- {reason}" for reason in plan.blocked_reasons] + [""]
     out += [
         f"- environment: **{t.environment}**",
-        f"- platform API: `{t.api_url}`",
-        f"- Supabase Management API: `{t.supabase_api_url}`",
-        f"- code version: `{plan.code_version}`",
+        f"- platform API: {code(t.api_url)}",
+        f"- Supabase Management API: {code(t.supabase_api_url)}",
+        f"- Supabase project ref (the database): {code(t.project_ref)}",
+        f"- code version: {code(plan.code_version)}",
         "",
         f"### 1. Migrations: {len(plan.pending)} pending, {len(plan.applied)} applied",
+        "",
+        "Each file is sent as one request wrapped in `BEGIN` / the file / `INSERT` of its "
+        "tracking row / `COMMIT`: all of it or none of it.",
         "",
     ]
     if plan.pending:
@@ -409,7 +517,7 @@ def summary_markdown(plan: ReleasePlan) -> str:
     if t.unknown_applied:
         out += [
             "Applied versions this repo has no file for (a newer release ran here?): "
-            + ", ".join(t.unknown_applied),
+            + _versions(t.unknown_applied),
             "",
         ]
     if plan.drift:

@@ -7,7 +7,6 @@ so "read-only" and "nothing sent" are checked on what the servers heard.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from resources.environments import ENDPOINT_OVERRIDES, ENVIRONMENTS, Environment
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN, run_config
 from tests.run_text import run_text
 
-READ_ONLY_SQL = re.compile(r"\s*SELECT\b[^;]*;?\s*", re.IGNORECASE)
 ORGS = 7
 
 
@@ -113,12 +111,13 @@ def _steps(result) -> list[str]:
 
 
 def _writes(srv: SandboxServer) -> list[str]:
-    """Every request that could change something: a platform call other than GET, a SQL
-    request other than one SELECT (the plan's reads are SELECT / to_regclass only)."""
+    """Every request that is not one of the plan's reads: a platform call other than GET, a SQL
+    request other than exactly one of the statements the plan module sends (an allow-list, so a
+    write hidden in a SELECT, e.g. a function with side effects, is caught too)."""
     writes = []
     for r in srv.requests:
         if r["path"].startswith("/v1/"):
-            if not (r["sql"] is not None and READ_ONLY_SQL.fullmatch(r["sql"])):
+            if r["sql"] not in plan_lib.PLAN_QUERIES:
                 writes.append(f"SQL {r['sql']!r}")
         elif r["method"] != "GET":
             writes.append(f"{r['method']} {r['path']}")
@@ -156,7 +155,8 @@ def test_plan_on_a_fresh_database_is_read_only(instance, server, mig_dir):
         assert m.checksum in summary and m.sql.strip() in summary
     assert "| 0001 | platform_ops_audit |" in summary and "| 2 |" in summary  # two statements
     assert "no dry run" in summary
-    assert "org-0001, org-0002, org-0003, org-0004, org-0005 and 2 more" in summary
+    assert "`org-0001`, `org-0002`, `org-0003`, `org-0004`, `org-0005` and 2 more" in summary
+    assert "wrapped in `BEGIN` / the file / `INSERT` of its tracking row / `COMMIT`" in summary
     assert server.base_url in summary and "code version" in summary
     # Only reads reached the servers, and the tracking table was not even created.
     assert _writes(server) == []
@@ -168,6 +168,7 @@ def test_plan_on_a_fresh_database_is_read_only(instance, server, mig_dir):
         "test",
         server.base_url,
         server.base_url,
+        "sandbox",
         tuple((m.version, m.name, m.checksum) for m in migrations),
         (),
     )
@@ -290,6 +291,113 @@ def test_a_malformed_plan_id_is_refused_before_any_request(instance, server, mig
     assert server.requests == []
 
 
+@pytest.mark.parametrize("job", ["release", "migrate"])
+def test_prod_apply_migrations_alone_needs_a_plan_id_too(instance, as_prod, mig_dir, job):
+    """A step selection (CLI --op-selection, UI step subset, re-execute selected steps) skips
+    the preflight: apply_migrations itself refuses, and nothing reaches the servers."""
+    subset = defs.get_job_def(job).get_subset(op_selection=["apply_migrations"])
+    ops = {"apply_migrations": {"config": {"migrations_dir": str(mig_dir)}}}
+    result = subset.execute_in_process(
+        instance=instance, run_config=_config("prod", ops, confirm=True), raise_on_error=False
+    )
+    assert not result.success
+    assert "run release_plan for prod first" in run_text(result)
+    assert as_prod.requests == []
+
+
+def test_a_tracking_row_deleted_after_the_plan_is_refused(instance, server, mig_dir):
+    assert _run(instance, "migrate", mig_dir).success
+    md = _plan(instance, mig_dir)
+    assert md["pending"] == []  # reviewed: nothing to apply
+    _sql(server, f"DELETE FROM {migrations_lib.TRACKING_TABLE} WHERE version = '0002'")
+    server.clear_requests()
+    result = _run(instance, "release", mig_dir, md["plan_id"])
+    assert not result.success
+    assert "no longer applied (tracking row deleted since the plan): `'0002'`" in run_text(result)
+    assert _steps(result) == ["release_preflight"]
+    assert _writes(server) == []
+    assert _tracked(server) == ["0001", "0003"]
+
+
+def test_a_plan_for_another_database_is_refused(instance, server, mig_dir, monkeypatch):
+    md = _plan(instance, mig_dir)  # project ref "sandbox"
+    assert "# Supabase project ref: sandbox" in md["launchpad_yaml"]
+    server.supabase_project_ref = "other-db"  # the same API serving another project
+    monkeypatch.setenv("SUPABASE_PROJECT_REF", "other-db")
+    server.clear_requests()
+    result = _run(instance, "release", mig_dir, md["plan_id"])
+    assert not result.success
+    assert "Supabase project ref `'sandbox'` -> `'other-db'`" in run_text(result)
+    assert _steps(result) == ["release_preflight"]
+    assert _writes(server) == []
+
+
+def test_a_pasted_id_in_upper_case_with_spaces_is_the_same_id(instance, server, mig_dir):
+    md = _plan(instance, mig_dir)
+    result = _run(instance, "migrate", mig_dir, f"  {md['plan_id'].upper()}\n")
+    assert result.success, run_text(result)
+    assert _metadata(result, "release_preflight")["plan_id"] == md["plan_id"]
+    assert _tracked(server) == ["0001", "0002", "0003"]
+
+
+HOSTILE = ["[APPROVED](https://evil.example)", "<img src=x onerror=alert(1)>", "**x**"]
+
+
+def _outside_code_spans(text: str) -> str:
+    """``text`` with every Markdown code span removed (a run of n backticks up to the next run
+    of exactly n): what a Markdown renderer would interpret."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] != "`":
+            out.append(text[i])
+            i += 1
+            continue
+        n = len(text[i:]) - len(text[i:].lstrip("`"))
+        j = i + n
+        while True:
+            k = text.find("`" * n, j)
+            if k < 0:
+                return "".join(out) + text[i:]  # an unclosed run is literal backticks
+            m = len(text[k:]) - len(text[k:].lstrip("`"))
+            if m == n:
+                i = k + n
+                break
+            j = k + m
+    return "".join(out)
+
+
+def test_untrusted_values_are_shown_as_text(instance, server, mig_dir):
+    for slug in HOSTILE:
+        server.add_org(slug, any_slug=True)
+    assert _run(instance, "migrate", mig_dir).success
+    table = migrations_lib.TRACKING_TABLE
+    # A drifted checksum and an applied version this repo does not know, both forged.
+    _sql(server, f"UPDATE {table} SET checksum = 'ab\n# h`x`' WHERE version = '0001'")
+    _sql(
+        server,
+        f"INSERT INTO {table} (version, name, checksum) VALUES "
+        f"('9999\n# h``', 'forged', '{'0' * 64}')",
+    )
+    md = _plan(instance, mig_dir)
+    assert md["blocked"] is True
+    summary, reason = md["summary"], md["blocked_reason"]
+    rendered = _outside_code_spans(summary)
+    for bad in [*HOSTILE, "# h", "evil.example", "<img"]:
+        assert bad not in rendered, bad
+    assert "\n# h" not in summary and "\n" not in reason
+    assert "`'[APPROVED](https://evil.example)'`" in summary
+    assert "``'ab\\n# h`x`'``" in reason  # escaped, in a span its backticks cannot close
+    result = _run(instance, "release", mig_dir, md["plan_id"])
+    assert not result.success
+    refusal = next(
+        e.event_specific_data.error.message
+        for e in result.all_events
+        if e.event_type_value == "STEP_FAILURE"
+    )
+    assert "is blocked" in refusal and "\n# h" not in refusal.strip()
+    assert "# h" not in _outside_code_spans(refusal)
+
+
 # Plain-function rules of the plan (no server).
 
 
@@ -297,11 +405,12 @@ def _m(version: str, name: str, sql: str) -> migrations_lib.Migration:
     return migrations_lib.Migration(version, name, f"{version}_{name}.sql", sql)
 
 
-def _build(migrations, applied, orgs=("a-org",), code="git abc", env="test"):
+def _build(migrations, applied, orgs=("a-org",), code="git abc", env="test", ref="sandbox"):
     return plan_lib.build_plan(
         environment=env,
         api_url="http://127.0.0.1:1",
         supabase_api_url="http://127.0.0.1:2",
+        project_ref=ref,
         migrations=migrations,
         applied=applied,
         orgs=list(orgs),
@@ -309,15 +418,34 @@ def _build(migrations, applied, orgs=("a-org",), code="git abc", env="test"):
     )
 
 
-def test_the_id_covers_the_target_not_the_remaining_steps():
+def test_the_id_covers_the_applied_set_and_a_resume_still_matches():
     files = [
         _m("0001", "a", "CREATE TABLE a (id INT);"),
         _m("0002", "b", "CREATE TABLE b (x INT);"),
     ]
     fresh = _build(files, {})
     half = _build(files, {"0001": files[0].checksum}, orgs=("x", "y"), code="git def")
-    assert fresh.plan_id == half.plan_id  # resumed; orgs and code version are not in the id
-    assert [p.version for p in half.pending] == ["0002"]
+    done = _build(files, {v: m.checksum for v, m in zip(("0001", "0002"), files, strict=True)})
+    # Resumed after 1 or 2 files: accepted; orgs and code version are not in the id.
+    assert half.plan_id != fresh.plan_id and [p.version for p in half.pending] == ["0002"]
+    assert plan_lib.match_plan(fresh, fresh.plan_id) == 0
+    assert plan_lib.match_plan(half, fresh.plan_id) == 1
+    assert plan_lib.match_plan(done, fresh.plan_id) == 2
+    assert plan_lib.match_plan(done, half.plan_id) == 1
+    # A "nothing pending" plan does not cover a file whose tracking row was deleted since.
+    assert plan_lib.match_plan(half, done.plan_id) is None
+    with pytest.raises(plan_lib.PlanRefused, match=r"no longer applied .*`'0002'`"):
+        plan_lib.verify(half, done.plan_id, done.target)
+    # Applied out of order (0002 without 0001) is not a resume of the fresh plan.
+    skipped = _build(files, {"0002": files[1].checksum})
+    assert plan_lib.match_plan(skipped, fresh.plan_id) is None
+    # Another database (project ref) is another plan.
+    other_db = _build(files, {}, ref="other-db")
+    assert plan_lib.match_plan(other_db, fresh.plan_id) is None
+    with pytest.raises(
+        plan_lib.PlanRefused, match="Supabase project ref `'sandbox'` -> `'other-db'`"
+    ):
+        plan_lib.verify(other_db, fresh.plan_id, fresh.target)
     assert _build(files, {}, env="stage").plan_id != fresh.plan_id
     assert _build([*files, _m("0003", "c", "SELECT 1;")], {}).plan_id != fresh.plan_id
     edited = [files[0], _m("0002", "b", "CREATE TABLE b (y INT);")]
@@ -329,7 +457,7 @@ def test_the_id_covers_the_target_not_the_remaining_steps():
 def test_gaps_and_non_atomic_files_block_the_plan():
     files = [_m("0001", "a", "CREATE TABLE a (id INT);"), _m("0002", "b", "COMMIT;")]
     gap = _build(files, {"0002": files[1].checksum})
-    assert gap.blocked and "0001_a.sql is pending but version 0002 is applied" in gap.gaps[0]
+    assert gap.blocked and "0001_a.sql is pending but version `'0002'` is applied" in gap.gaps[0]
     atomic = _build(files, {})
     assert atomic.blocked and "0002_b.sql line 1: COMMIT" in atomic.not_atomic[0]
 
