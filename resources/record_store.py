@@ -190,7 +190,10 @@ def _graph(versions: Path = MIGRATIONS_DIR / "versions") -> Graph | None:
     branch label / unknown id (the caller then asks Alembic). Read once per process."""
     graph: Graph = {}
     for path in sorted(versions.glob("*.py")):
-        found = _literals(path)
+        try:
+            found = _literals(path)
+        except (OSError, SyntaxError, TypeError, ValueError, RecursionError):
+            return None  # unreadable or not plain literals: Alembic decides
         revision = found.get("revision")
         down = _names(found.get("down_revision", _NOT_LITERAL))
         deps = _names(found.get("depends_on"))
@@ -215,15 +218,32 @@ def _covers_heads(graph: Graph, current: set[str]) -> bool | None:
     if current - set(graph):
         return None
     applied: set[str] = set()
-    todo = list(current)
-    while todo:
-        revision = todo.pop()
-        if revision not in applied:
-            applied.add(revision)
-            down, deps = graph[revision]
-            todo.extend(down + deps)
+    for stored in current:
+        if _ancestors(graph, stored, with_dependencies=False) & current:
+            # A stored revision below another on its own branch: a version table Alembic
+            # refuses ("overlaps with other requested revisions"); let it say so. (A branch's
+            # head that another branch depends on is stored legitimately.)
+            return None
+        applied |= _ancestors(graph, stored) | {stored}
     heads = set(graph) - {d for down, _ in graph.values() for d in down}
     return heads <= applied
+
+
+def _ancestors(graph: Graph, revision: str, with_dependencies: bool = True) -> set[str]:
+    """Every revision ``revision`` stands on: its downs (and dependencies), transitively."""
+
+    def below(rev: str) -> tuple[str, ...]:
+        down, deps = graph[rev]
+        return down + deps if with_dependencies else down
+
+    found: set[str] = set()
+    todo = list(below(revision))
+    while todo:
+        rev = todo.pop()
+        if rev not in found:
+            found.add(rev)
+            todo.extend(below(rev))
+    return found
 
 
 @tenacity.retry(

@@ -261,3 +261,24 @@ def test_quick_head_check_defers_to_alembic_when_it_cannot_tell(tmp_path):
     assert record_store._covers_heads(graph, {"b"}) is True
     assert record_store._covers_heads(graph, {"a"}) is False
     assert record_store._covers_heads(graph, {"zz"}) is None
+    # A stored revision below another stored one: a table Alembic refuses; no quick "current".
+    assert record_store._covers_heads(graph, {"a", "b"}) is None
+    # Files that are not Python, or not plain literals of plain types: Alembic decides.
+    broken = _versions(tmp_path / "broken", {"a.py": "revision = (\n"})
+    assert record_store._graph(broken) is None
+    unhashable = _versions(tmp_path / "unhashable", {"a.py": 'revision = "a"\nx = {[]: 1}\n'})
+    assert record_store._graph(unhashable) is None
+
+
+def test_quick_head_check_leaves_a_tampered_version_table_to_alembic(sqlite_store_url):
+    """An ancestor stored beside its descendant (Alembic: "overlaps"): the quick check does not
+    answer "current"; the store's answer is Alembic's."""
+    engine = record_store.make_engine(sqlite_store_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"INSERT INTO {record_store.VERSION_TABLE} VALUES ('commands_0001')"))
+    with engine.connect() as conn:
+        current = record_store._stored_revisions(conn)
+    assert {"commands_0001", "commands_0002"} <= current
+    assert record_store._covers_heads(record_store._graph(), current) is None  # type: ignore[arg-type]
+    assert record_store._at_heads(engine, sqlite_store_url) is False
+    engine.dispose()
