@@ -5,7 +5,7 @@ import dagster as dg
 from orchestration.policies.scheduling import cron_schedule
 from orchestration.triggers import scan as scan_lib
 from orchestration.triggers.ops import action_op_name
-from orchestration.triggers.runs import in_flight_ids, run_requests
+from orchestration.triggers.runs import UNFINISHED_RUN_STATUSES, in_flight_ids, run_requests
 from orchestration.triggers.scheduled import ScheduledAction
 from orchestration.triggers.spec import TriggerSpec
 from resources.record_store import RecordStoreResource
@@ -36,11 +36,31 @@ def build_trigger_schedule(spec: TriggerSpec, job, op_name: str) -> dg.ScheduleD
 
 
 def build_action_schedule(item: ScheduledAction, job: dg.JobDefinition) -> dg.ScheduleDefinition:
-    """A scheduled action on its cron, with its declared input as the op's config."""
+    """A scheduled action on its cron, with its declared input as the op's config.
+
+    A tick while an earlier run of the action is unfinished is skipped (the reason names that
+    run): a sweep that outlasts its interval (a receiver that hangs) must not start another
+    every minute, each holding connections to the same receiver and a slot of the queue.
+    """
+    run_config = {"ops": {action_op_name(item): {"config": {"input": item.input}}}}
+
+    def action_schedule(context: dg.ScheduleEvaluationContext):
+        unfinished = context.instance.get_run_records(
+            dg.RunsFilter(job_name=job.name, statuses=list(UNFINISHED_RUN_STATUSES)), limit=1
+        )
+        if unfinished:
+            run = unfinished[0].dagster_run
+            return dg.SkipReason(
+                f"run {run.run_id} of {job.name} is still {run.status.value.lower()}: one at a "
+                "time (the next tick after it ends starts the next run)"
+            )
+        return dg.RunRequest(run_config=run_config)
+
     return cron_schedule(
         job,
         cron=item.cron,
         name=f"{item.name}_schedule",
-        description=f"{item.description or item.name} ({item.cron})",
-        run_config={"ops": {action_op_name(item): {"config": {"input": item.input}}}},
+        description=f"{item.description or item.name} ({item.cron}); skipped while a run of it "
+        "is unfinished",
+        execution_fn=action_schedule,
     )

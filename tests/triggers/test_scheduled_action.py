@@ -5,6 +5,7 @@ import dagster as dg
 from dev.seed import seed_alerts
 from orchestration.definitions import defs
 from orchestration.triggers.catalog import ESCALATE_ALERTS
+from orchestration.triggers.scheduled import SCHEDULED_ACTIONS
 from orchestration.triggers.worker import process_batch
 from resources.notifier import TriggersNotifierResource
 from resources.record_store import RecordStoreResource
@@ -30,3 +31,29 @@ def test_deliver_trigger_notifications_job_sweeps_the_outbox(store_url, engine):
     assert out.event_specific_data.metadata["delivered"].value == 3
     assert keys == {f"escalate_alerts:{i}": 1 for i in (1, 2, 3)}  # the second run sent nothing
     assert all(r.delivered_at is not None for r in outbox(engine))
+
+
+def test_the_sweep_schedule_skips_while_a_sweep_is_unfinished():
+    """One sweep at a time: a tick while a run of the job is created or started is skipped,
+    naming that run; once it has ended, the next tick asks for a run with the action's input."""
+    schedule = defs.get_schedule_def("deliver_trigger_notifications_schedule")
+    job = defs.get_job_def("deliver_trigger_notifications")
+    with dg.instance_for_test() as instance:
+        context = dg.build_schedule_context(instance=instance)
+        [request] = schedule.evaluate_tick(context).run_requests or []
+        [sweep] = [a for a in SCHEDULED_ACTIONS if a.name == "deliver_trigger_notifications"]
+        assert request.run_config == {
+            "ops": {"deliver_trigger_notifications_action": {"config": {"input": sweep.input}}}
+        }
+        for status in (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTED):
+            run = instance.create_run_for_job(job, run_config=request.run_config, status=status)
+            result = schedule.evaluate_tick(dg.build_schedule_context(instance=instance))
+            assert not result.run_requests
+            assert run.run_id in (result.skip_message or "")
+            instance.report_run_canceled(run)
+        other = instance.create_run_for_job(
+            defs.get_job_def("escalate_alerts"), status=dg.DagsterRunStatus.STARTED,
+            run_config={"ops": {"escalate_alerts_worker": {"config": {"record_ids": [1]}}}},
+        )  # fmt: skip
+        assert other.is_finished is False
+        assert schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests
