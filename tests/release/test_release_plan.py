@@ -309,14 +309,14 @@ def test_a_tracking_row_deleted_after_the_plan_is_refused(instance, server, mig_
     assert _run(instance, "migrate", mig_dir).success
     md = _plan(instance, mig_dir)
     assert md["pending"] == []  # reviewed: nothing to apply
-    _sql(server, f"DELETE FROM {migrations_lib.TRACKING_TABLE} WHERE version = '0002'")
+    _sql(server, f"DELETE FROM {migrations_lib.TRACKING_TABLE} WHERE version = '0003'")
     server.clear_requests()
     result = _run(instance, "release", mig_dir, md["plan_id"])
     assert not result.success
-    assert "no longer applied (tracking row deleted since the plan): `'0002'`" in run_text(result)
+    assert "no longer applied (tracking row deleted since the plan): `'0003'`" in run_text(result)
     assert _steps(result) == ["release_preflight"]
     assert _writes(server) == []
-    assert _tracked(server) == ["0001", "0003"]
+    assert _tracked(server) == ["0001", "0002"]
 
 
 def test_a_plan_for_another_database_is_refused(instance, server, mig_dir, monkeypatch):
