@@ -386,25 +386,71 @@ def _sqlite_directory(database: str | None) -> None:
     )
 
 
+# Execution option naming how an SQLite transaction begins (``make_engine``'s "begin" event):
+# ``engine.execution_options(**SQLITE_WRITER).begin()`` or ``conn.execution_options(
+# **SQLITE_WRITER)`` before the connection's first statement. PostgreSQL ignores it.
+SQLITE_BEGIN = "sqlite_begin"
+# A unit that reads and then writes takes the write lock at BEGIN: under WAL a deferred
+# transaction that read before another connection committed cannot upgrade to a writer (it fails
+# at once with SQLITE_BUSY_SNAPSHOT, without waiting the busy timeout).
+SQLITE_WRITER = {SQLITE_BEGIN: "IMMEDIATE"}
+_SQLITE_BEGINS = {
+    "DEFERRED": "BEGIN",
+    "IMMEDIATE": "BEGIN IMMEDIATE",
+    "EXCLUSIVE": "BEGIN EXCLUSIVE",
+}
+
+
+def _sqlite_transactions(engine: sa.Engine, busy_ms: int) -> None:
+    """SQLAlchemy's documented pysqlite recipe ("Serializable isolation / Savepoints /
+    Transactional DDL"): the driver's own transaction control is turned off and every
+    SQLAlchemy transaction emits its ``BEGIN``.
+
+    Why: in legacy mode (Python 3.11) pysqlite begins a transaction only at the first
+    INSERT/UPDATE/DELETE. When that first write is inside ``begin_nested()``, the ``SAVEPOINT``
+    opens the real transaction and its ``RELEASE`` COMMITS it: the outer transaction is no
+    longer atomic (a later error or a SIGKILL leaves the savepoint's writes committed), and
+    its reads before the savepoint were not in it either.
+    """
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # no implicit BEGIN / COMMIT by the driver
+        cur = dbapi_conn.cursor()  # outside any transaction: journal_mode cannot change in one
+        cur.execute("PRAGMA journal_mode=WAL")  # readers never block the one writer
+        cur.execute("PRAGMA foreign_keys=ON")  # a no-op inside a transaction
+        cur.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        options = conn.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return  # asked for no transaction
+        dbapi_conn = conn.connection.dbapi_connection
+        if dbapi_conn.isolation_level is not None and not dbapi_conn.in_transaction:
+            # AUTOCOMMIT's reset on check-in hands the driver its implicit BEGIN back
+            dbapi_conn.isolation_level = None
+        mode = str(options.get(SQLITE_BEGIN, "DEFERRED")).upper()
+        if mode not in _SQLITE_BEGINS:
+            raise ValueError(
+                f"execution option {SQLITE_BEGIN}={mode!r} is not valid: use one of "
+                f"{', '.join(_SQLITE_BEGINS)} (default DEFERRED)"
+            )
+        conn.exec_driver_sql(_SQLITE_BEGINS[mode])
+
+
 def make_engine(url: str, environ: os._Environ | dict | None = None) -> sa.Engine:
     """The record store's engine; every engine of the project comes from here (bounded waits,
-    ``pool_pre_ping`` so a connection the server dropped is replaced, not handed out)."""
+    ``pool_pre_ping`` so a connection the server dropped is replaced, not handed out; on SQLite
+    every transaction is one transaction from its ``BEGIN``, see ``_sqlite_transactions``)."""
     s = settings(environ)
     parsed = checked_url(url)
     url = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         _sqlite_directory(parsed.database)
         engine = sa.create_engine(url, connect_args={"timeout": s.busy_timeout_ms / 1000})
-        busy = s.busy_timeout_ms
-
-        @sa.event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # WAL: readers never block the one writer
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute(f"PRAGMA busy_timeout={int(busy)}")
-            cur.close()
-
+        _sqlite_transactions(engine, s.busy_timeout_ms)
         return engine
     return sa.create_engine(
         parsed.difference_update_query(["options"]),

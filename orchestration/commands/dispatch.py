@@ -27,6 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from orchestration.commands import models as m
 from orchestration.commands.cron import SlotCache
 from orchestration.commands.timeutil import as_utc, minute_floor, utcnow
+from resources.db import SQLITE_WRITER
 
 BATCH_PREFIX = "tick:"
 
@@ -273,7 +274,9 @@ def create_due_runs(
     Schedules that could not be dispatched are appended to ``errors``; the rest are created.
     """
     errors = [] if errors is None else errors
-    with engine.begin() as conn:
+    # SQLite: a writer from BEGIN, so its read of the due schedules and its inserts are one
+    # transaction that no other writer can fail between (resources.db.SQLITE_WRITER).
+    with engine.execution_options(**SQLITE_WRITER).begin() as conn:
         considered, rows = due_rows(conn, window_start, now, errors)
         if not rows:
             return considered, 0

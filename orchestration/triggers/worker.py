@@ -59,7 +59,7 @@ from orchestration.triggers.chunk import ChunkWrites, FallBack, Outcome, read_du
 from orchestration.triggers.lock_watch import LockWatch
 from orchestration.triggers.scan import chunks
 from orchestration.triggers.spec import TriggerSpec, utcnow
-from resources.db import is_connection_error, is_lock_timeout, retrying
+from resources.db import SQLITE_WRITER, is_connection_error, is_lock_timeout, retrying
 
 if TYPE_CHECKING:
     from resources.notifier import DeliveryReport, OutboxDelivery, Selection
@@ -166,22 +166,21 @@ def process_chunk(
 
 
 def _commit_chunk(spec, engine: sa.Engine, part, paths, run_id, actor, log, statement):
-    """One chunk in its own transaction: committed, or rolled back as a whole."""
-    with engine.begin() as conn:
-        begin_sqlite_write(conn)
+    """One chunk in its own transaction: committed, or rolled back as a whole. On SQLite it
+    begins as a writer (``BEGIN IMMEDIATE``, ``resources.db.SQLITE_WRITER``): a deliverer that
+    commits between the chunk's read and its first write would otherwise make the upgrade from
+    reader to writer fail (SQLITE_BUSY_SNAPSHOT under WAL)."""
+    with engine.execution_options(**SQLITE_WRITER).begin() as conn:
         return process_chunk(spec, conn, part, paths, run_id, actor, log, statement)
 
 
 def begin_sqlite_write(conn: sa.Connection) -> None:
-    """SQLite: open the chunk's transaction explicitly, as a writer (``BEGIN IMMEDIATE``).
+    """Kept for callers that open a transaction themselves; new code begins with
+    ``resources.db.SQLITE_WRITER`` instead (the engine then emits ``BEGIN IMMEDIATE``).
 
-    The pysqlite driver begins a transaction only at the first INSERT/UPDATE; a chunk starts with
-    reads and its first write is inside a savepoint (set-based ``all_or_fall_back``, per-record
-    savepoints), so that ``SAVEPOINT`` opened the transaction and its ``RELEASE`` committed it:
-    records moved without their history and outbox rows (seen with a SIGKILL while a deliverer
-    held the write lock). Taking the write lock first also spares the chunk a failed upgrade
-    from reader to writer when a deliverer commits between its read and its first write.
-    A connection already in a transaction (an engine that emits ``BEGIN`` itself) is left as is.
+    Every transaction of a ``make_engine`` engine is already open from its ``BEGIN`` (the
+    engine emits it: a savepoint's RELEASE no longer commits), so this only begins one, as a
+    writer, on an SQLite connection that has none (e.g. one in AUTOCOMMIT).
     """
     if conn.dialect.name != "sqlite":
         return
