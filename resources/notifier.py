@@ -23,13 +23,17 @@ Two deliverers never both send a row:
 - PostgreSQL: the claim goes through ``SELECT … FOR UPDATE SKIP LOCKED`` and its transaction
   stays open until the mark commits; a row another deliverer holds is skipped (left to it). The
   locks last at most ``2 x 4`` rounds of POSTs, each at most ``timeout_seconds`` (8 x 5 s by
-  default), far below the 300 s idle-in-transaction bound; nobody else writes those rows.
+  default; ``timeout_seconds`` is at most 30 s, so 8 x 30 s = 240 s), below the record store's
+  300 s idle-in-transaction bound; nobody else writes those rows.
 - SQLite: the claim commits at once (SQLite has one write lock, which the worker's next chunk
   needs: held across POSTs it would stop the worker, and a deliverer claiming batch after batch
   would starve it), and the deliverers of one database file take turns through an OS lock,
   ``flock`` on ``<database file>-delivery.lock`` (released by the OS if the holder dies), held
-  from a delivery's first claim to its last mark. A second deliverer waits, then finds the rows
-  delivered.
+  from a delivery's first claim to its last mark (the path resolved through symlinks: one lock
+  per database file). A second deliverer waits, polling the lock and its ``stop`` event, then
+  finds the rows delivered; after ``lock_wait_seconds`` (60 s) it gives up with one log line and
+  its rows stay pending for the next delivery or sweep (a step being terminated stops waiting at
+  once).
 
 The repeat window, precisely. A row is POSTed a second time only when its batch was not marked:
 
@@ -61,6 +65,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import logging
+import math
 import os
 import queue
 import threading
@@ -91,6 +97,19 @@ BATCHES_IN_FLIGHT = 2  # claimed batches open at once (``deliver``)
 READ_PAGE = 1000  # ids per read of the outbox (and keys per ``IN``)
 LOG_ONLY_BATCH = 1000  # rows marked per statement without a webhook
 FIRST_ERRORS = 3  # errors quoted in a summary line
+DEFAULT_TIMEOUT_S = 5.0
+MIN_TIMEOUT_S = 0.1
+# A PostgreSQL claim's transaction stays open while BATCHES_IN_FLIGHT x ROUNDS_PER_BATCH = 8
+# rounds of POSTs end, each waiting at most ``timeout_seconds``: 8 x 30 s = 240 s, below the
+# record store's idle-in-transaction bound (RECORD_STORE_IDLE_IN_TRANSACTION_TIMEOUT_MS, 300 s),
+# past which the server would end the session and the batch would be POSTed again.
+MAX_TIMEOUT_S = 30.0
+# SQLite: how long a delivery waits for another deliverer's ``<db>-delivery.lock`` before it
+# leaves its rows pending (one log line). The holder is sending (at >= 2,000/s, 60 s is ~100,000
+# notifications) and, if it is a sweep, sends these rows too; a step should not stall longer than
+# the record store's own retry window (RECORD_STORE_RETRY_WINDOW_S, 60 s) for someone else's work.
+DELIVERY_LOCK_WAIT_S = 60.0
+LOCK_POLL_S = 0.1  # between tries of the lock (and checks of ``stop``)
 
 # The core area's outbox (migration core_0001); the one definition every writer and reader imports.
 outbox = sa.Table(
@@ -109,6 +128,7 @@ outbox = sa.Table(
 Log = Callable[[str], None]
 _INT_ARRAY = postgresql.ARRAY(sa.Integer)
 _MEMORY_DELIVERY_LOCK = threading.Lock()
+_logger = logging.getLogger(__name__)
 
 
 def concurrency_problem(value: object) -> str | None:
@@ -130,6 +150,32 @@ def _concurrency_field(value: int) -> int:
 
 
 Concurrency = Annotated[int, BeforeValidator(_concurrency_field)]
+
+
+def timeout_problem(value: object) -> str | None:
+    """Why ``value`` cannot be one POST's timeout in seconds, or None when it can."""
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and MIN_TIMEOUT_S <= value <= MAX_TIMEOUT_S
+    ):
+        return None
+    return (
+        f"triggers_notifier timeout_seconds={value!r:.20} is not valid: set a number of seconds "
+        f"from {MIN_TIMEOUT_S:g} to {MAX_TIMEOUT_S:g} (how long a POST waits for the receiver; "
+        f"default {DEFAULT_TIMEOUT_S:g})"
+    )
+
+
+def _timeout_field(value: float) -> float:
+    problem = timeout_problem(value)
+    if problem:
+        raise FinalFailure(problem)
+    return value
+
+
+TimeoutSeconds = Annotated[float, BeforeValidator(_timeout_field)]
 
 
 def _webhook_url_field(value: object) -> object:
@@ -154,9 +200,13 @@ class DeliveryReport:
     seconds: float = 0.0
 
     def add(self, other: DeliveryReport) -> None:
+        """Fold a later delivery in: a key it delivered is no longer failed (an earlier
+        delivery of the same run failed it, a later one sent it)."""
         self.delivered += other.delivered
         for key, error in other.failed.items():
             self.failed[key] = error
+        for key in other.delivered:
+            self.failed.pop(key, None)
         self.seconds += other.seconds
 
     def first_errors(self, n: int = FIRST_ERRORS) -> dict[str, str]:
@@ -187,17 +237,22 @@ class OutboxDelivery:
     """Plain delivery logic (tests, the worker CLI and the ops use it; no Dagster needed)."""
 
     webhook_url: str | None = None
-    timeout_seconds: float = 5.0
+    timeout_seconds: float = DEFAULT_TIMEOUT_S
     channel: str = "webhook"
     log: Log | None = None
     concurrency: int = DEFAULT_CONCURRENCY
     claim_batch: int | None = None  # rows a claim takes; None: ROUNDS_PER_BATCH x concurrency
     # How POSTs are made (the bench plugs in alternatives to compare); default ``make_sender``.
     sender_factory: Callable[[OutboxDelivery], Sender] | None = None
+    # SQLite: the wait for another deliverer's lock before leaving the rows pending.
+    lock_wait_seconds: float = DELIVERY_LOCK_WAIT_S
 
     def __post_init__(self) -> None:
-        problem = concurrency_problem(self.concurrency) or (
-            webhook_url_problem(self.webhook_url, "the webhook URL") if self.webhook_url else None
+        url = self.webhook_url
+        problem = (
+            concurrency_problem(self.concurrency)
+            or timeout_problem(self.timeout_seconds)
+            or (webhook_url_problem(url, "the webhook URL") if url else None)
         )
         if problem:
             raise ValueError(problem)
@@ -261,13 +316,14 @@ class OutboxDelivery:
         """Every row of ``selection`` pending now, batch by batch (module docstring): with a
         webhook, ``BATCHES_IN_FLIGHT`` batches are open at once, the next one claimed and its
         POSTs queued while the current one's finish, so the POST threads never wait for a claim
-        or a commit. ``stop`` set (the caller interrupted): no further batch is claimed."""
+        or a commit. ``stop`` set (the caller interrupted): no further batch is claimed, and no
+        wait for another deliverer's lock goes on."""
         report = DeliveryReport()
         started = time.monotonic()
         in_flight: deque[_Open] = deque()
-        with self._one_deliverer(engine, sender):
+        with self._one_deliverer(engine, sender, stop) as mine:
             try:
-                for batch in self._batches(engine, selection, stop):
+                for batch in self._batches(engine, selection, stop) if mine else ():
                     if sender is None:  # log only: one statement a batch
                         done = retrying(_what(batch), self.log)(
                             self._batch, engine, batch, None, set()
@@ -285,31 +341,62 @@ class OutboxDelivery:
         report.seconds = time.monotonic() - started
         return report
 
-    @staticmethod
     @contextlib.contextmanager
-    def _one_deliverer(engine: sa.Engine, sender: Sender | None) -> Iterator[None]:
-        """SQLite with a webhook: one deliverer at a time per database file.
+    def _one_deliverer(
+        self, engine: sa.Engine, sender: Sender | None, stop: threading.Event | None
+    ) -> Iterator[bool]:
+        """SQLite with a webhook: one deliverer at a time per database file; yields whether
+        this delivery may go on (False: interrupted, or gave up waiting; its rows stay pending).
 
         There a claim commits at once (holding SQLite's one write lock across the POSTs would
         stop the worker's next chunk, and a deliverer claiming batch after batch would starve
         it), so the rows a deliverer claimed are kept from another deliverer by an OS lock on
-        ``<database file>-delivery.lock`` (``flock``: another thread or process waits; released
-        by the OS if the holder dies). PostgreSQL needs none: the claim's row locks do it.
+        ``<database file>-delivery.lock`` (``flock``, the file's real path: a symlinked database
+        has one lock; released by the OS if the holder dies). It is polled, never waited for
+        blindly, so a terminated step stops at once. PostgreSQL needs none: the claim's row
+        locks do it.
         """
         if sender is None or engine.dialect.name != "sqlite":
-            yield
+            yield True
             return
         path = engine.url.database
         if not path or path == ":memory:":  # one process's database: a thread lock does it
-            with _MEMORY_DELIVERY_LOCK:
-                yield
+            got = self._wait_for_lock(
+                lambda: _MEMORY_DELIVERY_LOCK.acquire(blocking=False), stop, "the delivery lock"
+            )
+            try:
+                yield got
+            finally:
+                if got:
+                    _MEMORY_DELIVERY_LOCK.release()
             return
-        fd = os.open(f"{path}-delivery.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        lock_path = f"{os.path.realpath(path)}-delivery.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            yield self._wait_for_lock(lambda: _try_flock(fd), stop, lock_path)
         finally:
             os.close(fd)  # releases the lock
+
+    def _wait_for_lock(
+        self, try_lock: Callable[[], bool], stop: threading.Event | None, what: str
+    ) -> bool:
+        """Try the lock every ``LOCK_POLL_S`` until taken (True), ``stop`` is set (False, no
+        line: the caller was interrupted) or ``lock_wait_seconds`` passed (False, one line)."""
+        waiter = stop if stop is not None else threading.Event()
+        deadline = time.monotonic() + self.lock_wait_seconds
+        while not waiter.is_set():
+            if try_lock():
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                (self.log or _logger.warning)(
+                    f"notification delivery gave up after waiting {self.lock_wait_seconds:g} s "
+                    f"for {what} (another deliverer is sending): its notifications stay pending "
+                    "for the next delivery or sweep"
+                )
+                return False
+            waiter.wait(min(LOCK_POLL_S, left))
+        return False
 
     def _batches(
         self, engine: sa.Engine, selection: Selection, stop: threading.Event | None
@@ -486,6 +573,15 @@ class OutboxDelivery:
 Claimed = tuple[int, str, Any]  # (id, dedupe key, payload) of a claimed row
 
 
+def _try_flock(fd: int) -> bool:
+    """Take the exclusive ``flock`` on ``fd`` if free; never waits."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def _what(ids: list[int]) -> str:
     return f"notification delivery: outbox rows {ids[0]}..{ids[-1]}"
 
@@ -650,7 +746,12 @@ class TriggersNotifierResource(dg.ConfigurableResource):
         description=f"Where notifications are POSTed (JSON). Defaults to ${WEBHOOK_URL_ENV}; "
         "unset means log only.",
     )
-    timeout_seconds: float = Field(default=5.0, description="Per-request timeout.")
+    timeout_seconds: TimeoutSeconds = Field(
+        default=DEFAULT_TIMEOUT_S,
+        description=f"How long a POST waits for the receiver ({MIN_TIMEOUT_S:g}-"
+        f"{MAX_TIMEOUT_S:g} s; at most {MAX_TIMEOUT_S:g} so a PostgreSQL claim, open for 8 "
+        "rounds of POSTs, ends within the record store's 300 s idle-in-transaction bound).",
+    )
     concurrency: Concurrency = Field(
         default=DEFAULT_CONCURRENCY,
         description=f"Notifications POSTed at once (1-{MAX_CONCURRENCY}), each in flight on its "

@@ -4,6 +4,9 @@ summary lines without payloads, and delivery overlapping the worker's next chunk
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import subprocess
 import sys
 import threading
@@ -19,8 +22,16 @@ from dev.seed import seed_alerts
 from orchestration.triggers.catalog import ESCALATE_ALERTS
 from orchestration.triggers.models import alerts, notification_outbox
 from orchestration.triggers.worker import process_batch_delivering
+from resources.db import settings
 from resources.errors import FinalFailure
-from resources.notifier import OutboxDelivery, TriggersNotifierResource
+from resources.notifier import (
+    BATCHES_IN_FLIGHT,
+    MAX_TIMEOUT_S,
+    ROUNDS_PER_BATCH,
+    DeliveryReport,
+    OutboxDelivery,
+    TriggersNotifierResource,
+)
 from tests.triggers.helpers import WebhookReceiver, outbox
 
 REPO = Path(__file__).resolve().parents[2]
@@ -222,3 +233,119 @@ def test_a_failing_caller_still_gets_its_committed_notifications_delivered(engin
             raise RuntimeError("chunk 2 failed")
         assert hook.key_counts() == Counter({k: 1 for k in keys})
     assert all(r.delivered_at is not None for r in outbox(engine))
+
+
+@pytest.mark.parametrize(
+    "bad", [0, -1, 0.05, 31, 1e9, "nan", float("nan"), float("inf"), True, None]
+)
+def test_a_bad_timeout_is_one_line(bad):
+    with pytest.raises(FinalFailure) as err:
+        TriggersNotifierResource(webhook_url=None, timeout_seconds=bad)
+    message = str(err.value)
+    assert message.startswith("triggers_notifier timeout_seconds=") and "\n" not in message
+    assert "from 0.1 to 30" in message
+    with pytest.raises(ValueError) as err2:
+        OutboxDelivery(timeout_seconds=bad)
+    assert str(err2.value) == message
+    ok = TriggersNotifierResource(webhook_url=None, timeout_seconds=0.1).delivery()
+    assert ok.timeout_seconds == 0.1
+    # The bound's reason: a PostgreSQL claim stays open for the POSTs of the open batches.
+    assert (
+        settings({}).idle_in_transaction_timeout_ms
+    ) > BATCHES_IN_FLIGHT * ROUNDS_PER_BATCH * MAX_TIMEOUT_S * 1000
+
+
+def test_a_key_failed_then_delivered_in_one_run_is_not_reported_failed(engine):
+    """A pipeline's report across its deliveries: a key that failed in chunk 1's delivery and
+    went out in a later one counts as delivered only (notifications_failed is not overstated)."""
+    keys = _fill_outbox(engine, 6)
+    answered: Counter = Counter()
+
+    def status(key):
+        answered[key] += 1
+        return 503 if key == "k0" and answered[key] == 1 else 200
+
+    with WebhookReceiver(status=status) as hook:
+        with OutboxDelivery(webhook_url=hook.url, concurrency=2).pipeline(engine) as pipe:
+            pipe(engine, keys)
+            pipe(engine, ["k0"])  # a later delivery of the same run sends it
+        report = pipe.report
+    assert answered == Counter({**{k: 1 for k in keys}, "k0": 2})
+    assert sorted(report.delivered) == sorted(keys)
+    assert report.failed == {}
+    merged = DeliveryReport(failed={"a": "HTTP 503", "b": "HTTP 503"})
+    merged.add(DeliveryReport(delivered=["a"], failed={"c": "HTTP 500"}))
+    assert merged.failed == {"b": "HTTP 503", "c": "HTTP 500"}
+
+
+class _SeenWaiting(threading.Event):
+    """A ``stop`` event that tells the test when a delivery started waiting on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)
+
+
+def test_sqlite_delivery_waiting_for_another_deliverers_lock_stops_or_gives_up(
+    sqlite_store_url, tmp_path
+):
+    """Another process's deliverer holds ``<db>-delivery.lock`` (an fd of its own: ``flock``
+    excludes it like another process). A terminated step stops waiting at once; otherwise the
+    delivery gives up after its bound with one line, the rows left pending. The database is
+    reached through a symlink: the lock is the real file's."""
+    from resources.record_store import make_engine
+
+    real = sqlite_store_url.removeprefix("sqlite:///")
+    link = tmp_path / "linked.sqlite"
+    link.symlink_to(real)
+    engine = make_engine(f"sqlite:///{link}")
+    keys = _fill_outbox(engine, 5)
+    held = os.open(f"{os.path.realpath(real)}-delivery.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    thread = threading.Thread()
+    try:
+        with WebhookReceiver() as hook:
+            # 1. Interrupted (run termination): the pipeline's close does not wait for the lock.
+            stop = _SeenWaiting()
+            returned = threading.Event()
+            lines: list[str] = []
+
+            def interrupted() -> None:
+                delivery = OutboxDelivery(webhook_url=hook.url, log=lines.append)
+                with contextlib.suppress(KeyboardInterrupt), delivery.pipeline(engine) as pipe:
+                    pipe._stop = stop  # the pipeline's own event, observed
+                    pipe(engine, keys)
+                    stop.waiting.wait(60)  # the delivery is polling the lock
+                    raise KeyboardInterrupt
+                returned.set()
+
+            thread = threading.Thread(target=interrupted, daemon=True)
+            thread.start()
+            assert returned.wait(30), "close() kept waiting (or took another lock)"
+            assert stop.waiting.is_set()
+            assert not [ln for ln in lines if "gave up" in ln], lines
+
+            # 2. Not interrupted: gives up after its bound, one line, rows still pending.
+            lines.clear()
+            delivery = OutboxDelivery(webhook_url=hook.url, lock_wait_seconds=1.0, log=lines.append)
+            report = delivery.deliver_pending(engine, keys)
+            assert hook.posts == []
+        assert report.delivered == [] and report.failed == {}
+        gave_up = [ln for ln in lines if "gave up" in ln]
+        assert len(gave_up) == 1 and "delivery.lock" in gave_up[0], lines
+        assert "stay pending" in gave_up[0]
+        assert all(r.delivered_at is None and r.attempts == 0 for r in outbox(engine))
+    finally:
+        os.close(held)
+        if thread.is_alive():
+            thread.join(60)
+    # The lock free again: the rows go out.
+    with WebhookReceiver() as hook:
+        assert sorted(OutboxDelivery(webhook_url=hook.url).deliver_pending(engine).delivered) == (
+            sorted(keys)
+        )
+    engine.dispose()
