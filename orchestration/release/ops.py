@@ -16,6 +16,7 @@ from orchestration.release import plan as plan_lib
 from orchestration.tags import ENVIRONMENT_TAG
 from resources.environment import PlatformEnvironment
 from resources.environments import PLATFORM, SUPABASE, Environment
+from resources.identifiers import display
 from resources.platform_api import PlatformApiResource
 from resources.record_store import RecordStoreResource
 from resources.supabase import SupabaseManagementResource, SupabaseSqlClient
@@ -49,8 +50,9 @@ def _migrations_dir(context: dg.OpExecutionContext) -> Path:
     return Path(step_config.get("migrations_dir") or migrations_lib.DEFAULT_MIGRATIONS_DIR)
 
 
-def _reviewed_target(instance: dg.DagsterInstance, plan_id: str) -> plan_lib.PlanTarget | None:
-    """The target of the release_plan run that showed ``plan_id`` (None: not on this instance)."""
+def _plan_run_metadata(instance: dg.DagsterInstance, plan_id: str) -> dict[str, object] | None:
+    """The metadata values of the release_plan run that showed ``plan_id`` (None: not on this
+    instance, e.g. planned on another one)."""
     records = instance.get_run_records(
         filters=dg.RunsFilter(job_name="release_plan", tags={plan_lib.PLAN_ID_TAG: plan_id}),
         limit=1,
@@ -62,9 +64,8 @@ def _reviewed_target(instance: dg.DagsterInstance, plan_id: str) -> plan_lib.Pla
         for event in events:
             data = event.event_log_entry.dagster_event
             output = data.step_output_data if data else None
-            value = output.metadata.get("plan_target") if output else None
-            if value is not None:
-                return plan_lib.PlanTarget.from_dict(value.value)
+            if output is not None and "plan_target" in output.metadata:
+                return {k: v.value for k, v in output.metadata.items()}
     return None
 
 
@@ -99,7 +100,7 @@ def release_preflight(
         plan_id = plan_lib.check_plan_id(config.plan_id)
         migrations = migrations_lib.discover(_migrations_dir(context))
         with supabase.client(on_retry=context.log.warning) as sql:
-            _verify_plan(context, env, sql, plan_id, migrations)
+            _verify_plan(context, env, sql, plan_id, migrations, check_code_version=True)
         metadata["plan_id"] = plan_id
     context.add_output_metadata(metadata)
 
@@ -117,9 +118,12 @@ def _verify_plan(
     sql: SupabaseSqlClient,
     plan_id: str,
     migrations: list[migrations_lib.Migration],
+    *,
+    check_code_version: bool = False,
 ) -> None:
     """Recompute the plan (reads only; orgs are not in the id, so not listed) and refuse, naming
-    what changed, unless it is the reviewed one and not blocked."""
+    what changed, unless it is the reviewed one and not blocked. ``check_code_version`` warns
+    when this build is not the one that made the plan (not in the id: see plan.py)."""
     plan = plan_lib.compute_plan(
         environment=env.name,
         api_url=env.endpoint(PLATFORM),
@@ -130,8 +134,20 @@ def _verify_plan(
         code_version="(not in the plan id)",  # spares a git call per check
     )
     matched = plan_lib.match_plan(plan, plan_id) is not None
-    reviewed = None if matched else _reviewed_target(context.instance, plan_id)
+    planned = (
+        _plan_run_metadata(context.instance, plan_id) if check_code_version or not matched else None
+    )
+    reviewed = plan_lib.PlanTarget.from_dict(planned.get("plan_target")) if planned else None
     applied_since = plan_lib.verify(plan, plan_id, reviewed)
+    planned_by = planned.get("code_version") if planned else None
+    if check_code_version and isinstance(planned_by, str):
+        now = plan_lib.code_version()
+        if planned_by != now:
+            context.log.warning(
+                f"Plan {plan_id[:12]} was made by code version {display(planned_by)}, this run "
+                f"is {display(now)}: the files and their checksums are the same (the id says "
+                "so), but review what else changed in the code before going on"
+            )
     resumed = f" ({applied_since} of the plan's files applied since: resuming)"
     context.log.info(
         f"Plan {plan_id[:12]} verified: {len(plan.pending)} migration(s) pending, "

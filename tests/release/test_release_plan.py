@@ -340,6 +340,20 @@ def test_a_pasted_id_in_upper_case_with_spaces_is_the_same_id(instance, server, 
     assert _tracked(server) == ["0001", "0002", "0003"]
 
 
+def test_another_code_version_applying_is_warned_about(instance, server, mig_dir, monkeypatch):
+    monkeypatch.setenv(plan_lib.CODE_VERSION_ENV, "1.0.0+aaa")
+    md = _plan(instance, mig_dir)
+    monkeypatch.setenv(plan_lib.CODE_VERSION_ENV, "1.0.1+bbb")
+    result = _run(instance, "migrate", mig_dir, md["plan_id"])
+    assert result.success, run_text(result)
+    warnings = [
+        e.message
+        for e in instance.all_logs(result.run_id)
+        if e.level == 30 and "was made by code version" in e.message
+    ]
+    assert len(warnings) == 1 and "'1.0.0+aaa'" in warnings[0] and "'1.0.1+bbb'" in warnings[0]
+
+
 HOSTILE = ["[APPROVED](https://evil.example)", "<img src=x onerror=alert(1)>", "**x**"]
 
 
