@@ -66,6 +66,7 @@ from dagster._core.storage.tags import TICK_ID_TAG  # noqa: E402
 from run_overhead import (  # noqa: E402
     DUE_ALERTS,
     SEED_STORE,
+    TRIVIAL_JOB_BODY,
     Checkout,
     GroupSampler,
     MiB,
@@ -144,16 +145,8 @@ import dagster as dg
 
 REQUESTS = "__REQUESTS__"
 
-
-@dg.op
-def touch(context):
-    context.log.info("trivial op ran")
-
-
-@dg.job(executor_def=dg.in_process_executor)
-def trivial():
-    touch()
 '''
+    + TRIVIAL_JOB_BODY
     + REQUEST_SENSOR
     + """
 defs = dg.Definitions(jobs=[trivial], sensors=[request_sensor("trivial", REQUESTS)])
