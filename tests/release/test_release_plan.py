@@ -303,6 +303,8 @@ def test_prod_apply_migrations_alone_needs_a_plan_id_too(instance, as_prod, mig_
     assert not result.success
     assert "run release_plan for prod first" in run_text(result)
     assert as_prod.requests == []
+    # A step subset cannot carry a plan id (the preflight's config is not in its schema), so
+    # on prod the whole job runs, or "re-execute from failure" (which keeps the run's config).
 
 
 def test_a_tracking_row_deleted_after_the_plan_is_refused(instance, server, mig_dir):
