@@ -26,7 +26,7 @@ import sqlalchemy as sa
 import tenacity
 from pydantic import Field
 
-from resources.db import clear_connection_errors, make_engine, normalize_url
+from resources.db import SQLITE_WRITER, clear_connection_errors, make_engine, normalize_url
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -97,7 +97,10 @@ def upgrade(url: str) -> None:
                 return  # nothing to do: no advisory lock, no waiting on another process
             from alembic import command
 
-            with engine.begin() as conn:
+            # SQLite: a writer from BEGIN. Alembic reads the version, then migrates; a second
+            # process upgrading at once waits for the first (then finds the store at heads)
+            # instead of failing its upgrade from reader to writer (resources.db.SQLITE_WRITER).
+            with engine.execution_options(**SQLITE_WRITER).begin() as conn:
                 if conn.dialect.name == "postgresql":
                     ms = MIGRATION_TIMEOUT_MS
                     conn.exec_driver_sql(f"SET LOCAL lock_timeout = {ms}")

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from orchestration.commands import models as m
 from orchestration.commands.store import UnknownCommandRun, get_run
 from orchestration.commands.timeutil import utcnow
+from resources.db import SQLITE_WRITER
 
 RETRYABLE = (m.FAILED, m.TIMED_OUT, m.CANCELLED, m.LOST)
 
@@ -48,7 +49,8 @@ def request_run(
     if in_seconds < 0:
         raise ActionError("in_seconds must be >= 0")
     now = utcnow()
-    with engine.begin() as conn:
+    # SQLite: a writer from BEGIN (reads, then writes; see resources.db.SQLITE_WRITER).
+    with engine.execution_options(**SQLITE_WRITER).begin() as conn:
         found = _existing(conn, request_key)
         if found is not None:
             return found
@@ -92,7 +94,7 @@ def retry_run(
     the retry for another attempt).
     """
     now = utcnow()
-    with engine.begin() as conn:
+    with engine.execution_options(**SQLITE_WRITER).begin() as conn:  # reads, then writes
         try:
             original = get_run(conn, run_id)
         except UnknownCommandRun as exc:

@@ -37,6 +37,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from orchestration.commands import models as m
 from orchestration.commands.cron import validate_cron
 from orchestration.commands.timeutil import utcnow
+from resources.db import SQLITE_WRITER
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -754,7 +755,8 @@ def apply(engine: sa.Engine, catalog: Catalog, *, prune: bool) -> SyncResult:
     """
     now = utcnow()
     result = SyncResult()
-    with engine.begin() as conn:
+    # SQLite: a writer from BEGIN (reads, then writes; see resources.db.SQLITE_WRITER).
+    with engine.execution_options(**SQLITE_WRITER).begin() as conn:
         cmd_ids = _ids(conn, m.commands)
         env_ids = _ids(conn, m.environments)
         sched_ids = _ids(conn, m.schedules)
@@ -848,7 +850,7 @@ def set_variable(engine: sa.Engine, environment: str, name: str, value: str, sec
         problems.append(f"secret: must be true or false (got {type(secret).__name__})")
     if problems:
         raise CatalogError(problems)
-    with engine.begin() as conn:
+    with engine.execution_options(**SQLITE_WRITER).begin() as conn:  # reads, then writes
         env_id = conn.execute(
             sa.select(m.environments.c.id).where(m.environments.c.name == environment)
         ).scalar()

@@ -32,6 +32,7 @@ from orchestration.gateways.models import (
 )
 from orchestration.gateways.registry import live_gateways, open_load
 from orchestration.gateways.routing import Router
+from resources.db import SQLITE_WRITER
 
 CHUNK = 500
 TICK_LOCK_KEY = 720_331_907  # pg_advisory_xact_lock key for the gateways tick
@@ -252,7 +253,8 @@ def run_tick(
     started = time.perf_counter()
     now = time.time() if now is None else now
     report = TickReport()
-    with engine.begin() as conn:
+    # SQLite: a writer from BEGIN (reads, then writes; see resources.db.SQLITE_WRITER).
+    with engine.execution_options(**SQLITE_WRITER).begin() as conn:
         _lock(conn)
         _record_results(conn, record_limit, report)
         live = live_gateways(conn, now)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from orchestration.gateways.models import HELD_STATES, gateways, poll_tasks, targets
+from resources.db import SQLITE_WRITER
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,8 @@ def upsert_target(
         & (targets.c.address == address)
         & (targets.c.check_kind == check_kind)
     )
-    with engine.begin() as conn:
+    # SQLite: a writer from BEGIN (reads, then writes; see resources.db.SQLITE_WRITER).
+    with engine.execution_options(**SQLITE_WRITER).begin() as conn:
         existing = conn.execute(sa.select(targets.c.id).where(key)).scalar()
         if existing is not None:
             conn.execute(targets.update().where(targets.c.id == existing).values(**values))

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from orchestration.gateways.db import is_postgres
 from orchestration.gateways.models import ASSIGNED, DONE, RUNNING, poll_tasks, targets
+from resources.db import SQLITE_WRITER
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,10 @@ def claim_tasks(
         .where(targets.c.id == poll_tasks.c.target_id)
         .scalar_subquery()
     )
-    with engine.begin() as conn:
+    # SQLite: a writer from BEGIN. The claim reads its candidates, then updates them; under WAL
+    # another agent's claim committed in between would fail the upgrade to writer at once
+    # ("database is locked", no busy wait). BEGIN IMMEDIATE makes the second agent wait instead.
+    with engine.execution_options(**SQLITE_WRITER).begin() as conn:
         if is_postgres(engine):
             candidates = candidates.with_for_update(skip_locked=True)
         ids = list(conn.execute(candidates).scalars())

@@ -174,20 +174,6 @@ def _commit_chunk(spec, engine: sa.Engine, part, paths, run_id, actor, log, stat
         return process_chunk(spec, conn, part, paths, run_id, actor, log, statement)
 
 
-def begin_sqlite_write(conn: sa.Connection) -> None:
-    """Kept for callers that open a transaction themselves; new code begins with
-    ``resources.db.SQLITE_WRITER`` instead (the engine then emits ``BEGIN IMMEDIATE``).
-
-    Every transaction of a ``make_engine`` engine is already open from its ``BEGIN`` (the
-    engine emits it: a savepoint's RELEASE no longer commits), so this only begins one, as a
-    writer, on an SQLite connection that has none (e.g. one in AUTOCOMMIT).
-    """
-    if conn.dialect.name != "sqlite":
-        return
-    if not conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 def _run_chunk(spec, engine: sa.Engine, part, paths, run_id, actor, log, statement):
     """A chunk, redone whole while it fails transiently (``resources.db.retrying``: a lost or
     refused connection over the retry window, deadlock, busy SQLite). Lock timeouts are named in

@@ -73,16 +73,15 @@ def test_set_based_update_is_compare_and_set_on_cas_columns(engine):
 
     The change is made inside the chunk's own transaction, between the read and the set-based
     UPDATE: a concurrent writer cannot get in there (PostgreSQL: the read locks the rows; SQLite:
-    the chunk holds the write lock from its start, ``worker.begin_sqlite_write``)."""
+    the chunk holds the write lock from its start, ``resources.db.SQLITE_WRITER``)."""
     from orchestration.triggers import set_based
     from orchestration.triggers.chunk import ChunkWrites, read_due
     from orchestration.triggers.spec import utcnow
-    from orchestration.triggers.worker import begin_sqlite_write
+    from resources.db import SQLITE_WRITER
 
     seed_alerts(engine, due=3)
     spec = _spec(lambda record, ctx: Transition({"state": "escalated"}), cas_columns=("title",))
-    with engine.begin() as conn:
-        begin_sqlite_write(conn)
+    with engine.execution_options(**SQLITE_WRITER).begin() as conn:
         now = utcnow()
         rows, prior = read_due(spec, conn, [1, 2, 3], now)
         conn.execute(alerts.update().where(alerts.c.id == 2).values(title="renamed"))
