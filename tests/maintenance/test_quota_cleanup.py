@@ -102,11 +102,19 @@ def test_identifiers_are_validated_not_interpolated(bq_env, quota_dataset, insta
 
 
 def test_default_slot_is_today(bq_env, bq_client, quota_dataset, instance):
-    insert_usage(bq_client, quota_dataset, TODAY, [90, 91])
+    """No slot given: the run's own UTC date (read before and after the run, so a run that
+    crosses midnight is judged by the date it took, not by the one the module was imported on)."""
+    before = dt.datetime.now(dt.UTC).date()
+    insert_usage(bq_client, quota_dataset, before, [90, 91])
     result = run_cleanup(instance, quota_dataset)
+    after = dt.datetime.now(dt.UTC).date()
     assert result.success
-    assert output_metadata(result)["slot"] == TODAY.isoformat()
-    assert remaining_dates(bq_client, quota_dataset) == [TODAY - dt.timedelta(days=90)]
+    slot = dt.date.fromisoformat(output_metadata(result)["slot"])
+    assert slot in {before, after}
+    inserted = [before - dt.timedelta(days=90), before - dt.timedelta(days=91)]
+    kept = [d for d in inserted if d >= slot - dt.timedelta(days=90)]
+    assert remaining_dates(bq_client, quota_dataset) == kept
+    assert kept  # on the same day the 90-day-old row stays (the cutoff is exclusive)
 
 
 def test_cutoff_rules_as_plain_function():
