@@ -6,13 +6,13 @@ error text per row (None: answered 2xx).
 
 Two senders, one contract. The default is :class:`HttpClientSender`, over the standard library's
 ``http.client``: delivery is bound by the CPU one Python process spends per POST (the GIL), and
-side by side on this project's 2-CPU machines a POST through httpx cost ~610-860 µs of CPU
-against ~250-350 µs through ``http.client`` (httpx: 812-1,190 notifications/s at most,
-``http.client``: 1,700-2,300/s, the issue's target being 2,000/s; ``bench/triggers_bench.py
---only e2e --e2e-senders httpx,stdlib``). A webhook POST needs nothing httpx adds except proxy
-support, so when the environment names a proxy for the webhook's host (``HTTPS_PROXY`` /
-``HTTP_PROXY``, not bypassed by ``NO_PROXY``) delivery uses :class:`HttpxSender`, which honours
-it as every other client of this project does.
+side by side on this project's 2-CPU machines a notification cost the worker process 2.5-3x the CPU
+through httpx (1,190-1,260 µs end to end) that it costs through ``http.client`` (396-505 µs):
+761-848 against 1,944-2,206 delivered/s, the issue's target being 2,000/s
+(``bench/triggers_bench.py --only e2e --e2e-senders default,httpx``; docs/triggers.md). A webhook
+POST needs nothing httpx adds except proxy support, so when the environment names a proxy for the
+webhook's host (``HTTPS_PROXY`` / ``HTTP_PROXY``, not bypassed by ``NO_PROXY``) delivery uses
+:class:`HttpxSender`, which honours it as every other client of this project does.
 
 Neither follows redirects (a receiver that redirects gets the 3xx counted as a failure, as
 before). Error texts never hold the webhook URL or its path (a Slack-style URL carries a token
