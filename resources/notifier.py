@@ -141,15 +141,20 @@ def concurrency_problem(value: object) -> str | None:
     )
 
 
-def _concurrency_field(value: int) -> int:
-    problem = concurrency_problem(value)
-    if problem:
-        # A dagster.Failure, not a ValueError: pydantic passes it through as this one line.
-        raise FinalFailure(problem)
-    return value
+def _checked(problem_of: Callable[[Any], str | None]) -> Callable[[Any], Any]:
+    """A field validator from a ``*_problem`` function: the value, or its one line raised."""
+
+    def check(value: Any) -> Any:
+        problem = problem_of(value)
+        if problem:
+            # A dagster.Failure, not a ValueError: pydantic passes it through as this one line.
+            raise FinalFailure(problem)
+        return value
+
+    return check
 
 
-Concurrency = Annotated[int, BeforeValidator(_concurrency_field)]
+Concurrency = Annotated[int, BeforeValidator(_checked(concurrency_problem))]
 
 
 def timeout_problem(value: object) -> str | None:
@@ -168,14 +173,7 @@ def timeout_problem(value: object) -> str | None:
     )
 
 
-def _timeout_field(value: float) -> float:
-    problem = timeout_problem(value)
-    if problem:
-        raise FinalFailure(problem)
-    return value
-
-
-TimeoutSeconds = Annotated[float, BeforeValidator(_timeout_field)]
+TimeoutSeconds = Annotated[float, BeforeValidator(_checked(timeout_problem))]
 
 
 def _webhook_url_field(value: object) -> object:
