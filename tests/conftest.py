@@ -12,12 +12,13 @@ import pytest
 import sqlalchemy as sa
 
 from dev.sandbox.server import SandboxServer
+from resources.db import make_engine
+from tests.support.sandbox import TEST_API_KEY, TEST_SUPABASE_TOKEN, running_sandbox
 
 # Step retries keep their policy (attempts, backoff) but not their 5 s sleeps under test.
 os.environ.setdefault("PLATFORM_OPS_RETRY_DELAY_SECONDS", "0.05")
 
-TEST_API_KEY = "test-root-key-5f0c2b7a9d"
-TEST_SUPABASE_TOKEN = "test-supabase-token-8e1d4c3b"
+__all__ = ["TEST_API_KEY", "TEST_SUPABASE_TOKEN", "run_config"]
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -58,13 +59,7 @@ def pg_schema_url(pg_url: str) -> Iterator[str]:
 @pytest.fixture
 def sandbox(tmp_path) -> Iterator[SandboxServer]:
     """The project's platform sandbox on 127.0.0.1, with a few active orgs."""
-    server = SandboxServer(
-        api_key=TEST_API_KEY,
-        supabase_token=TEST_SUPABASE_TOKEN,
-        state_path=str(tmp_path / "sandbox-state.sqlite"),
-    )
-    with server:
-        server.seed_orgs(5)
+    with running_sandbox(tmp_path) as server:
         yield server
 
 
@@ -125,8 +120,28 @@ def pg_store_url(pg_schema_url: str) -> str:
     return pg_schema_url
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_url(request) -> str:
     """Run a test on both record-store backends."""
     name = "sqlite_store_url" if request.param == "sqlite" else "pg_store_url"
     return request.getfixturevalue(name)
+
+
+@pytest.fixture
+def engine(store_url: str) -> Iterator[sa.Engine]:
+    """The suite's one engine on the record store under test (both backends)."""
+    eng = make_engine(store_url)
+    yield eng
+    eng.dispose()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that reaches PostgreSQL carries ``postgres``, so ``-m postgres`` selects them all.
+
+    A test reaches the server through ``pg_url`` (directly or through a fixture built on it) or
+    through the postgres side of ``store_url`` (marked on the parameter); marking from the fixture
+    closure means a new test cannot forget the mark.
+    """
+    for item in items:
+        if "pg_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)

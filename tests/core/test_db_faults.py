@@ -25,7 +25,7 @@ from resources.db import (
 )
 from resources.notifier import OutboxDelivery, outbox
 from tests.pg_admin import terminate_backends
-from tests.triggers.helpers import WebhookReceiver
+from tests.support.webhook import WebhookReceiver
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -45,7 +45,7 @@ from resources.notifier import WEBHOOK_URL_ENV
 from resources.record_store import make_engine
 from tests.deploy import engine as eng
 from tests.deploy.graphql import FINISHED, IN_PROGRESS, Run, Webserver
-from tests.triggers.helpers import WebhookReceiver
+from tests.support.webhook import WebhookReceiver
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

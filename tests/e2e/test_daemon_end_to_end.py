@@ -37,7 +37,8 @@ from resources.notifier import WEBHOOK_URL_ENV
 from resources.record_store import make_engine
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN
 from tests.daemon import Daemon, make_home, write_workspace
-from tests.triggers.helpers import WebhookReceiver, history
+from tests.support.webhook import WebhookReceiver
+from tests.triggers.helpers import history
 
 LOCATION = "platform_ops"
 MODULE = "orchestration.definitions"

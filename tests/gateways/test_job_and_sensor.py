@@ -15,11 +15,7 @@ from orchestration.gateways.worker import claim_tasks, report_result
 from resources.record_store import RecordStoreResource
 from tests.gateways.devices import AgentProcess, DeviceServer
 from tests.job_cli import dagster_home, job_execute, runs_of
-
-
-def step_metadata(result: dg.ExecuteInProcessResult) -> dict:
-    (event,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
-    return {k: v.value for k, v in event.event_specific_data.metadata.items()}
+from tests.support.results import step_metadata
 
 
 def evaluate(instance, store_url):

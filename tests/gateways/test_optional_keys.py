@@ -9,18 +9,12 @@ import itertools
 import logging
 import random
 
-import dagster as dg
-
 from orchestration.gateways import registry
 from orchestration.gateways.db import make_engine
 from orchestration.gateways.jobs import poll_devices_job
 from orchestration.gateways.ops import waiting_key, waiting_rows
 from resources.record_store import RecordStoreResource
-
-
-def step_metadata(result: dg.ExecuteInProcessResult) -> dict:
-    (event,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
-    return {k: v.value for k, v in event.event_specific_data.metadata.items()}
+from tests.support.results import step_metadata
 
 
 def test_partition_waiting_with_and_without_a_domain_succeeds_and_warns_both(

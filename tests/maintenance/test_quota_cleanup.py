@@ -14,6 +14,7 @@ from resources.bigquery import PlatformBigQueryResource
 from resources.environments import ENVIRONMENTS
 from tests.conftest import run_config
 from tests.maintenance.conftest import insert_usage, remaining_dates
+from tests.support.results import step_metadata
 
 TODAY = dt.datetime.now(dt.UTC).date()
 # Ages (days before the slot) on both sides of the 90-day boundary: 90 itself is kept.
@@ -31,11 +32,6 @@ def run_cleanup(instance, dataset: str, slot: dt.date | None = None, **extra):
     )
 
 
-def output_metadata(result) -> dict:
-    (output,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
-    return {k: v.value for k, v in output.event_specific_data.metadata.items()}
-
-
 def test_deletes_exactly_the_rows_older_than_the_window_and_is_idempotent(
     bq_env, bq_client, quota_dataset, instance
 ):
@@ -44,14 +40,14 @@ def test_deletes_exactly_the_rows_older_than_the_window_and_is_idempotent(
     assert result.success
     kept = remaining_dates(bq_client, quota_dataset)
     assert kept == sorted(TODAY - dt.timedelta(days=a) for a in AGES if a <= 90)
-    md = output_metadata(result)
+    md = step_metadata(result)
     assert md["rows_deleted"] == 4
     assert md["cutoff"] == (TODAY - dt.timedelta(days=90)).isoformat()
     assert md["table"] == f"local.{quota_dataset}.org_quota_usage"
     assert md["bigquery"] == "emulator" and md["retention_days"] == 90
 
     again = run_cleanup(instance, quota_dataset, TODAY)
-    assert again.success and output_metadata(again)["rows_deleted"] == 0
+    assert again.success and step_metadata(again)["rows_deleted"] == 0
     assert remaining_dates(bq_client, quota_dataset) == kept
 
 
@@ -61,7 +57,7 @@ def test_retention_is_configurable_and_a_past_slot_deletes_no_more(
     insert_usage(bq_client, quota_dataset, TODAY, [0, 29, 31, 40, 60, 61])
     # A slot 10 days ago with 50 days: cutoff = today - 60, so only the 61-day-old row goes.
     result = run_cleanup(instance, quota_dataset, TODAY - dt.timedelta(days=10), retention_days=50)
-    assert result.success and output_metadata(result)["rows_deleted"] == 1
+    assert result.success and step_metadata(result)["rows_deleted"] == 1
     assert min(remaining_dates(bq_client, quota_dataset)) == TODAY - dt.timedelta(days=60)
 
 
@@ -109,7 +105,7 @@ def test_default_slot_is_today(bq_env, bq_client, quota_dataset, instance):
     result = run_cleanup(instance, quota_dataset)
     after = dt.datetime.now(dt.UTC).date()
     assert result.success
-    slot = dt.date.fromisoformat(output_metadata(result)["slot"])
+    slot = dt.date.fromisoformat(step_metadata(result)["slot"])
     assert slot in {before, after}
     inserted = [before - dt.timedelta(days=90), before - dt.timedelta(days=91)]
     kept = [d for d in inserted if d >= slot - dt.timedelta(days=90)]

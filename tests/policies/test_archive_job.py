@@ -11,6 +11,7 @@ from orchestration.policies import record_archive
 from resources.db import make_engine
 from tests.conftest import run_config
 from tests.policies.record_seed import seed_command_runs, seed_history
+from tests.support.results import step_metadata
 
 PROGRESS = re.compile(r"^(archive(?: records)?): (\d+)/(\d+) \(")
 
@@ -35,13 +36,6 @@ def progress_lines(instance, run_id) -> dict[str, list[tuple[int, int]]]:
         if match:
             lines.setdefault(match[1], []).append((int(match[2]), int(match[3])))
     return lines
-
-
-def step_metadata(result, step: str) -> dict:
-    (output,) = [
-        e for e in result.all_events if e.event_type_value == "STEP_OUTPUT" and e.step_key == step
-    ]
-    return {k: v.value for k, v in output.event_specific_data.metadata.items()}
 
 
 def assert_monotonic_to_total(points: list[tuple[int, int]]) -> None:

@@ -29,13 +29,6 @@ CLI = [sys.executable, "-m", "orchestration.cli"]
 TABLE = "trigger_history"
 
 
-@pytest.fixture
-def engine(store_url):
-    engine = make_engine(store_url)
-    yield engine
-    engine.dispose()
-
-
 def _lines(raw: bytes) -> list[dict]:
     return [json.loads(line) for line in gzip.decompress(raw).splitlines()]
 

@@ -5,15 +5,7 @@ import sqlalchemy as sa
 
 from orchestration.commands import models as cm
 from orchestration.policies import record_archive
-from resources.db import make_engine
 from tests.policies.record_seed import CUTOFF, seed_command_runs, seed_history, snapshot, spec
-
-
-@pytest.fixture
-def engine(store_url):
-    engine = make_engine(store_url)
-    yield engine
-    engine.dispose()
 
 
 def _ids(engine, table: sa.Table) -> set[int]:

@@ -15,6 +15,7 @@ from resources.environments import ENVIRONMENTS, Environment
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN, run_config
 from tests.release import jobs_for_test
 from tests.run_text import run_text
+from tests.support.results import step_metadata
 
 RELEASE_STEPS = [
     "release_preflight",
@@ -29,13 +30,6 @@ def _execute(instance, job_name="release", config=None, raise_on_error=False):
     return defs.get_job_def(job_name).execute_in_process(
         instance=instance, run_config=config or run_config(), raise_on_error=raise_on_error
     )
-
-
-def _step_metadata(result, step_name):
-    for event in result.all_events:
-        if event.event_type_value == "STEP_OUTPUT" and event.step_key == step_name:
-            return {k: v.value for k, v in event.event_specific_data.metadata.items()}
-    raise AssertionError(f"no output metadata for {step_name}")
 
 
 def _sandbox_sql(sandbox, sql):
@@ -56,11 +50,11 @@ def test_release_runs_in_order_and_records_metadata(instance, platform_env):
     assert starts[-2:] == ["summarize_org_sync", "free_environment"]
     assert all(s.startswith("sync_org_batch[") for s in starts[5:-2])
 
-    migrate_md = _step_metadata(result, "apply_migrations")
+    migrate_md = step_metadata(result, "apply_migrations")
     assert migrate_md["applied_count"] == len(migrations_lib.discover())
-    boot = _step_metadata(result, "run_bootstrap")
+    boot = step_metadata(result, "run_bootstrap")
     assert boot["mode"] == "fresh" and boot["tables_created_count"] >= 21
-    summary = _step_metadata(result, "summarize_org_sync")
+    summary = step_metadata(result, "summarize_org_sync")
     assert summary["orgs_synced"] == 5
 
     # Order on the server side too: every migration before bootstrap, bootstrap before any sync.
@@ -82,8 +76,8 @@ def test_second_release_changes_nothing(instance, platform_env):
     )
     second = _execute(instance)
     assert second.success
-    assert _step_metadata(second, "apply_migrations")["applied_count"] == 0
-    boot = _step_metadata(second, "run_bootstrap")
+    assert step_metadata(second, "apply_migrations")["applied_count"] == 0
+    boot = step_metadata(second, "run_bootstrap")
     assert boot["mode"] == "sync"
     assert boot["tables_created_count"] == 0 and boot["columns_added_count"] == 0
     state_after = platform_env.state()
@@ -101,7 +95,7 @@ def test_bootstrap_reports_added_columns(instance, platform_env):
     assert _execute(instance, "bootstrap").success
     platform_env.add_schema_column("org_profiles", "billing_region")
     result = _execute(instance, "bootstrap")
-    md = _step_metadata(result, "run_bootstrap")
+    md = step_metadata(result, "run_bootstrap")
     assert md["mode"] == "sync" and md["columns_added"] == {"org_profiles": ["billing_region"]}
 
 
@@ -178,7 +172,7 @@ def test_prod_without_confirmation_refused_before_any_request(instance, platform
     # test_release_plan.py) the same run goes through against the sandbox standing in for prod.
     prod = run_config("prod", env_extra={"confirm_prod": True})
     planned = _execute(instance, "release_plan", prod)
-    plan_id = _step_metadata(planned, "plan_release")["plan_id"]
+    plan_id = step_metadata(planned, "plan_release")["plan_id"]
     confirmed = _execute(
         instance, config={**prod, "ops": {"release_preflight": {"config": {"plan_id": plan_id}}}}
     )
@@ -303,7 +297,7 @@ def test_release_on_postgres_storage_and_postgres_database(
             first = _execute(pg_instance)
             assert first.success
             second = _execute(pg_instance)
-            assert _step_metadata(second, "apply_migrations")["applied_count"] == 0
+            assert step_metadata(second, "apply_migrations")["applied_count"] == 0
             stored = pg_instance.get_run_by_id(first.run_id)
             assert stored.status == dg.DagsterRunStatus.SUCCESS
         rows = _sandbox_sql(server, "SELECT count(*) AS n FROM platform_ops_schema_migrations")

@@ -24,6 +24,7 @@ from orchestration.resources import build_resources
 from resources.environments import ENDPOINT_OVERRIDES, ENVIRONMENTS, Environment
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN, run_config
 from tests.run_text import run_text
+from tests.support.results import step_metadata
 
 ORGS = 7
 
@@ -87,7 +88,7 @@ def _plan(instance, directory: Path, environment: str = "test", confirm: bool = 
         instance=instance, run_config=_config(environment, ops, confirm), raise_on_error=False
     )
     assert result.success, run_text(result)
-    return _metadata(result, "plan_release")
+    return step_metadata(result, "plan_release")
 
 
 def _run(instance, job: str, directory: Path, plan_id=None, environment="test", confirm=False):
@@ -97,13 +98,6 @@ def _run(instance, job: str, directory: Path, plan_id=None, environment="test", 
     return defs.get_job_def(job).execute_in_process(
         instance=instance, run_config=_config(environment, ops, confirm), raise_on_error=False
     )
-
-
-def _metadata(result, step: str) -> dict:
-    for event in result.all_events:
-        if event.event_type_value == "STEP_OUTPUT" and event.step_key == step:
-            return {k: v.value for k, v in event.event_specific_data.metadata.items()}
-    raise AssertionError(f"no output metadata for {step}")
 
 
 def _steps(result) -> list[str]:
@@ -212,8 +206,8 @@ def test_release_applies_the_reviewed_plan_pasted_from_its_yaml(instance, server
         instance=instance, run_config=config, raise_on_error=False
     )
     assert result.success, run_text(result)
-    assert _metadata(result, "release_preflight")["plan_id"] == md["plan_id"]
-    assert _metadata(result, "apply_migrations")["applied_count"] == 3
+    assert step_metadata(result, "release_preflight")["plan_id"] == md["plan_id"]
+    assert step_metadata(result, "apply_migrations")["applied_count"] == 3
     assert _tracked(server) == ["0001", "0002", "0003"]
 
 
@@ -277,8 +271,8 @@ def test_a_resumed_apply_with_the_same_plan_id_applies_the_rest(instance, server
     _sql(server, "CREATE TABLE seed_target (id INTEGER)")
     again = _run(instance, "release", mig_dir, md["plan_id"])
     assert again.success, run_text(again)
-    assert _metadata(again, "release_preflight")["plan_id"] == md["plan_id"]
-    applied = _metadata(again, "apply_migrations")
+    assert step_metadata(again, "release_preflight")["plan_id"] == md["plan_id"]
+    applied = step_metadata(again, "apply_migrations")
     assert applied["applied"] == ["0004_seed_defaults.sql"]
     assert applied["already_applied_count"] == 3
     assert _sql(server, "SELECT count(*) AS n FROM seed_target") == [{"n": 1}]
@@ -338,7 +332,7 @@ def test_a_pasted_id_in_upper_case_with_spaces_is_the_same_id(instance, server, 
     md = _plan(instance, mig_dir)
     result = _run(instance, "migrate", mig_dir, f"  {md['plan_id'].upper()}\n")
     assert result.success, run_text(result)
-    assert _metadata(result, "release_preflight")["plan_id"] == md["plan_id"]
+    assert step_metadata(result, "release_preflight")["plan_id"] == md["plan_id"]
     assert _tracked(server) == ["0001", "0002", "0003"]
 
 

@@ -6,7 +6,8 @@ import yaml
 from dev.seed import seed_alerts
 from resources.record_store import make_engine, upgrade
 from tests.job_cli import dagster_home, job_execute
-from tests.triggers.helpers import WebhookReceiver, alert_states, outbox
+from tests.support.webhook import WebhookReceiver
+from tests.triggers.helpers import alert_states, outbox
 
 
 @pytest.mark.slow

@@ -36,7 +36,8 @@ from orchestration.triggers.models import trigger_history
 from orchestration.triggers.worker import process_batch
 from resources.record_store import RecordStoreResource, make_engine, upgrade
 from tests.pg_admin import terminate_backends
-from tests.triggers.helpers import WebhookReceiver, alert_states, outbox
+from tests.support.webhook import WebhookReceiver
+from tests.triggers.helpers import alert_states, outbox
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "pw-Zq81-secret"

@@ -32,7 +32,8 @@ from resources.notifier import (
     OutboxDelivery,
     TriggersNotifierResource,
 )
-from tests.triggers.helpers import WebhookReceiver, outbox
+from tests.support.webhook import WebhookReceiver
+from tests.triggers.helpers import outbox
 
 REPO = Path(__file__).resolve().parents[2]
 

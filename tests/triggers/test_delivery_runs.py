@@ -14,7 +14,9 @@ import sqlalchemy as sa
 from dev.seed import seed_alerts
 from orchestration.definitions import defs
 from resources.record_store import RecordStoreResource, make_engine
-from tests.triggers.helpers import WebhookReceiver, outbox
+from tests.support.results import step_metadata
+from tests.support.webhook import WebhookReceiver
+from tests.triggers.helpers import outbox
 
 JOB = defs.get_repository_def().get_job("escalate_alerts")
 
@@ -24,15 +26,6 @@ def _config(ids, hook_url: str | None) -> dict:
         "ops": {"escalate_alerts_worker": {"config": {"record_ids": list(ids)}}},
         "resources": {"triggers_notifier": {"config": {"webhook_url": hook_url}}},
     }
-
-
-def _output_metadata(result) -> dict:
-    (out,) = [
-        e
-        for e in result.events_for_node("escalate_alerts_worker")
-        if e.event_type_value == "STEP_OUTPUT"
-    ]
-    return {k: v.value for k, v in out.event_specific_data.metadata.items()}
 
 
 @pytest.mark.parametrize("webhook", [True, False], ids=["webhook", "log-only"])
@@ -55,7 +48,7 @@ def test_the_run_log_summarises_delivery_per_chunk(instance, store_url, webhook)
     assert len(summaries) == chunks, summaries
     assert len(events) < 60, len(events)  # Dagster's own events + a few lines, not 1,200
     assert not [m for m in messages if "alert.escalated" in m or "due alert" in m]  # no payload
-    meta = _output_metadata(result)
+    meta = step_metadata(result, "escalate_alerts_worker")
     assert meta["notifications_delivered"] == n and meta["notifications_failed"] == 0
     assert posts == (n if webhook else 0)
     assert all(r.delivered_at is not None for r in outbox(engine))
@@ -139,7 +132,7 @@ def test_a_retried_step_delivers_what_its_first_attempt_left_and_reports_across_
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
     assert retries, "the fault must fail the first attempt"
-    meta = _output_metadata(result)
+    meta = step_metadata(result, "escalate_alerts_worker")
     earlier = meta["already_done_by_earlier_attempt"]
     assert earlier == n and meta["succeeded"] == 0 and meta["skipped"] == 0, meta
     assert meta["notifications_failed"] == 0
@@ -194,7 +187,7 @@ def test_a_re_executed_run_delivers_what_its_parent_left_and_reports_its_parents
             job, instance=instance, run_config=config(up.url), reexecution_options=options
         ) as second:
             assert second.success
-            meta = _output_metadata(second)
+            meta = step_metadata(second, "escalate_alerts_worker")
         keys = up.key_counts()
     assert meta["already_done_by_earlier_attempt"] == n, meta
     assert meta["succeeded"] == 0 and meta["skipped"] == 0, meta

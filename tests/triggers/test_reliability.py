@@ -14,7 +14,8 @@ import sqlalchemy as sa
 
 from dev.seed import seed_alerts
 from orchestration.triggers.models import trigger_history
-from tests.triggers.helpers import WebhookReceiver, alert_states, outbox
+from tests.support.webhook import WebhookReceiver
+from tests.triggers.helpers import alert_states, outbox
 
 REPO = Path(__file__).resolve().parents[2]
 

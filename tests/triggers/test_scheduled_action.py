@@ -9,7 +9,8 @@ from orchestration.triggers.scheduled import SCHEDULED_ACTIONS
 from orchestration.triggers.worker import process_batch
 from resources.notifier import TriggersNotifierResource
 from resources.record_store import RecordStoreResource
-from tests.triggers.helpers import WebhookReceiver, outbox
+from tests.support.webhook import WebhookReceiver
+from tests.triggers.helpers import outbox
 
 
 def test_deliver_trigger_notifications_job_sweeps_the_outbox(store_url, engine):

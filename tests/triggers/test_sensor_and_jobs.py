@@ -27,7 +27,8 @@ from orchestration.triggers.scan import scan
 from orchestration.triggers.sensors import build_sensor
 from orchestration.triggers.spec import TriggerSpec, older_than
 from resources.record_store import RecordStoreResource
-from tests.triggers.helpers import WebhookReceiver, alert_states
+from tests.support.webhook import WebhookReceiver
+from tests.triggers.helpers import alert_states
 
 REPO_DEF = defs.get_repository_def()
 

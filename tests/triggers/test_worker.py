@@ -11,7 +11,8 @@ from orchestration.triggers.models import alerts, trace_summaries, traces, trigg
 from orchestration.triggers.spec import Notification, Transition, TriggerSpec, older_than, utcnow
 from orchestration.triggers.worker import ChunkPath, chunk_paths, process_batch, run_trigger
 from resources.notifier import OutboxDelivery
-from tests.triggers.helpers import WebhookReceiver, alert_states, history, outbox
+from tests.support.webhook import WebhookReceiver
+from tests.triggers.helpers import alert_states, history, outbox
 
 
 def test_escalates_due_alerts_once_with_one_notification_each(engine):

@@ -1,0 +1,1 @@
+"""One helper of each kind for the whole suite: waits, webhooks, step metadata, sandbox."""
