@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from resources.record_store import upgrade
+from tests.support.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -112,17 +112,23 @@ def dagster_dev(
             cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + startup_timeout
-        names: set[str] = set()
-        while not names:
-            if proc.poll() is not None:
-                raise RuntimeError(f"dagster dev exited early:\n{_tail(log_path)}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"dagster dev not up in {startup_timeout}s:\n{_tail(log_path)}")
+
+        def serving() -> set[str]:
             try:
-                names = _job_names(url)
+                return _job_names(url)
             except (httpx.HTTPError, KeyError, TypeError, ValueError):
-                time.sleep(1)
+                return set()
+
+        try:
+            names = wait_until(
+                serving,
+                startup_timeout,
+                "dagster dev to serve its jobs",
+                interval=1.0,
+                alive=lambda: proc.poll() is None,
+            )
+        except AssertionError as exc:
+            raise RuntimeError(f"{exc}:\n{_tail(log_path)}") from None
         yield DagsterDev(url=url, proc=proc, log_path=log_path, job_names=frozenset(names))
     finally:
         _stop(proc)

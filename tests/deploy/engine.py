@@ -11,9 +11,10 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from tests.support.wait import wait_until
 
 BASE_IMAGE = "local/python-base:3.11"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -70,11 +71,16 @@ def docker_engine(log_path: Path) -> Iterator[bool]:
         ["dockerd", *DOCKERD_ARGS], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
-        deadline = time.monotonic() + 60
-        while not engine_answers():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"dockerd did not come up; see {log_path}")
-            time.sleep(0.5)
+        try:
+            wait_until(
+                engine_answers,
+                60,
+                "dockerd to answer",
+                interval=0.5,
+                alive=lambda: proc.poll() is None,
+            )
+        except AssertionError as exc:
+            raise RuntimeError(f"dockerd did not come up ({exc}); see {log_path}") from None
         yield True
     finally:
         proc.terminate()  # by its pid: only the engine this test started

@@ -3,13 +3,14 @@ of runs, their tags, timings and events (plain GraphQL queries)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from dagster_graphql import DagsterGraphQLClient
+
+from tests.support.wait import wait_until
 
 LOCATION = "platform_ops"
 REPOSITORY = "__repository__"
@@ -157,9 +158,8 @@ class Webserver:
         return stopped
 
     def wait_finished(self, run_ids: list[str], timeout: float) -> list[Run]:
-        deadline = time.monotonic() + timeout
-        while True:
+        def finished() -> list[Run] | None:
             runs = [self.run(r) for r in run_ids]
-            if all(r.status in FINISHED for r in runs) or time.monotonic() > deadline:
-                return runs
-            time.sleep(1.0)
+            return runs if all(r.status in FINISHED for r in runs) else None
+
+        return wait_until(finished, timeout, f"runs {run_ids} to finish", interval=1.0)

@@ -45,6 +45,7 @@ from resources.notifier import WEBHOOK_URL_ENV
 from resources.record_store import make_engine
 from tests.deploy import engine as eng
 from tests.deploy.graphql import FINISHED, IN_PROGRESS, Run, Webserver
+from tests.support.wait import wait_until
 from tests.support.webhook import WebhookReceiver
 
 REPO = Path(__file__).resolve().parents[2]
@@ -210,15 +211,6 @@ def fresh_database(pg_url: str, stack: ExitStack) -> str:
     return sa.make_url(pg_url).set(database=name).render_as_string(hide_password=False)
 
 
-def wait_for(predicate, timeout: float, what: str, poll: float = 1.0) -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(poll)
-    return time.monotonic() - start
-
-
 def container_gone(container_id: str) -> bool:
     return not eng.docker("ps", "-aq", "--no-trunc", "--filter", f"id={container_id}").strip()
 
@@ -331,7 +323,12 @@ def test_stack_runs_every_run_in_its_own_container(pg_url, record_store, tmp_pat
             # its own; one still running after a minute is removed and reported.
             label = f"label={STACK_LABEL}={project}"
             try:
-                wait_for(lambda: not eng.docker("ps", "-aq", "--filter", label).strip(), 60, "")
+                wait_until(
+                    lambda: not eng.docker("ps", "-aq", "--filter", label).strip(),
+                    60,
+                    f"containers labelled {label} gone",
+                    interval=1.0,
+                )
             except AssertionError:
                 stray = eng.docker("ps", "-aq", "--filter", label).split()
                 print(f"[deploy] run containers still running after down, removed: {stray}")
@@ -356,11 +353,11 @@ def test_stack_runs_every_run_in_its_own_container(pg_url, record_store, tmp_pat
             state = eng.docker("ps", "-q", "--filter", label, "--filter", "health=healthy")
             return bool(state.strip())
 
-        wait_for(code_healthy, 180, f"code server healthy ({code})")
+        wait_until(code_healthy, 180, f"code server healthy ({code})", interval=1.0)
         # One at a time: the first to open the fresh database creates Dagster's tables.
         up("webserver")
         web = Webserver(web_port)
-        wait_for(web.location_loaded, 180, "webserver serving the code location")
+        wait_until(web.location_loaded, 180, "webserver serving the code location", interval=1.0)
         up("daemon")
         phases.done("stack up (code server healthy, location loaded, daemon started)")
 
@@ -371,7 +368,12 @@ def test_stack_runs_every_run_in_its_own_container(pg_url, record_store, tmp_pat
         assert release.status == "SUCCESS", (release, web.messages(release_id)[-20:])
         container = release.tags[CONTAINER_TAG]
         assert any(container in m for m in web.messages(release_id)), "no launch event"
-        wait_for(lambda: container_gone(container), 60, f"container {container[:12]} removed")
+        wait_until(
+            lambda: container_gone(container),
+            60,
+            f"container {container[:12]} removed",
+            interval=1.0,
+        )
         assert release.tags["platform/environment"] == "test"
         phases.number(
             f"launchRun -> RUN_START (containerised, queued): {release.started - submitted:.1f}s "
@@ -408,7 +410,7 @@ def test_stack_runs_every_run_in_its_own_container(pg_url, record_store, tmp_pat
         def daemon_runs_done() -> bool:
             return all(any(r.status in FINISHED for r in runs) for runs in daemon_runs())
 
-        wait_for(daemon_runs_done, 180, "a sensor run and a schedule run finished", poll=2.0)
+        wait_until(daemon_runs_done, 180, "a sensor run and a schedule run finished", interval=2.0)
         for runs in daemon_runs():
             for run in (r for r in runs if r.status in FINISHED):
                 assert run.status == "SUCCESS", (run, web.messages(run.run_id)[-20:])
@@ -456,7 +458,12 @@ def test_stack_runs_every_run_in_its_own_container(pg_url, record_store, tmp_pat
             time.sleep(3)
             return not web.unfinished_runs()
 
-        wait_for(drained, RUN_TIMEOUT, "every run finished after schedules and sensors stopped")
+        wait_until(
+            drained,
+            RUN_TIMEOUT,
+            "every run finished after schedules and sensors stopped",
+            interval=1.0,
+        )
         stack.close()
         assert not eng.image_exists(tag)
         phases.done("5. teardown")
