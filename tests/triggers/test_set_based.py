@@ -68,29 +68,58 @@ def test_pure_action_that_uses_the_connection_falls_back_per_record(engine):
     assert len(seen) == 3 and any("per record" in line for line in logs)
 
 
-def test_set_based_update_is_compare_and_set_on_cas_columns(engine):
-    """A record whose cas column changed after the read is skipped, the others go through.
+def test_set_based_update_is_compare_and_set_on_cas_columns(engine, store_url):
+    """A record whose cas column changed between the chunk's read and its set-based ``UPDATE``
+    is skipped (no history, no notification), the others go through: the real ``process_batch``,
+    the change landing just before the ``UPDATE`` is sent.
 
-    The change is made inside the chunk's own transaction, between the read and the set-based
-    UPDATE: a concurrent writer cannot get in there (PostgreSQL: the read locks the rows; SQLite:
-    the chunk holds the write lock from its start, ``resources.db.SQLITE_WRITER``)."""
-    from orchestration.triggers import set_based
-    from orchestration.triggers.chunk import ChunkWrites, read_due
-    from orchestration.triggers.spec import utcnow
-    from resources.db import SQLITE_WRITER
+    Where can it come from? Not from another session: the chunk's read locks its rows
+    (PostgreSQL ``FOR UPDATE``; SQLite: the chunk holds the write lock from ``BEGIN IMMEDIATE``),
+    and the listener proves that first (another session's write to the row is refused within
+    its lock bound). So it is made inside the chunk's own transaction, the only place left; the
+    compare-and-set is what keeps the ``UPDATE`` from clobbering it."""
+    from resources.record_store import make_engine
 
     seed_alerts(engine, due=3)
-    spec = _spec(lambda record, ctx: Transition({"state": "escalated"}), cas_columns=("title",))
-    with engine.execution_options(**SQLITE_WRITER).begin() as conn:
-        now = utcnow()
-        rows, prior = read_due(spec, conn, [1, 2, 3], now)
-        conn.execute(alerts.update().where(alerts.c.id == 2).values(title="renamed"))
-        writes = ChunkWrites(spec, "r", None, now)
-        set_based.run(spec, conn, [1, 2, 3], rows, prior, writes)
-        writes.write(conn, [1, 2, 3])
-    outcomes = [(i, writes.outcomes[i].status, writes.outcomes[i].attempt) for i in (1, 2, 3)]
+    spec = _spec(actions.escalate_alert, cas_columns=("title",))
+    other = make_engine(
+        store_url, {"RECORD_STORE_LOCK_TIMEOUT_MS": "200", "RECORD_STORE_BUSY_TIMEOUT_MS": "200"}
+    )
+    seen: dict[str, str] = {}
+
+    def before_update(conn, cursor, statement, parameters, context, executemany) -> None:
+        text = statement.lstrip().upper()
+        if seen or not (text.startswith("UPDATE ALERTS") and "RETURNING" in text):
+            return
+        try:
+            with other.begin() as concurrent:
+                concurrent.execute(alerts.update().where(alerts.c.id == 2).values(title="other"))
+            seen["concurrent"] = "committed"
+        except sa.exc.OperationalError as exc:
+            seen["concurrent"] = str(exc.orig)
+        raw = conn.connection.dbapi_connection.cursor()  # the chunk's own transaction
+        raw.execute("UPDATE alerts SET title = 'renamed' WHERE id = 2")
+        raw.close()
+
+    sa.event.listen(engine, "before_cursor_execute", before_update)
+    try:
+        result = process_batch(spec, engine, [1, 2, 3], run_id="r")
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", before_update)
+        other.dispose()
+    assert "concurrent" in seen, "the set-based UPDATE was never sent"
+    assert seen["concurrent"] != "committed", "another session wrote a row the chunk had read"
+    assert any(word in seen["concurrent"] for word in ("lock timeout", "database is locked"))
+    outcomes = [(o.record_id, o.status, o.attempt) for o in result.outcomes]
     assert outcomes == [(1, "succeeded", 1), (2, "skipped", 1), (3, "succeeded", 1)]
+    with engine.connect() as conn:
+        rows = dict(conn.execute(sa.select(alerts.c.id, alerts.c.title)).all())
+    assert rows[2] == "renamed"  # the change made in between survives
     assert alert_states(engine) == {1: "escalated", 2: "pending", 3: "escalated"}
+    assert [(h.record_id, h.status) for h in history(engine, "pure_escalation")] == [
+        (1, "succeeded"), (3, "succeeded"),
+    ]  # fmt: skip
+    assert sorted(r.dedupe_key for r in outbox(engine)) == ["escalate_alerts:1", "escalate_alerts:3"]
 
 
 def test_a_concurrent_writer_waits_for_the_chunk_on_sqlite(sqlite_store_url):
@@ -110,7 +139,7 @@ def test_a_concurrent_writer_waits_for_the_chunk_on_sqlite(sqlite_store_url):
     def action(record, ctx):
         if record["id"] == 2:
             inside.set()
-            assert release.wait(30)
+            assert release.wait(60)
         return Transition({"state": "escalated"})
 
     done: dict = {}
@@ -118,7 +147,7 @@ def test_a_concurrent_writer_waits_for_the_chunk_on_sqlite(sqlite_store_url):
         target=lambda: done.update(result=process_batch(_spec(action), engine, [1, 2, 3]))
     )
     worker.start()
-    assert inside.wait(30)
+    assert inside.wait(60)
     probe = make_engine(sqlite_store_url, {"RECORD_STORE_BUSY_TIMEOUT_MS": "100"})
     try:
         with probe.begin() as other:  # the chunk holds the write lock: this writer waits
@@ -128,7 +157,7 @@ def test_a_concurrent_writer_waits_for_the_chunk_on_sqlite(sqlite_store_url):
         blocked = "locked" in str(exc)
     finally:
         release.set()
-        worker.join(30)
+        worker.join(60)
         probe.dispose()
     assert blocked
     assert done["result"].ids("succeeded") == [1, 2, 3]
