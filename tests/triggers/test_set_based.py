@@ -119,7 +119,8 @@ def test_set_based_update_is_compare_and_set_on_cas_columns(engine, store_url):
     assert [(h.record_id, h.status) for h in history(engine, "pure_escalation")] == [
         (1, "succeeded"), (3, "succeeded"),
     ]  # fmt: skip
-    assert sorted(r.dedupe_key for r in outbox(engine)) == ["escalate_alerts:1", "escalate_alerts:3"]
+    keys = sorted(r.dedupe_key for r in outbox(engine))
+    assert keys == ["escalate_alerts:1", "escalate_alerts:3"]
 
 
 def test_a_concurrent_writer_waits_for_the_chunk_on_sqlite(sqlite_store_url):

@@ -2,6 +2,7 @@
 
 import dataclasses
 import threading
+import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -12,6 +13,7 @@ from orchestration.triggers.models import alerts, edge_packages, trigger_attempt
 from orchestration.triggers.spec import SqlAction, TriggerDeclarationError, TriggerSpec, utcnow
 from orchestration.triggers.worker import process_batch
 from resources.record_store import make_engine
+from tests.support.wait import wait_until
 from tests.triggers.helpers import history, outbox
 
 PYTHON_ONLY = dataclasses.replace(ESCALATE_ALERTS, sql_action=None)
@@ -132,32 +134,61 @@ def test_failing_statement_is_redone_by_the_python_action(pg):
     assert len(history(pg, "escalate_alerts")) == 4 and len(outbox(pg)) == 4
 
 
-def test_a_record_changed_by_a_concurrent_transaction_is_waited_for_then_skipped(pg):
-    """The statement's UPDATE waits for a row another transaction holds, then re-checks
-    ``where`` on the committed row (PostgreSQL's read-committed re-check): no double move."""
-    seed_alerts(pg, due=3)
-    holder = pg.connect()
+@pytest.mark.parametrize("holder_ends", ["commit", "rollback"])
+def test_a_row_another_transaction_holds_is_waited_for_then_re_checked(pg_store_url, holder_ends):
+    """The statement's ``UPDATE`` waits for a row another transaction holds (it is seen blocked
+    by that very session in ``pg_blocking_pids``, not skipping the row), then re-checks ``where``
+    on the row as the holder left it (PostgreSQL's read-committed re-check): committed as moved,
+    the record is skipped (no double move); rolled back, it is still due and moves."""
+    app = f"h3-sql-action-{uuid.uuid4().hex[:8]}"
+    worker_engine = make_engine(f"{pg_store_url}&application_name={app}")
+    seed_alerts(worker_engine, due=3)
+    holder = make_engine(pg_store_url).connect()
     tx = holder.begin()
+    holder_pid = holder.exec_driver_sql("SELECT pg_backend_pid()").scalar()
     holder.execute(alerts.update().where(alerts.c.id == 2).values(state="escalated"))
-    done = threading.Event()
-    outcome = {}
+    outcome: dict = {}
 
-    def work():
-        outcome["r"] = process_batch(ESCALATE_ALERTS, pg, [1, 2, 3])
-        done.set()
+    def work() -> None:
+        try:
+            outcome["r"] = process_batch(ESCALATE_ALERTS, worker_engine, [1, 2, 3])
+        except BaseException as exc:  # surfaced by the assertions below
+            outcome["error"] = exc
 
-    threading.Thread(target=work, daemon=True).start()
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
     try:
-        assert not done.wait(0.5), "the worker did not wait for the row being changed"
-        tx.commit()
-        assert done.wait(10)
+        with make_engine(pg_store_url).connect() as probe:
+            wait_until(
+                lambda: probe.execute(
+                    sa.text(
+                        "SELECT 1 FROM pg_stat_activity WHERE application_name = :app "
+                        "AND :holder = ANY(pg_blocking_pids(pid))"
+                    ),
+                    {"app": app, "holder": holder_pid},
+                ).first(),
+                what="the worker's UPDATE blocked by the holder's row lock",
+                interval=0.02,
+                alive=worker.is_alive,
+            )
+        tx.commit() if holder_ends == "commit" else tx.rollback()
+        worker.join(60)
     finally:
         holder.close()
-    assert [(o.record_id, o.status) for o in outcome["r"].outcomes] == [
-        (1, "succeeded"), (2, "skipped"), (3, "succeeded"),
-    ]  # fmt: skip
-    assert sorted(h.record_id for h in history(pg, "escalate_alerts")) == [1, 3]
-    assert sorted(r.dedupe_key for r in outbox(pg)) == ["escalate_alerts:1", "escalate_alerts:3"]
+    assert not worker.is_alive() and "error" not in outcome, outcome
+    moved = [1, 3] if holder_ends == "commit" else [1, 2, 3]
+    assert outcome["r"].ids("succeeded") == moved
+    assert outcome["r"].ids("skipped") == ([2] if holder_ends == "commit" else [])
+    assert sorted(h.record_id for h in history(worker_engine, "escalate_alerts")) == moved
+    assert sorted(r.dedupe_key for r in outbox(worker_engine)) == [
+        f"escalate_alerts:{i}" for i in moved
+    ]
+    with worker_engine.connect() as conn:
+        stamped = conn.execute(
+            sa.select(alerts.c.id).where(alerts.c.escalated_at.is_not(None)).order_by(alerts.c.id)
+        ).scalars()
+        assert list(stamped) == moved  # the holder's commit set no escalated_at: not moved here
+    worker_engine.dispose()
 
 
 def test_sql_action_on_an_unknown_column_fails_at_declaration():
