@@ -53,6 +53,9 @@ RECIPES: Mapping[str, Recipe] = {
         Recipe(
             "maintenance", attempts=3, delay_seconds=5, max_runtime_seconds=2 * 3600, notify="ops"
         ),
+        # Twice the others' initial delay: a retried fan-out step repeats a whole batch (up to its
+        # concurrency of platform calls, or a chunk of records) against a service whose per-call
+        # retries just ran out; the README's retry line says so (tests/core/test_job_defaults.py).
         Recipe(
             "bulk_fanout",
             attempts=3,
