@@ -30,6 +30,7 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 
 from orchestration.cli import write_home
+from tests.support.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,17 +98,19 @@ class Daemon:
         return self.log_path.read_text(errors="replace")[-chars:]
 
     def wait_for(
-        self, done: Callable[[], bool], timeout: float, poll: float = 0.5
-    ) -> tuple[bool, float]:
-        """Poll ``done`` until true, the daemon exits, or ``timeout``; (done?, seconds taken)."""
+        self, done: Callable[[], object], timeout: float, what: str = "condition", poll: float = 0.5
+    ) -> float:
+        """Wait (``tests.support.wait.wait_until``) until ``done`` is truthy; the seconds taken.
+
+        Gives up at once when the daemon exits, else after ``timeout``; either way the failure
+        names ``what`` and carries the daemon log's tail, so a wait can never be ignored.
+        """
         started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if done():
-                return True, time.monotonic() - started
-            if not self.alive():
-                break
-            time.sleep(poll)
-        return done(), time.monotonic() - started
+        try:
+            wait_until(done, timeout=timeout, what=what, interval=poll, alive=self.alive)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; daemon log:\n{self.log_tail()}") from None
+        return time.monotonic() - started
 
 
 def start_schedule_since(

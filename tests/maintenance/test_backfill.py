@@ -102,7 +102,9 @@ def test_backfill_of_three_days_runs_each_day_once(sandbox, tmp_path, monkeypatc
         queued = instance.get_runs()
         assert len(queued) == 6 and {r.status for r in queued} == {dg.DagsterRunStatus.QUEUED}
         with Daemon(workspace, env, tmp_path / "daemon.log") as daemon:
-            daemon.wait_for(lambda: _done(instance, 6), timeout=240)
+            daemon.wait_for(
+                lambda: _done(instance, 6), timeout=240, what="the 6 backfill runs to finish"
+            )
             daemon_log = daemon.log_tail()
 
         for job, path, action in BACKFILLED:
