@@ -13,21 +13,29 @@ class Progress:
     """Done/total, rate and ETA lines, at most one per ``every_seconds`` (and always the last)."""
 
     def __init__(
-        self, total: int, log: Callable[[str], None], label: str, every_seconds: float = 2.0
+        self,
+        total: int,
+        log: Callable[[str], None],
+        label: str,
+        every_seconds: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
     ):
+        """``clock`` (seconds, monotonic) is a seam: a test drives time through it to check the
+        throttle at its real interval without sleeping."""
         self.total = total
         self.done = 0
         self.log = log
         self.label = label
         self.every = every_seconds
-        self.started = time.monotonic()
-        self._last = 0.0
+        self.clock = clock
+        self.started = clock()
+        self._last: float | None = None
 
     def tick(self, n: int = 1, log: Callable[[str], None] | None = None) -> None:
         """``n`` more done; ``log`` overrides the logger (another step of the same run)."""
         self.done += n
-        now = time.monotonic()
-        if self.done < self.total and now - self._last < self.every:
+        now = self.clock()
+        if self.done < self.total and self._last is not None and now - self._last < self.every:
             return
         self._last = now
         elapsed = max(now - self.started, 1e-6)
@@ -45,7 +53,7 @@ class Progress:
 
     def metadata(self) -> dict[str, Any]:
         """Final numbers for ``add_output_metadata``."""
-        elapsed = max(time.monotonic() - self.started, 1e-6)
+        elapsed = max(self.clock() - self.started, 1e-6)
         return {
             "done": self.done,
             "total": self.total,
