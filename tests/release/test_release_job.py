@@ -1,12 +1,13 @@
 """The release workflow on a real Dagster instance against the real sandbox."""
 
 import json
+from collections.abc import Iterator
 
 import dagster as dg
 import httpx
 import pytest
 
-from dev.sandbox.server import Fault
+from dev.sandbox.server import Fault, SandboxServer
 from orchestration.definitions import defs
 from orchestration.release import guard
 from orchestration.release import migrations as migrations_lib
@@ -16,6 +17,7 @@ from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN, run_config
 from tests.release import jobs_for_test
 from tests.run_text import run_text
 from tests.support.results import step_metadata
+from tests.support.sandbox import running_sandbox
 
 RELEASE_STEPS = [
     "release_preflight",
@@ -108,28 +110,123 @@ def test_failure_stops_the_sequence_there(instance, platform_env):
     assert not any(r["path"].startswith("/admin/orgs") for r in platform_env.requests)
 
 
-def test_failing_migration_names_file_and_sql_error(instance, platform_env, tmp_path):
-    tmp_path = tmp_path / "migrations"  # every file of a migrations directory is a migration
-    tmp_path.mkdir()
-    for m in migrations_lib.discover():
-        (tmp_path / m.filename).write_text(m.sql)
-    (tmp_path / "0099_broken.sql").write_text("CREATE TABLE broken (id INTEGER;\n")
-    config = run_config(ops={"apply_migrations": {"config": {"migrations_dir": str(tmp_path)}}})
-    result = _execute(instance, "migrate", config)
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sql_platform_env(request, tmp_path, monkeypatch) -> Iterator[SandboxServer]:
+    """``platform_env`` whose Management API runs the SQL on SQLite, or on PostgreSQL (a fresh
+    schema of its own): production's database is PostgreSQL, whose transactions the rollback
+    contract is about."""
+    db_url = request.getfixturevalue("pg_schema_url") if request.param == "postgres" else None
+    with running_sandbox(tmp_path, supabase_db_url=db_url) as server:
+        _point_jobs_at(server, monkeypatch)
+        yield server
+
+
+def _point_jobs_at(server: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CA_API_URL", server.base_url)
+    monkeypatch.setenv("CA_ROOT_API_KEY", TEST_API_KEY)
+    monkeypatch.setenv("SUPABASE_ACCESS_TOKEN", TEST_SUPABASE_TOKEN)
+    monkeypatch.delenv("SUPABASE_API_URL", raising=False)
+    monkeypatch.delenv("SUPABASE_PROJECT_REF", raising=False)
+
+
+def _table_exists(sandbox, table: str) -> bool:
+    """Whether ``table`` exists, asked the same way on SQLite and PostgreSQL."""
+    response = httpx.post(
+        f"{sandbox.base_url}/v1/projects/sandbox/database/query",
+        json={"query": f"SELECT count(*) AS n FROM {table}"},
+        headers={"Authorization": f"Bearer {TEST_SUPABASE_TOKEN}"},
+    )
+    if response.is_success:
+        return True
+    assert response.status_code == 400 and table in response.text, response.text
+    return False
+
+
+# Two good files, then one that does work (a table, a row in an earlier file's table) before its
+# syntax error: all of that must roll back with it.
+GOOD_MIGRATIONS = {
+    "0001_rel_first.sql": "CREATE TABLE rel_first (id INTEGER PRIMARY KEY);\n"
+    "INSERT INTO rel_first (id) VALUES (1);",
+    "0002_rel_note.sql": "ALTER TABLE rel_first ADD COLUMN note VARCHAR(40);",
+}
+BROKEN_MIGRATION = (
+    "CREATE TABLE rel_broken_first (id INTEGER);\n"
+    "INSERT INTO rel_first (id, note) VALUES (2, 'from the broken file');\n"
+    "CREATE TABLE rel_broken (id INTEGER;\n"
+)
+FIXED_MIGRATION = "INSERT INTO rel_first (id, note) VALUES (2, 'fixed');"
+
+
+def test_broken_migration_rolls_back_whole_and_a_rerun_applies_only_the_rest(
+    instance, sql_platform_env, tmp_path
+):
+    """The release stops at its migration step; the broken file leaves nothing, the files before
+    it stay applied and tracked exactly; a release after the fix applies only that file."""
+    server = sql_platform_env
+    directory = tmp_path / "migrations"  # every file of a migrations directory is a migration
+    directory.mkdir()
+    for name, sql in GOOD_MIGRATIONS.items():
+        (directory / name).write_text(sql)
+    (directory / "0003_rel_broken.sql").write_text(BROKEN_MIGRATION)
+    config = run_config(ops={"apply_migrations": {"config": {"migrations_dir": str(directory)}}})
+    tracked_sql = (
+        "SELECT version, name, checksum FROM platform_ops_schema_migrations ORDER BY version"
+    )
+
+    result = _execute(instance, config=config)
     assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    message = failure.event_specific_data.error.message
-    assert "0099_broken.sql" in message and "syntax error" in message.lower()
-    assert "nothing of it was committed" in message  # known: its tracking row is absent
-    # The good ones were applied, the broken one left no tracking row (it rolled back).
-    versions = [
-        r["version"]
-        for r in _sandbox_sql(
-            platform_env, "SELECT version FROM platform_ops_schema_migrations ORDER BY version"
-        )
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert [f.step_key for f in failures] == ["apply_migrations"]
+    assert [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"] == []
+    message = failures[0].event_specific_data.error.message
+    assert "Migration 0003_rel_broken.sql failed" in message
+    assert "syntax error" in message.lower()
+    assert "tracking row, which is absent: that transaction did not commit" in message
+    assert "Applied before it in this run: 0001_rel_first.sql, 0002_rel_note.sql." in message
+    started = [e.step_key for e in result.all_events if e.event_type_value == "STEP_START"]
+    assert started == RELEASE_STEPS[:3]  # the sequence stops there: no bootstrap, no org sync
+    assert not any(r["path"].startswith("/admin/") for r in server.requests)
+
+    good = migrations_lib.discover(directory)[:2]
+    expected_tracked = [
+        {"version": m.version, "name": m.name, "checksum": m.checksum} for m in good
     ]
-    assert versions == [m.version for m in migrations_lib.discover()]
-    assert _sandbox_sql(platform_env, "SELECT name FROM sqlite_master WHERE name = 'broken'") == []
+    assert _sandbox_sql(server, tracked_sql) == expected_tracked
+    assert _sandbox_sql(server, "SELECT id, note FROM rel_first ORDER BY id") == [
+        {"id": 1, "note": None}
+    ]
+    assert not _table_exists(server, "rel_broken_first")
+    assert not _table_exists(server, "rel_broken")
+    applied_at = _sandbox_sql(
+        server, "SELECT version, applied_at FROM platform_ops_schema_migrations"
+    )
+
+    (directory / "0003_rel_broken.sql").write_text(FIXED_MIGRATION)
+    server.clear_requests()
+    rerun = _execute(instance, config=config)
+    assert rerun.success
+    migrate_md = step_metadata(rerun, "apply_migrations")
+    assert migrate_md["applied"] == ["0003_rel_broken.sql"]
+    assert migrate_md["already_applied_count"] == 2
+    keyed = [r["idempotency_key"] for r in server.requests if r["idempotency_key"]]
+    assert [k.split(":")[2] for k in keyed if k.startswith("migrate:")] == ["0003"]
+    fixed = migrations_lib.discover(directory)[2]
+    assert _sandbox_sql(server, tracked_sql) == [
+        *expected_tracked,
+        {"version": "0003", "name": fixed.name, "checksum": fixed.checksum},
+    ]
+    # The earlier files were not touched again (same tracking rows, same applied_at).
+    assert [
+        row
+        for row in _sandbox_sql(
+            server, "SELECT version, applied_at FROM platform_ops_schema_migrations"
+        )
+        if row["version"] != "0003"
+    ] == applied_at
+    assert _sandbox_sql(server, "SELECT id, note FROM rel_first ORDER BY id") == [
+        {"id": 1, "note": None},
+        {"id": 2, "note": "fixed"},
+    ]
 
 
 def test_edited_applied_migration_is_refused(instance, platform_env, tmp_path):
@@ -279,23 +376,14 @@ def test_second_release_for_same_environment_is_refused_before_any_call(
 def test_release_on_postgres_storage_and_postgres_database(
     pg_url, pg_schema_url, tmp_path, monkeypatch
 ):
-    from dev.sandbox.server import SandboxServer
-
-    with SandboxServer(
-        api_key=TEST_API_KEY,
-        supabase_token=TEST_SUPABASE_TOKEN,
-        supabase_db_url=pg_schema_url,
-        state_path=str(tmp_path / "state.sqlite"),
-    ) as server:
-        server.seed_orgs(3)
-        monkeypatch.setenv("CA_API_URL", server.base_url)
-        monkeypatch.setenv("CA_ROOT_API_KEY", TEST_API_KEY)
-        monkeypatch.setenv("SUPABASE_ACCESS_TOKEN", TEST_SUPABASE_TOKEN)
+    with running_sandbox(tmp_path, orgs=3, supabase_db_url=pg_schema_url) as server:
+        _point_jobs_at(server, monkeypatch)
         overrides = {"storage": {"postgres": {"postgres_url": pg_url}}}
         with dg.instance_for_test(overrides=overrides) as pg_instance:
             assert "Postgres" in type(pg_instance.run_storage).__name__
             first = _execute(pg_instance)
             assert first.success
+            assert step_metadata(first, "summarize_org_sync")["orgs_synced"] == 3
             second = _execute(pg_instance)
             assert step_metadata(second, "apply_migrations")["applied_count"] == 0
             stored = pg_instance.get_run_by_id(first.run_id)
