@@ -5,7 +5,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from dev.seed import seed_alerts
 from orchestration.triggers.models import trigger_history
+from tests.support.wait import wait_until
 from tests.support.webhook import WebhookReceiver
 from tests.triggers.helpers import alert_states, outbox
 
@@ -59,13 +60,33 @@ def test_sigkill_during_delivery_repeats_only_unmarked_posts_with_their_keys(sto
     n, concurrency = 200, 8
     seed_alerts(engine, due=n, fresh=5)
     all_keys = {f"escalate_alerts:{i}" for i in range(1, n + 1)}
-    with WebhookReceiver(delay=0.02) as first:  # slow: the kill lands mid-delivery
+    hold, lock, seen = threading.Event(), threading.Lock(), [0]
+
+    def stall_after_60(_key) -> None:  # the kill lands mid-delivery, however fast the machine
+        with lock:
+            seen[0] += 1
+            late = seen[0] > 60
+        if late:
+            hold.wait(120)
+
+    with WebhookReceiver(delay=0.01, before_answer=stall_after_60) as first:
         proc = _worker(store_url, f"1-{n + 5}", first.url, 50, concurrency=concurrency)
-        deadline = time.monotonic() + 60
-        while len(first.posts) < 60 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        try:
+            wait_until(
+                lambda: (
+                    len(first.posts) >= 60
+                    and any(r.delivered_at is not None for r in outbox(engine))
+                ),
+                what="60 notifications answered and a claim batch of them marked delivered",
+                alive=lambda: proc.poll() is None,
+            )
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        finally:
+            hold.set()  # the stalled answers go (to a dead client)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         assert proc.returncode == -signal.SIGKILL
         rows = outbox(engine)
         marked = {r.dedupe_key for r in rows if r.delivered_at is not None}
@@ -125,8 +146,6 @@ def test_two_workers_on_overlapping_batches_never_double_transition(store_url):
 
 def test_chunk_that_times_out_on_a_lock_is_retried_whole_and_commits_once(pg_store_url):
     """A lock timeout rolls the chunk back; the retry re-reads every record and moves each once."""
-    import threading
-
     from orchestration.triggers.catalog import ESCALATE_ALERTS
     from orchestration.triggers.worker import process_batch
     from resources.record_store import make_engine
@@ -154,11 +173,11 @@ def test_chunk_that_times_out_on_a_lock_is_retried_whole_and_commits_once(pg_sto
             )
         )
         worker.start()
-        assert retried.wait(15), lines
+        assert retried.wait(60), lines
     finally:
         holder.rollback()  # the other writer goes; the next attempt gets the lock
         holder.close()
-    worker.join(30)
+    worker.join(60)
     assert done["result"].ids("succeeded") == [1, 2, 3, 4, 5, 6]
     assert any("LockNotAvailable" in line for line in lines), lines
     assert _succeeded_per_record(engine) == Counter({i: 1 for i in range(1, 7)})
