@@ -21,25 +21,36 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path.startswith("/slow/"):
             time.sleep(float(path.rsplit("/", 1)[1]))
+        if path.startswith("/held"):
+            server.gate.wait(HOLD_LIMIT_S)
         code = 503 if self.path.startswith("/down") else 200
         body = b"ok" if code == 200 else b"down"
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the agent asking was killed while its check was held
 
     def log_message(self, *args):
         pass
 
 
+HOLD_LIMIT_S = 300.0  # a held check is released by the test; this only ends a forgotten one
+
+
 class DeviceServer:
-    """An HTTP device: ``/…`` answers 200, ``/down…`` 503, ``/slow/<s>`` after s seconds."""
+    """An HTTP device: ``/…`` answers 200, ``/down…`` 503, ``/slow/<s>`` after s seconds, and
+    ``/held…`` only once the test opens ``gate``: a check that cannot finish before the test
+    says so (a gateway killed or frozen "mid-check" really is, however slow the machine)."""
 
     def __init__(self) -> None:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.owner = self  # type: ignore[attr-defined]
         self.hits: list[str] = []
+        self.gate = threading.Event()
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def url(self, path: str) -> str:
@@ -50,6 +61,7 @@ class DeviceServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.gate.set()  # let held handlers finish, so shutdown does not wait for them
         self.httpd.shutdown()
         self.httpd.server_close()
 
