@@ -21,20 +21,20 @@ import pytest
 
 from dev.sandbox import Fault, SandboxServer
 from dev.sandbox.sql_runner import split_sqlite_statements
+from tests.support.sandbox import TEST_API_KEY, TEST_SUPABASE_TOKEN, running_sandbox
+from tests.support.wait import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-API_KEY = "test-root-key"
-SUPABASE_TOKEN = "test-supabase-token"
-PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+API_KEY = TEST_API_KEY
+SUPABASE_TOKEN = TEST_SUPABASE_TOKEN
+BOUND = 60.0  # a wait for a process to come up or exit; ends on the event
 
 
 @pytest.fixture
 def srv(tmp_path: Path) -> Iterator[SandboxServer]:
-    server = SandboxServer(
-        api_key=API_KEY, supabase_token=SUPABASE_TOKEN, state_path=tmp_path / "state.sqlite3"
-    ).start()
-    yield server
-    server.close()
+    """An empty sandbox (no orgs): each test seeds exactly what it counts."""
+    with running_sandbox(tmp_path, orgs=0) as server:
+        yield server
 
 
 @pytest.fixture
@@ -197,16 +197,25 @@ def test_maintenance_endpoints(srv: SandboxServer, api: httpx.Client) -> None:
     assert post(api, "/admin/quota/reset-monthly", {"month": "2026-11"}).json()["orgs_reset"] == 5
     assert post(api, "/admin/quota/cleanup-stale").json() == {"status": "ok", "counters_fixed": 3}
     assert post(api, "/admin/quota/cleanup-stale").json()["counters_fixed"] == 0
+    # Which orgs alert is fixed per (org, date) (crc32 of "<org>:<date>" divisible by 4): on
+    # 2026-11-23 org-0003 and org-0005 of org-0001..5, on 2026-11-24 org-0001, -0002, -0004.
     alerts = post(api, "/admin/alerts/process-all", {"date": "2026-11-23"}).json()
-    assert alerts["orgs_processed"] == 5
-    assert 0 <= alerts["alerts_sent"] <= 5
+    assert alerts == {"status": "ok", "orgs_processed": 5, "alerts_sent": 2}
+    next_day = post(api, "/admin/alerts/process-all", {"date": "2026-11-24"}).json()
+    assert (next_day["orgs_processed"], next_day["alerts_sent"]) == (5, 3)
     state = srv.state()
     assert state["effects"]["reset-daily"] == {"2026-11-23": 1}
     assert state["effects"]["reset-monthly"] == {"2026-11": 1}
     assert sum(state["effects"]["cleanup-stale"].values()) == 2
-    assert state["effects"]["process-all"] == {"2026-11-23": 1}
+    assert state["effects"]["process-all"] == {"2026-11-23": 1, "2026-11-24": 1}
     assert set(state["quota"]["stale_counters"].values()) == {0}
-    assert state["alerts"]["sent_total"] == alerts["alerts_sent"]
+    assert state["alerts"] == {
+        "sent_total": 5,
+        "by_date": {
+            "2026-11-23": {"orgs_processed": 5, "alerts_sent": 2},
+            "2026-11-24": {"orgs_processed": 5, "alerts_sent": 3},
+        },
+    }
 
 
 def test_idempotent_replay_and_key_reuse(srv: SandboxServer, api: httpx.Client) -> None:
@@ -252,8 +261,7 @@ def test_idempotency_is_atomic_under_concurrency(srv: SandboxServer) -> None:
 def test_idempotency_survives_restart(tmp_path: Path) -> None:
     state = tmp_path / "persist.sqlite3"
     for expected_replay in (False, True):
-        with SandboxServer(api_key=API_KEY, state_path=state) as s:
-            s.seed_orgs(2)
+        with running_sandbox(tmp_path, orgs=2, state_path=state) as s:
             r = httpx.post(
                 f"{s.base_url}/admin/quota/reset-daily",
                 json={"date": "2026-11-23"},
@@ -303,13 +311,12 @@ def test_fault_delay_only_and_times_decrement(srv: SandboxServer, api: httpx.Cli
     srv.add_fault(Fault(method="GET", path="/admin/orgs", status=None, delay_ms=200, times=2))
     start = time.monotonic()
     assert api.get("/admin/orgs").status_code == 200
-    assert time.monotonic() - start >= 0.2
+    assert time.monotonic() - start >= 0.2  # a lower bound: a busy machine only adds to it
     assert [f.times for f in srv.faults] == [1]
-    api.get("/admin/orgs")
-    assert srv.faults == []
-    start = time.monotonic()
-    api.get("/admin/orgs")
-    assert time.monotonic() - start < 0.2
+    assert api.get("/admin/orgs").status_code == 200
+    assert srv.faults == []  # used up: nothing is left to slow the next request down
+    assert api.get("/admin/orgs").status_code == 200
+    assert [r["status"] for r in srv.requests] == [200, 200, 200]  # delay only, no status
 
 
 def test_fault_wildcard_and_clear(srv: SandboxServer, api: httpx.Client) -> None:
@@ -415,33 +422,17 @@ def test_sqlite_explicit_transaction_control_is_honoured(srv: SandboxServer) -> 
 # -- Supabase SQL on PostgreSQL -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sandbox_pg_url() -> str:
-    """The test PostgreSQL; skip when absent unless REQUIRE_POSTGRES=1 demands it."""
-    try:
-        import psycopg2
-
-        psycopg2.connect(PG_URL, connect_timeout=2).close()
-    except Exception as exc:  # any failure means "no usable server"
-        if os.environ.get("REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"PostgreSQL required but unreachable at {PG_URL}: {exc}")
-        pytest.skip(f"PostgreSQL unreachable at {PG_URL}: {exc}")
-    return PG_URL
-
-
 @pytest.fixture
-def pg_srv(sandbox_pg_url: str, tmp_path: Path) -> Iterator[tuple[SandboxServer, str]]:
+def pg_srv(pg_url: str, tmp_path: Path) -> Iterator[tuple[SandboxServer, str]]:
+    """A sandbox whose Management API runs SQL on the test PostgreSQL (``pg_url``: skipped
+    when absent unless REQUIRE_POSTGRES=1), and a schema name the test creates and we drop."""
     import psycopg2
 
     schema = f"sandbox_test_{uuid.uuid4().hex[:12]}"
-    server = SandboxServer(
-        supabase_token=SUPABASE_TOKEN,
-        supabase_db_url=sandbox_pg_url.replace("postgresql://", "postgresql+psycopg2://", 1),
-        state_path=tmp_path / "state.sqlite3",
-    ).start()
-    yield server, schema
-    server.close()
-    conn = psycopg2.connect(sandbox_pg_url)
+    db_url = pg_url.replace("postgresql://", "postgresql+psycopg2://", 1)
+    with running_sandbox(tmp_path, orgs=0, supabase_db_url=db_url) as server:
+        yield server, schema
+    conn = psycopg2.connect(pg_url)
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
@@ -524,18 +515,20 @@ def test_cli_serve_port_file_health_and_sigterm(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 10
-        while not port_file.exists():
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "sandbox did not write its port file"
-            time.sleep(0.05)
+        # The port file is written once the socket listens (atomically: never half a number).
+        wait_until(
+            lambda: port_file.exists() and port_file.read_text().strip(),
+            BOUND,
+            "the sandbox's port file",
+            alive=lambda: proc.poll() is None,
+        )
         port = int(port_file.read_text())
         base = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{base}/_sandbox/health").json()["status"] == "ok"
         orgs = httpx.get(f"{base}/admin/orgs", headers={"X-CA-Root-Key": "cli-key"})
         assert len(orgs.json()["orgs"]) == 3
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=BOUND) == 0
         assert proc.stdout is not None
         assert proc.stdout.read().strip() == f"sandbox listening on {base}"
     finally:
