@@ -147,6 +147,16 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"/admin/quota/reset-monthly"), "reset_monthly"),
     ("POST", re.compile(r"/admin/alerts/process-all"), "process_alerts"),
 ]
+
+
+def _operation(method: str, path: str) -> str | None:
+    """The platform route's operation name for ``method path``; None for any other request."""
+    for route_method, pattern, op in _ROUTES:
+        if route_method == method and pattern.fullmatch(path):
+            return op
+    return None
+
+
 _SUPABASE_QUERY = re.compile(r"/v1/projects/(?P<ref>[^/]+)/database/query")
 
 
@@ -185,6 +195,10 @@ class SandboxServer:
         self._faults_lock = threading.Lock()
         self._requests: list[dict[str, Any]] = []
         self._requests_lock = threading.Lock()
+        # Platform requests being answered now, and the most at once, per operation (sync_org…):
+        # how a test sees a client's concurrency bound from the server's side.
+        self._in_flight: dict[str, int] = {}
+        self._max_in_flight: dict[str, int] = {}
         self._httpd: _HttpServer | None = None
         self._thread: threading.Thread | None = None
         self._ops: dict[str, Callable[[dict[str, str], dict[str, Any], dict[str, str]], Any]] = {
@@ -298,6 +312,17 @@ class SandboxServer:
         with self._requests_lock:
             self._requests.clear()
 
+    def max_in_flight(self, operation: str) -> int:
+        """The most ``operation`` requests (a platform route's name: ``sync_org``,
+        ``list_orgs``…) the sandbox was answering at once, latency included, since the start or
+        :meth:`reset_max_in_flight`."""
+        with self._requests_lock:
+            return self._max_in_flight.get(operation, 0)
+
+    def reset_max_in_flight(self) -> None:
+        with self._requests_lock:
+            self._max_in_flight = dict(self._in_flight)
+
     def state(self) -> dict[str, Any]:
         """Snapshot of bootstrap, orgs, quota, alerts and effects for assertions."""
         return self._state.snapshot()
@@ -311,6 +336,22 @@ class SandboxServer:
         query = dict(parse_qsl(split.query, keep_blank_values=True))
         if path.startswith(CONTROL_PREFIX):
             return self._control(method, path, raw)
+        operation = _operation(method, path)
+        if operation is None:
+            return self._answer(method, path, query, headers, raw)
+        with self._requests_lock:
+            now = self._in_flight[operation] = self._in_flight.get(operation, 0) + 1
+            self._max_in_flight[operation] = max(self._max_in_flight.get(operation, 0), now)
+        try:
+            return self._answer(method, path, query, headers, raw)
+        finally:
+            with self._requests_lock:
+                self._in_flight[operation] -= 1
+
+    def _answer(
+        self, method: str, path: str, query: dict[str, str], headers: Mapping[str, str], raw: bytes
+    ) -> Reply:
+        """Latency → fault → real handler, then record."""
         if self._latency_ms > 0:
             time.sleep(self._latency_ms / 1000)
         authorized = self._authorized(path, headers)
