@@ -4,12 +4,14 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 from croniter import croniter
 
+from dev.seed import seed_alerts
 from orchestration.triggers.catalog import LEGACY_TRACE_SUMMARY_CRON, REFRESH_TRACE_SUMMARIES
 from orchestration.triggers.models import alerts
 from orchestration.triggers.scheduled import ScheduledAction
-from orchestration.triggers.spec import TriggerDeclarationError, TriggerSpec, eq
+from orchestration.triggers.spec import TriggerDeclarationError, TriggerSpec, eq, utcnow
 
 
 def _noop(record, ctx):
@@ -46,9 +48,16 @@ def test_bad_scheduled_action_cron_fails():
         ScheduledAction(name="x", cron="61 * * * *", action=lambda i, c: {})
 
 
-def test_good_declaration_builds_conditions():
-    spec = _spec(where={"state": "pending", "tenant_id": eq("a")})
+def test_good_declaration_selects_the_rows_its_where_says(engine):
+    """Not the declaration's attributes but what its ``where`` selects in a real store."""
+    seed_alerts(engine, due=6, resolved=2, tenants=3)  # tenant-0: ids 1, 4, 7 (7 resolved)
+    spec = _spec(where={"state": "pending", "tenant_id": eq("tenant-0")})
     assert set(spec.conditions) == {"state", "tenant_id"}
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.select(alerts.c.id).where(spec.where_clause(utcnow())).order_by(alerts.c.id)
+        ).scalars()
+        assert list(found) == [1, 4]
 
 
 def test_migrated_schedule_fires_at_the_legacy_cron_times():

@@ -5,7 +5,6 @@ left and reports what the batch did across attempts."""
 from __future__ import annotations
 
 import threading
-import time
 
 import dagster as dg
 import pytest
@@ -15,6 +14,7 @@ from dev.seed import seed_alerts
 from orchestration.definitions import defs
 from resources.record_store import RecordStoreResource, make_engine
 from tests.support.results import step_metadata
+from tests.support.wait import wait_until
 from tests.support.webhook import WebhookReceiver
 from tests.triggers.helpers import outbox
 
@@ -88,16 +88,20 @@ class HoldTheOutbox:
 
 
 def _release_when_the_step_is_up_for_retry(instance, hold: HoldTheOutbox) -> threading.Thread:
+    def up_for_retry() -> bool:
+        runs = instance.get_runs(limit=1)
+        return bool(
+            runs
+            and instance.all_logs(runs[0].run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
+        )
+
     def watch() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            runs = instance.get_runs(limit=1)
-            if runs and instance.all_logs(
-                runs[0].run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY
-            ):
-                break
-            time.sleep(0.01)
-        hold.release()
+        try:  # a step never up for retry fails the test's assertions, not this thread
+            wait_until(up_for_retry, timeout=120, what="the step up for retry", interval=0.01)
+        except AssertionError:
+            pass
+        finally:
+            hold.release()
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
