@@ -138,10 +138,12 @@ def engine(store_url: str) -> Iterator[sa.Engine]:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that reaches PostgreSQL carries ``postgres``, so ``-m postgres`` selects them all.
 
-    A test reaches the server through ``pg_url`` (directly or through a fixture built on it) or
-    through the postgres side of ``store_url`` (marked on the parameter); marking from the fixture
-    closure means a new test cannot forget the mark.
+    A test reaches the server through ``pg_url`` (directly or through a fixture built on it), or
+    through a backend parameter named ``postgres`` (``store_url``'s, or a test's own that picks a
+    fixture by name at run time); marking from the fixture closure and the parameters means a new
+    test cannot forget the mark.
     """
     for item in items:
-        if "pg_url" in getattr(item, "fixturenames", ()):
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "pg_url" in getattr(item, "fixturenames", ()) or "postgres" in params.values():
             item.add_marker(pytest.mark.postgres)
