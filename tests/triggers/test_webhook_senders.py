@@ -9,11 +9,8 @@ connection the receiver closed, and httpx (with the proxy) whenever a proxy appl
 from __future__ import annotations
 
 import base64
-import ssl
 import subprocess
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 
 import pytest
 
@@ -24,65 +21,19 @@ from resources.webhook_senders import (
     make_sender,
     webhook_url_problem,
 )
+from tests.support.webhook import Answer, WebhookReceiver
 
-
-class Recorder:
-    """Records (request target, headers) of each POST; ``answer`` picks status, body, close."""
-
-    def __init__(self, tls: tuple[str, str] | None = None) -> None:
-        self.seen: list[tuple[str, dict[str, str], tuple]] = []
-        self.answer = lambda n: (200, b"", False)
-        self.delay = lambda n: 0.0
-        self._lock = threading.Lock()
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
-                with recorder._lock:
-                    recorder.seen.append((self.path, dict(self.headers), self.client_address))
-                    n = len(recorder.seen)
-                time.sleep(recorder.delay(n))
-                status, body, close = recorder.answer(n)
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                if close:
-                    self.send_header("Connection", "close")
-                    self.close_connection = True
-                if status in (301, 302, 307):
-                    self.send_header("Location", "/elsewhere")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.scheme = "http"
-        if tls:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(*tls)
-            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-            self.scheme = "https"
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def url(self, path: str = "/hook/s3cr3t-token") -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+HOOK = "/hook/s3cr3t-token"
+OK: Answer = (200, b"", {})
+CLOSE: Answer = (200, b"", {"Connection": "close"})
 
 
 @pytest.fixture
-def recorder():
-    r = Recorder()
-    yield r
-    r.close()
+def recorder() -> Iterator[WebhookReceiver]:
+    """The suite's receiver, looked at on the wire: ``requests`` holds (target, headers, client
+    address) of each POST; a test sets ``answer`` / ``delay`` per request number."""
+    with WebhookReceiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture
@@ -106,43 +57,46 @@ def _post(sender, rows):
 
 
 def test_keys_keep_alive_and_basic_auth(recorder, no_proxy):
-    url = recorder.url("/hook/s3cr3t-token?x=1").replace("http://", "http://ops:pa%3Ass@")
+    url = recorder.url_for(f"{HOOK}?x=1").replace("http://", "http://ops:pa%3Ass@")
     sender = make_sender(url, 5.0, 4)
     assert isinstance(sender, HttpClientSender)
     errors = _post(sender, [(f"k{i}", {"i": i}) for i in range(40)])
     assert errors == [None] * 40
-    assert sorted(h["Idempotency-Key"] for _, h, _ in recorder.seen) == sorted(
+    assert sorted(h["Idempotency-Key"] for _, h, _ in recorder.requests) == sorted(
         f"k{i}" for i in range(40)
     )
-    assert {p for p, _, _ in recorder.seen} == {"/hook/s3cr3t-token?x=1"}
+    assert {p for p, _, _ in recorder.requests} == {"/hook/s3cr3t-token?x=1"}
     auth = base64.b64encode(b"ops:pa:ss").decode()
-    assert {h["Authorization"] for _, h, _ in recorder.seen} == {f"Basic {auth}"}
-    assert {h["Content-Type"] for _, h, _ in recorder.seen} == {"application/json"}
+    assert {h["Authorization"] for _, h, _ in recorder.requests} == {f"Basic {auth}"}
+    assert {h["Content-Type"] for _, h, _ in recorder.requests} == {"application/json"}
     # Kept alive: at most one connection per thread for 40 POSTs.
-    assert len({addr for _, _, addr in recorder.seen}) <= 4
+    assert len({addr for _, _, addr in recorder.requests}) <= 4
 
 
 def test_errors_are_redacted_and_redirects_not_followed(recorder, no_proxy):
-    url = recorder.url()
-    answers = {1: (500, f"boom at {url} /hook/s3cr3t-token".encode(), False), 2: (302, b"", False)}
-    recorder.answer = lambda n: answers.get(n, (200, b"", False))
+    url = recorder.url_for(HOOK)
+    answers: dict[int, Answer] = {
+        1: (500, f"boom at {url} /hook/s3cr3t-token".encode(), {}),
+        2: (302, b"", {"Location": "/elsewhere"}),
+    }
+    recorder.answer = lambda n: answers.get(n, OK)
     sender = make_sender(url, 5.0, 1)
     errors = _post(sender, [("a", {}), ("b", {}), ("c", {})])
     assert errors[0] is not None and errors[0].startswith("HTTP 500")
     assert "s3cr3t-token" not in errors[0] and str(recorder.port) not in errors[0]
     assert errors[1] is not None and errors[1].startswith("HTTP 302")
     assert errors[2] is None
-    assert [p for p, _, _ in recorder.seen] == ["/hook/s3cr3t-token"] * 3  # no /elsewhere
+    assert [p for p, _, _ in recorder.requests] == ["/hook/s3cr3t-token"] * 3  # no /elsewhere
 
 
 def test_closed_and_long_answers_reconnect(recorder, no_proxy):
     """A receiver that closes after answering, or answers more than is read: the next POST goes
     on a fresh connection and succeeds; a refused connection is one redacted error per row."""
-    answers = {2: (200, b"", True), 4: (200, b"x" * 200_000, False)}
-    recorder.answer = lambda n: answers.get(n, (200, b"", False))
-    sender = make_sender(recorder.url(), 5.0, 1)
+    answers: dict[int, Answer] = {2: CLOSE, 4: (200, b"x" * 200_000, {})}
+    recorder.answer = lambda n: answers.get(n, OK)
+    sender = make_sender(recorder.url_for(HOOK), 5.0, 1)
     assert _post(sender, [(f"k{i}", {}) for i in range(6)]) == [None] * 6
-    conns = [addr for _, _, addr in recorder.seen]
+    conns = [addr for _, _, addr in recorder.requests]
     assert conns[0] == conns[1] != conns[2] == conns[3] != conns[4]
     port = recorder.port
     recorder.close()
@@ -160,7 +114,7 @@ def test_a_proxy_in_the_environment_is_honoured(recorder, monkeypatch):
     sender = make_sender(target, 5.0, 2)
     assert isinstance(sender, HttpxSender)
     assert _post(sender, [("p", {"x": 1})]) == [None]
-    assert recorder.seen[0][0] == target
+    assert recorder.requests[0][0] == target
     monkeypatch.setenv("NO_PROXY", "127.0.0.2")
     assert isinstance(make_sender(target, 5.0, 2), HttpClientSender)
 
@@ -173,18 +127,18 @@ def test_all_proxy_is_honoured_too(recorder, no_proxy, monkeypatch):
     sender = make_sender(target, 5.0, 1)
     assert isinstance(sender, HttpxSender)
     assert _post(sender, [("p", {})]) == [None]
-    assert recorder.seen[0][0] == target
+    assert recorder.requests[0][0] == target
 
 
 def test_a_timed_out_post_is_not_sent_again(recorder, no_proxy):
     """A timeout on a kept-alive connection is an answer not yet given, not a stale connection:
     the row stays pending (one error), it is not POSTed a second time at once."""
     recorder.delay = lambda n: 1.5 if n == 2 else 0.0
-    sender = make_sender(recorder.url(), 0.5, 1)
+    sender = make_sender(recorder.url_for(HOOK), 0.5, 1)
     errors = _post(sender, [("first", {}), ("slow", {}), ("third", {})])
     assert errors[0] is None and errors[2] is None
     assert errors[1] is not None and "timed out" in errors[1]
-    keys = [h["Idempotency-Key"] for _, h, _ in recorder.seen]
+    keys = [h["Idempotency-Key"] for _, h, _ in recorder.requests]
     assert keys.count("slow") == 1, keys
 
 
@@ -201,8 +155,8 @@ ECHOES = [
 @pytest.mark.parametrize("echo", ECHOES)
 def test_an_echoed_secret_never_reaches_the_error(recorder, no_proxy, echo):
     body = echo.replace("{port}", str(recorder.port)).encode()
-    recorder.answer = lambda n: (404, body, False)
-    url = recorder.url("/hook/S3cr3tTok3n/x?sig=SIGNATURE99").replace(
+    recorder.answer = lambda n: (404, body, {})
+    url = recorder.url_for("/hook/S3cr3tTok3n/x?sig=SIGNATURE99").replace(
         "http://", "http://ops:pa55word!@"
     )
     [error] = _post(make_sender(url, 5.0, 1), [("k", {})])
@@ -228,18 +182,15 @@ def certificate(tmp_path_factory):
 def test_https_verifies_the_certificate_like_every_other_client(certificate, no_proxy, monkeypatch):
     """Certificates are verified against the project's trust (certifi, or SSL_CERT_FILE): a
     self-signed receiver is refused, and accepted once SSL_CERT_FILE names its certificate."""
-    server = Recorder(tls=certificate)
-    try:
+    with WebhookReceiver(tls=certificate) as server:
         monkeypatch.delenv("SSL_CERT_FILE", raising=False)
         monkeypatch.delenv("SSL_CERT_DIR", raising=False)
-        [error] = _post(make_sender(server.url(), 5.0, 1), [("a", {})])
+        [error] = _post(make_sender(server.url_for(HOOK), 5.0, 1), [("a", {})])
         assert error is not None and "CERTIFICATE_VERIFY_FAILED" in error
         assert "s3cr3t-token" not in error
         monkeypatch.setenv("SSL_CERT_FILE", certificate[0])
-        assert _post(make_sender(server.url(), 5.0, 1), [("b", {})]) == [None]
-        assert [h["Idempotency-Key"] for _, h, _ in server.seen] == ["b"]
-    finally:
-        server.close()
+        assert _post(make_sender(server.url_for(HOOK), 5.0, 1), [("b", {})]) == [None]
+        assert [h["Idempotency-Key"] for _, h, _ in server.requests] == ["b"]
 
 
 BAD_URLS = [
