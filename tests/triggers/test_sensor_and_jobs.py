@@ -229,7 +229,23 @@ def test_trace_summary_schedule_and_asset_materialization(instance, sqlite_store
     ],
 )
 def test_every_trigger_job_is_in_the_code_location(job_name):
-    assert REPO_DEF.get_job(job_name).description
+    """In the code location as built: the node that takes the run's config, and the tags the
+    run coordinator's queue limits and the run list filter on (not just a description)."""
+    from orchestration.triggers.catalog import TRIGGERS
+    from orchestration.triggers.jobs import TRIGGER_JOBS
+
+    job = REPO_DEF.get_job(job_name)
+    nodes = [n.name for n in job.graph.nodes]
+    if job_name in TRIGGERS:
+        spec = TRIGGERS[job_name]
+        assert nodes == [TRIGGER_JOBS[job_name][1]]
+        assert job.description == spec.description
+        assert run_tags(spec).items() <= job.tags.items()
+        assert job.tags["platform/trigger-queue"] == spec.queue
+    else:
+        assert nodes == [f"{job_name}_action"]
+        assert job.tags["platform/kind"] == "scheduled_action"
+        assert "platform/trigger-queue" not in job.tags  # a sweep is not held by a trigger queue
 
 
 def test_worker_reports_monotonic_progress_per_committed_chunk(instance, store_url):
