@@ -11,6 +11,7 @@ from dev.sandbox.server import Fault
 from orchestration.definitions import defs
 from orchestration.maintenance.partitions import SLOT_TAG
 from tests.conftest import TEST_API_KEY, run_config
+from tests.support.results import step_metadata
 
 # job, op, config field, slot, endpoint, sandbox effect kind, expected idempotency key
 CASES = [
@@ -60,12 +61,7 @@ def test_job_applies_its_slot_once_even_when_run_twice(
     run = instance.get_run_by_id(first.run_id)
     assert run.tags[SLOT_TAG] == slot
     assert run.tags["platform/environment"] == "test"
-    outputs = [
-        e.event_specific_data.metadata
-        for e in first.all_events
-        if e.event_type_value == "STEP_OUTPUT"
-    ]
-    assert outputs and outputs[0]["slot"].value == slot
+    assert step_metadata(first)["slot"] == slot
 
 
 @pytest.mark.parametrize(("job", "op", "field", "slot", "path", "effect", "key"), CASES)
@@ -115,30 +111,34 @@ def test_second_run_reports_the_same_counts_as_the_first(platform_env, instance)
     first = execute("quota_reset", "reset_daily_quota", {"date": "2026-11-23"}, instance)
     second = execute("quota_reset", "reset_daily_quota", {"date": "2026-11-23"}, instance)
 
-    def orgs_reset(result) -> int:
-        (output,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
-        return output.event_specific_data.metadata["orgs_reset"].value
-
-    assert orgs_reset(first) == orgs_reset(second) == 5
+    assert first.success and second.success
+    assert step_metadata(first)["orgs_reset"] == step_metadata(second)["orgs_reset"] == 5
     assert platform_env.state()["quota"]["last_daily_reset"] == "2026-11-23"
 
 
 def test_launchpad_run_can_name_a_past_slot_and_defaults_to_today(platform_env, instance):
+    """No slot: the run's own UTC day (month). The clock is read before and after each run, so
+    a run that crosses midnight is judged by the day it took, not by a race with the clock."""
     sandbox = platform_env
     past = execute("alerts", "process_daily_alerts", {"date": "2025-02-28"}, instance)
     assert past.success
+    before = dt.datetime.now(dt.UTC)
     default = defs.get_job_def("alerts").execute_in_process(
         run_config=run_config(), instance=instance
     )
-    today = dt.datetime.now(dt.UTC).date().isoformat()
+    after = dt.datetime.now(dt.UTC)
+    today = instance.get_run_by_id(default.run_id).tags[SLOT_TAG]
+    assert today in {before.date().isoformat(), after.date().isoformat()}
     assert sandbox.state()["effects"]["process-all"] == {"2025-02-28": 1, today: 1}
-    assert instance.get_run_by_id(default.run_id).tags[SLOT_TAG] == today
 
+    before = dt.datetime.now(dt.UTC)
     month = defs.get_job_def("quota_monthly").execute_in_process(
         run_config=run_config(), instance=instance
     )
-    this_month = dt.datetime.now(dt.UTC).strftime("%Y-%m")
-    assert instance.get_run_by_id(month.run_id).tags[SLOT_TAG] == this_month
+    after = dt.datetime.now(dt.UTC)
+    this_month = instance.get_run_by_id(month.run_id).tags[SLOT_TAG]
+    assert this_month in {before.strftime("%Y-%m"), after.strftime("%Y-%m")}
+    assert sandbox.state()["effects"]["reset-monthly"] == {this_month: 1}
 
 
 def test_invalid_slot_fails_before_any_call(platform_env, instance):
