@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 
 from orchestration.definitions import defs
-from orchestration.policies import archive
+from orchestration.policies import archive, ops
 from tests.conftest import run_config
 from tests.policies.test_archive_job import archive_config
 from tests.support.results import step_metadata
@@ -47,6 +47,7 @@ def test_round_trip_and_nothing_newer_touched(dagster_storage, platform_env, tmp
     cutoff = datetime.now(UTC)
     time.sleep(0.05)
     (newer,) = _run_jobs(instance, 1)
+    newer_before = _snapshot(instance, newer)
 
     report = archive.archive_runs(instance, tmp_path, cutoff)
     assert sorted(report.archived) == sorted(old) and report.failed == {}
@@ -55,14 +56,13 @@ def test_round_trip_and_nothing_newer_touched(dagster_storage, platform_env, tmp
         back = archive.read_archive(archive.find_archive(tmp_path, run_id))
         assert dg.serialize_value(back.run) == before[run_id][0]
         assert [dg.serialize_value(e) for e in back.events] == before[run_id][1]
-    assert instance.get_run_by_id(newer) is not None
+    assert _snapshot(instance, newer) == newer_before  # the newer run: record and events as were
     assert archive.find_archive(tmp_path, newer) is None
     # Gone from the storage itself, not only from Dagster's answers: on SQLite the run's
     # event-log shard file (Dagster leaves it on disk after delete_run; SQLite-only, PostgreSQL
     # has no per-run files), on PostgreSQL its rows in runs, run_tags and event_logs.
     assert [sum(dagster_storage.leftovers(run_id).values()) for run_id in old] == [0, 0]
     assert all(dagster_storage.leftovers(newer).values()), dagster_storage.leftovers(newer)
-    assert len(instance.get_records_for_run(newer).records) > 0
 
     again = archive.archive_runs(instance, tmp_path, cutoff)  # idempotent: nothing left to do
     assert again.archived == [] and again.failed == {}
@@ -137,7 +137,13 @@ def test_archive_job_and_cli_read_back(dagster_storage, platform_env, sqlite_sto
     assert missing.returncode == 1 and "No archive for run nope" in missing.stderr
 
 
-def test_schedule_is_on_by_default():
+def test_schedule_is_on_by_default_daily_at_0330_utc_for_runs_older_than_30_days():
     schedule = defs.get_schedule_def("archive_run_history_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    assert schedule.execution_timezone == "UTC"
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 3 * * *", "UTC")
+    tick_time = datetime(2026, 3, 1, 3, 30, tzinfo=UTC)
+    context = dg.build_schedule_context(scheduled_execution_time=tick_time)
+    (request,) = schedule.evaluate_tick(context).run_requests
+    # The tick's run sets no cutoff: the op's default applies, 30 days before the run.
+    assert "cutoff" not in (request.run_config.get("ops", {}).get("archive_old_runs") or {})
+    assert ops.cutoff_of(ops.ArchiveConfig(), now=tick_time) == tick_time - timedelta(days=30)
