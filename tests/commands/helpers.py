@@ -8,13 +8,8 @@ import sqlalchemy as sa
 
 from orchestration.commands import catalog
 from orchestration.commands import models as m
-from resources.record_store import make_engine
 
 T0 = datetime(2026, 1, 1, 12, 34, 0, tzinfo=UTC)
-
-
-def engine_for(url: str) -> sa.Engine:
-    return make_engine(url)
 
 
 def seed(engine: sa.Engine, data: dict) -> catalog.SyncResult:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from orchestration.commands import catalog, cron
 from orchestration.commands import models as m
 from orchestration.commands.cli import main as cli
-from tests.commands.helpers import engine_for, seed
+from tests.commands.helpers import seed
 
 # --- crons -------------------------------------------------------------------------------------
 
@@ -258,8 +258,7 @@ def _no_part_of_secret(text: str, secret: str = SECRET) -> None:
     assert not [p for p in pieces if p in text], text
 
 
-def test_five_problems_are_reported_together_and_nothing_is_written(store_url, tmp_path):
-    engine = engine_for(store_url)
+def test_five_problems_are_reported_together_and_nothing_is_written(store_url, engine, tmp_path):
     seed(engine, _valid())
     before, rows = _snapshot(engine), _counts(engine)
     path = tmp_path / "five.yaml"
@@ -368,8 +367,7 @@ def _cli(url: str, *args: str) -> int:
     return cli(["--store-url", url, *args], out=io.StringIO())
 
 
-def test_cli_set_paths_refuse_what_the_file_refuses(store_url, capsys):
-    engine = engine_for(store_url)
+def test_cli_set_paths_refuse_what_the_file_refuses(store_url, engine, capsys):
     seed(engine, _valid())
     before, rows = _snapshot(engine), _counts(engine)
     bad = [

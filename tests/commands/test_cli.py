@@ -8,7 +8,8 @@ import pytest
 
 from orchestration.commands import store
 from orchestration.commands.cli import main
-from tests.commands.helpers import count_runs, engine_for
+from resources.record_store import make_engine
+from tests.commands.helpers import count_runs
 from tests.job_cli import dagster_home, instance_at, job_execute
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +37,7 @@ def test_cli_manages_the_catalog_and_requests_runs(sqlite_store_url, tmp_path, c
 
     code, out = _cli(url, "run", "hello", "--env", "staging", "--in", "30")
     run_id = int(out.strip())
-    row = store.get_run(engine_for(url), run_id)
+    row = store.get_run(make_engine(url), run_id)
     assert (row["status"], row["requested_by"]) == ("pending", "cli")
     assert (row["not_before"] - row["created_at"]).total_seconds() == pytest.approx(30, abs=1)
     code, _ = _cli(url, "retry", str(run_id))
@@ -50,7 +51,7 @@ def test_cli_manages_the_catalog_and_requests_runs(sqlite_store_url, tmp_path, c
     catalog.write_text("commands:\n  - {name: a, command: 'true'}\n  - {name: a, command: x}\n")
     assert _cli(url, "sync-catalog", str(catalog))[0] == 2
     assert "duplicate command name 'a'" in capsys.readouterr().err
-    assert count_runs(engine_for(url)) == 1
+    assert count_runs(make_engine(url)) == 1
 
 
 @pytest.mark.slow
@@ -68,7 +69,7 @@ def test_dagster_job_execute_run_command_now_twice_is_one_command_run_each(
         "ops:\n  request_command_run:\n    config: {command: hello, environment: staging}\n"
     )
     job_execute(home, "run_command_now", config, {"RECORD_STORE_URL": url})
-    engine = engine_for(url)
+    engine = make_engine(url)
     (row,) = store.list_runs(engine, store.RunFilter())
     assert row["status"] == "succeeded"
     final = store.events_for(engine, row["id"])[-1]

@@ -7,7 +7,8 @@ import sqlalchemy as sa
 
 from orchestration.commands import catalog, cron
 from orchestration.commands import models as m
-from tests.commands.helpers import engine_for, seed, simple_catalog
+from resources.record_store import make_engine
+from tests.commands.helpers import seed, simple_catalog
 
 T = datetime(2026, 1, 1, 12, 34, tzinfo=UTC)
 
@@ -58,8 +59,7 @@ def _snapshot(engine):
         (lambda d: d["schedules"][0].update(command="ghost"), "unknown command 'ghost'"),
     ],
 )
-def test_invalid_catalog_changes_nothing(store_url, mutate, message):
-    engine = engine_for(store_url)
+def test_invalid_catalog_changes_nothing(engine, mutate, message):
     seed(engine, simple_catalog())
     before = _snapshot(engine)
     data = simple_catalog(command="echo changed")
@@ -70,8 +70,7 @@ def test_invalid_catalog_changes_nothing(store_url, mutate, message):
     assert _snapshot(engine) == before
 
 
-def test_sync_upserts_disables_missing_and_reads_secrets_from_env(store_url, monkeypatch):
-    engine = engine_for(store_url)
+def test_sync_upserts_disables_missing_and_reads_secrets_from_env(engine, monkeypatch):
     monkeypatch.setenv("TOKEN_SRC", "s3cr3t-value")
     data = simple_catalog()
     data["environments"][0]["variables"]["TOKEN"] = {"from_env": "TOKEN_SRC", "secret": True}
@@ -100,5 +99,5 @@ def test_example_catalog_is_valid(sqlite_store_url, monkeypatch):
 
     monkeypatch.setenv("EXAMPLE_PROD_TOKEN", "x")
     path = Path(__file__).resolve().parents[2] / "config" / "commands.example.yaml"
-    result = catalog.sync_file(engine_for(sqlite_store_url), path)
+    result = catalog.sync_file(make_engine(sqlite_store_url), path)
     assert len(result.created) == 6

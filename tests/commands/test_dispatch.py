@@ -13,7 +13,6 @@ from tests.commands.helpers import (
     T0,
     backdate_schedules,
     count_runs,
-    engine_for,
     seed,
     simple_catalog,
 )
@@ -23,8 +22,7 @@ def _tick(engine, now, window_start=None):
     return dispatch.tick(engine, now, window_start or now - timedelta(seconds=60))
 
 
-def test_one_run_per_slot_under_repeated_ticks(store_url):
-    engine = engine_for(store_url)
+def test_one_run_per_slot_under_repeated_ticks(engine):
     seed(engine, simple_catalog("34 12 * * *"))
     backdate_schedules(engine)
     first = _tick(engine, T0 + timedelta(seconds=5))
@@ -41,8 +39,7 @@ def test_one_run_per_slot_under_repeated_ticks(store_url):
 
 
 @pytest.mark.parametrize("disabled", ["command", "schedule", "environment"])
-def test_disabled_parts_are_never_dispatched(store_url, disabled):
-    engine = engine_for(store_url)
+def test_disabled_parts_are_never_dispatched(engine, disabled):
     data = simple_catalog("* * * * *")
     key = {"command": "commands", "schedule": "schedules", "environment": "environments"}
     data[key[disabled]][0]["enabled"] = False
@@ -53,8 +50,7 @@ def test_disabled_parts_are_never_dispatched(store_url, disabled):
     assert count_runs(engine) == 0
 
 
-def test_downtime_runs_only_the_latest_missed_slot(store_url):
-    engine = engine_for(store_url)
+def test_downtime_runs_only_the_latest_missed_slot(engine):
     seed(engine, simple_catalog("*/5 * * * *"))
     backdate_schedules(engine)
     cursor = (T0 - timedelta(hours=2)).isoformat()
@@ -67,14 +63,13 @@ def test_downtime_runs_only_the_latest_missed_slot(store_url):
 
 
 def test_a_new_schedule_never_runs_a_slot_from_before_it_existed(sqlite_store_url):
-    engine = engine_for(sqlite_store_url)
+    engine = make_engine(sqlite_store_url)
     seed(engine, simple_catalog("*/5 * * * *"))  # created "now" (2026), far after T0
     start = dispatch.window_start_for((T0 - timedelta(hours=1)).isoformat(), T0, timedelta(1))
     assert dispatch.tick(engine, T0, start).created == 0
 
 
-def test_run_in_is_launched_by_the_first_tick_after_it_is_due(store_url):
-    engine = engine_for(store_url)
+def test_run_in_is_launched_by_the_first_tick_after_it_is_due(engine):
     seed(engine, simple_catalog())
     run_id = actions.request_run(engine, "hello", "staging", in_seconds=120)
     now = dispatch.utcnow()
@@ -87,7 +82,7 @@ def test_run_in_is_launched_by_the_first_tick_after_it_is_due(store_url):
 
 @pytest.mark.postgres
 def test_two_concurrent_dispatchers_on_postgres_create_and_claim_once(pg_store_url):
-    setup = engine_for(pg_store_url)
+    setup = make_engine(pg_store_url)
     data = simple_catalog("* * * * *")
     data["schedules"] = [
         {"name": f"s{i}", "command": "hello", "environments": ["staging"], "cron": "* * * * *"}

@@ -20,8 +20,8 @@ from orchestration.commands import models as m
 from orchestration.commands.jobs import run_command_now_job
 from orchestration.commands.sensors import command_dispatch_sensor
 from orchestration.commands.timeutil import utcnow
-from resources.record_store import RecordStoreResource, ensure_upgraded
-from tests.commands.helpers import backdate_schedules, count_runs, engine_for, seed
+from resources.record_store import RecordStoreResource, ensure_upgraded, make_engine
+from tests.commands.helpers import backdate_schedules, count_runs, seed
 
 GOOD = ("good-a", "good-b")
 # Crons that a validation-free path could leave in the table; each must fail only its schedule.
@@ -138,8 +138,7 @@ def _fail_inserts_for(engine: sa.Engine, schedule_id: int) -> None:
             )
 
 
-def test_bad_schedules_are_named_and_the_rest_of_the_tick_goes_on(store_url, instance):
-    engine = engine_for(store_url)
+def test_bad_schedules_are_named_and_the_rest_of_the_tick_goes_on(store_url, engine, instance):
     seed(engine, _catalog())
     bad = _insert_bad_schedules(engine)
     backdate_schedules(engine)
@@ -164,8 +163,7 @@ def test_bad_schedules_are_named_and_the_rest_of_the_tick_goes_on(store_url, ins
     assert {n: _runs_per_schedule(engine)[n] for n in GOOD} == dict.fromkeys(GOOD, 1)
 
 
-def test_a_schedule_whose_run_cannot_be_inserted_fails_alone(store_url, instance):
-    engine = engine_for(store_url)
+def test_a_schedule_whose_run_cannot_be_inserted_fails_alone(store_url, engine, instance):
     data = _catalog()
     data["schedules"].append(
         {"name": "refused", "command": "hello", "environments": ["staging"], "cron": "* * * * *"}
@@ -189,8 +187,7 @@ def test_a_schedule_whose_run_cannot_be_inserted_fails_alone(store_url, instance
     assert "refused by test trigger" in lines.text(logging.ERROR)
 
 
-def test_the_reaper_runs_even_when_the_whole_dispatch_fails(store_url, instance):
-    engine = engine_for(store_url)
+def test_the_reaper_runs_even_when_the_whole_dispatch_fails(store_url, engine, instance):
     seed(engine, _catalog())
     dead = _dead_worker(engine, instance)
     with engine.begin() as conn:  # the dispatch query itself now fails, every schedule at once
@@ -287,7 +284,7 @@ def test_a_bad_value_in_any_column_fails_only_its_schedule_sqlite(tmp_path, inst
             for index, value in enumerate(GARBAGE):
                 url = f"sqlite:///{tmp_path / f'{table}-{column}-{index}.sqlite'}"
                 ensure_upgraded(url)
-                _check_isolated(engine_for(url), instance, url, table, column, value)
+                _check_isolated(make_engine(url), instance, url, table, column, value)
 
 
 # What PostgreSQL's types let through and its driver cannot read back (or the tick cannot use).
@@ -299,7 +296,7 @@ PG_SHAPES = {
 
 def test_a_bad_value_postgres_allows_fails_only_its_schedule(pg_schema_url, instance):
     ensure_upgraded(pg_schema_url)
-    engine = engine_for(pg_schema_url)
+    engine = make_engine(pg_schema_url)
     for column, values in PG_SHAPES.items():
         for value in values:
             with engine.begin() as conn:  # each case on a clean catalog

@@ -1,5 +1,9 @@
 """Sensor evaluation on a real instance → the batch job it requests → command runs and events."""
 
+import re
+import threading
+from pathlib import Path
+
 import dagster as dg
 import pytest
 import sqlalchemy as sa
@@ -10,8 +14,9 @@ from orchestration.commands.jobs import retry_command_run_job, run_command_now_j
 from orchestration.commands.resources import CommandRunnerResource
 from orchestration.commands.sensors import command_dispatch_sensor
 from orchestration.policies.recipes import RECIPE_TAG
-from resources.record_store import RecordStoreResource
-from tests.commands.helpers import count_runs, engine_for, seed
+from resources.record_store import RecordStoreResource, make_engine
+from tests.commands.helpers import count_runs, seed
+from tests.support.wait import wait_until
 
 
 def _resources(url: str) -> dict:
@@ -54,9 +59,8 @@ def _events(engine, run_id):
 
 
 def test_sensor_tick_launches_one_batch_and_each_command_is_its_own_step(
-    store_url, instance, caplog
+    store_url, engine, instance, caplog
 ):
-    engine = engine_for(store_url)
     seed(engine, _catalog())
     tick = _evaluate(instance, store_url)
     assert len(tick.run_requests) == 1
@@ -109,7 +113,7 @@ def test_sensor_tick_launches_one_batch_and_each_command_is_its_own_step(
 
 
 def test_run_now_retry_and_timeout(sqlite_store_url, instance):
-    engine = engine_for(sqlite_store_url)
+    engine = make_engine(sqlite_store_url)
     seed(engine, _catalog())
     config = {
         "ops": {"request_command_run": {"config": {"command": "slow", "environment": "staging"}}}
@@ -151,7 +155,7 @@ def test_command_jobs_never_retry_a_step(job):
 
 
 def test_a_failed_command_step_fails_once_and_the_command_ran_once(sqlite_store_url, instance):
-    engine = engine_for(sqlite_store_url)
+    engine = make_engine(sqlite_store_url)
     seed(engine, _catalog())
     config = {
         "ops": {"request_command_run": {"config": {"command": "boom", "environment": "staging"}}}
@@ -182,7 +186,7 @@ def _succeeded_run(engine, instance, url) -> int:
 
 
 def test_run_in_seconds_is_left_to_the_dispatcher(sqlite_store_url, instance):
-    engine = engine_for(sqlite_store_url)
+    engine = make_engine(sqlite_store_url)
     seed(engine, _catalog())
     with engine.begin() as conn:
         conn.execute(m.schedules.update().values(enabled=False))
@@ -202,44 +206,80 @@ def test_run_in_seconds_is_left_to_the_dispatcher(sqlite_store_url, instance):
     assert request.run_config["ops"]["plan_command_runs"]["config"]["command_run_ids"] == [run_id]
 
 
-def test_batch_reports_run_level_progress_monotonic_to_total(
-    sqlite_store_url, instance, monkeypatch
-):
-    """Each finished command moves the batch's done/total; read back from the run's event log."""
-    import re
+PROGRESS_LINE = re.compile(r"^commands: (\d+)/(\d+) \(\d+%\), [\d.]+/s, ETA ")
 
+
+def _progress(instance: dg.DagsterInstance, run_id: str) -> list[tuple[int, int]]:
+    """(done, total) of every batch progress line in the run's event log, in order."""
+    return [
+        (int(match[1]), int(match[2]))
+        for entry in instance.all_logs(run_id)
+        if (match := PROGRESS_LINE.match(entry.user_message or ""))
+    ]
+
+
+def _gated(gate: Path, then: str) -> str:
+    """A command that waits (at most 120 s) for ``gate`` to exist, then runs ``then``."""
+    return f"i=0; while [ ! -e {gate} ] && [ $i -lt 2400 ]; do sleep 0.05; i=$((i+1)); done; {then}"
+
+
+def test_batch_reports_run_level_progress_monotonic_to_total(
+    sqlite_store_url, instance, monkeypatch, tmp_path
+):
+    """Each finished command moves the batch's done/total; read back from the run's event log.
+
+    Each command after the first waits for a gate that a watcher opens only once the progress
+    line of the previous command's step is in the run's event log, so the batch finishes one
+    command per step whatever the machine's load, and the line of step n says n/4.
+    """
     from orchestration.commands import ops
 
     monkeypatch.setattr(ops, "PROGRESS_EVERY_SECONDS", 0.0)  # a line per finished command
-    engine = engine_for(sqlite_store_url)
+    engine = make_engine(sqlite_store_url)
+    gates = [tmp_path / f"gate{n}" for n in (1, 2, 3)]
     seed(engine, {
         "environments": [{"name": "staging"}],
         "commands": [
             {"name": "fast", "command": "echo fast"},
-            {"name": "fails", "command": "sleep 0.1; exit 3"},
-            {"name": "mid", "command": "sleep 0.2; echo mid"},
-            {"name": "slow", "command": "sleep 1.5; echo slow"},
+            {"name": "fails", "command": _gated(gates[0], "exit 3")},
+            {"name": "mid", "command": _gated(gates[1], "echo mid")},
+            {"name": "slow", "command": _gated(gates[2], "echo slow")},
         ],
     })  # fmt: skip
-    # steps run in this order; every command starts at once on the pool, so the slow one
-    # finishes last and the first three steps each see a part of the batch done
+    # steps run in this order; every command starts at once on the pool
     ids = [
         actions.request_run(engine, name, "staging", status=m.QUEUED, batch_key="progress-test")
         for name in ("fast", "fails", "mid", "slow")
     ]
+    errors: list[BaseException] = []
+
+    def open_gates() -> None:
+        try:
+            (run,) = wait_until(lambda: instance.get_runs(limit=1), what="the batch run")
+            for done, gate in enumerate(gates, 1):
+                wait_until(
+                    lambda done=done: (done, len(ids)) in _progress(instance, run.run_id),
+                    what=f"the progress line {done}/{len(ids)}",
+                )
+                gate.touch()
+        except BaseException as exc:  # reported by the test, after opening every gate
+            errors.append(exc)
+            for gate in gates:
+                gate.touch()
+
+    watcher = threading.Thread(target=open_gates, name="gate-watcher")
+    watcher.start()
     config = {"ops": {"plan_command_runs": {"config": {"command_run_ids": ids}}}}
-    result = run_commands_job.execute_in_process(
-        run_config=config, instance=instance, resources=_resources(sqlite_store_url),
-        raise_on_error=False,
-    )  # fmt: skip
-    line = re.compile(r"^commands: (\d+)/(\d+) \(\d+%\), [\d.]+/s, ETA ")
-    points = [
-        (int(match[1]), int(match[2]))
-        for entry in instance.all_logs(result.run_id)
-        if (match := line.match(entry.user_message or ""))
-    ]
-    assert len(points) == len(ids)  # one per finished command's step
-    done = [d for d, _ in points]
-    assert done == sorted(done) and done[-1] == len(ids)
-    assert done[0] >= 1 and done[-2] < len(ids)  # it moved while the batch ran
-    assert {t for _, t in points} == {len(ids)}
+    try:
+        result = run_commands_job.execute_in_process(
+            run_config=config, instance=instance, resources=_resources(sqlite_store_url),
+            raise_on_error=False,
+        )  # fmt: skip
+    finally:
+        for gate in gates:
+            gate.touch()
+        watcher.join()
+    assert not errors, errors
+    assert _progress(instance, result.run_id) == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    statuses = [store.get_run(engine, i)["status"] for i in ids]
+    assert statuses == [m.SUCCEEDED, m.FAILED, m.SUCCEEDED, m.SUCCEEDED]

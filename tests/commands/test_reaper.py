@@ -3,7 +3,6 @@
 import signal
 import socket
 import subprocess
-import time
 from datetime import timedelta
 
 import dagster as dg
@@ -18,9 +17,10 @@ from orchestration.commands.pool import CommandPool
 from orchestration.commands.runner import CommandResult
 from orchestration.commands.sensors import command_dispatch_sensor
 from orchestration.commands.timeutil import utcnow
-from resources.record_store import RecordStoreResource
-from tests.commands.helpers import engine_for, seed
+from resources.record_store import RecordStoreResource, make_engine
+from tests.commands.helpers import seed
 from tests.job_cli import REPO, dagster_home, job_env, job_execute_cmd
+from tests.support.wait import wait_until
 
 
 def _catalog(command: str = "sleep 60", timeout: int = 30) -> dict:
@@ -54,8 +54,7 @@ def _started(engine, dagster_run_id: str | None) -> int:
     return run_id
 
 
-def test_dead_run_is_lost_only_once_its_heartbeat_is_stale(store_url, instance):
-    engine = engine_for(store_url)
+def test_dead_run_is_lost_only_once_its_heartbeat_is_stale(engine, instance):
     seed(engine, _catalog())
     failed = _started(engine, _dagster_run(instance, dg.DagsterRunStatus.FAILURE))
     vanished = _started(engine, "0" * 36)
@@ -85,8 +84,7 @@ def test_dead_run_is_lost_only_once_its_heartbeat_is_stale(store_url, instance):
     assert actions.retry_run(engine, failed) > failed  # lost is retryable
 
 
-def test_a_late_real_result_replaces_lost_but_lost_never_replaces_a_result(store_url, instance):
-    engine = engine_for(store_url)
+def test_a_late_real_result_replaces_lost_but_lost_never_replaces_a_result(engine, instance):
     seed(engine, _catalog())
     run_id = _started(engine, None)
     assert store.mark_lost(engine, run_id, "worker lost: test")
@@ -100,7 +98,7 @@ def test_a_late_real_result_replaces_lost_but_lost_never_replaces_a_result(store
 
 
 def test_queued_runs_of_an_ended_launchpad_run_are_cancelled(sqlite_store_url, instance):
-    engine = engine_for(sqlite_store_url)
+    engine = make_engine(sqlite_store_url)
     seed(engine, _catalog())
     ended = _dagster_run(instance, dg.DagsterRunStatus.CANCELED)
     live = _dagster_run(instance, dg.DagsterRunStatus.STARTED)
@@ -112,21 +110,29 @@ def test_queued_runs_of_an_ended_launchpad_run_are_cancelled(sqlite_store_url, i
     assert store.get_run(engine, b)["status"] == m.QUEUED
 
 
-def test_pool_heartbeats_and_records_the_process_group(sqlite_store_url):
-    engine = engine_for(sqlite_store_url)
-    seed(engine, _catalog(command="sleep 1"))
+def test_pool_heartbeats_and_records_the_process_group(sqlite_store_url, tmp_path):
+    """The command waits on a gate the test opens only after a second heartbeat was seen, so a
+    slow machine makes the test slower, never a finished command with no beat to compare."""
+    engine = make_engine(sqlite_store_url)
+    gate = tmp_path / "gate"
+    seed(engine, _catalog(command=f"while [ ! -e {gate} ]; do sleep 0.05; done"))
     run_id = actions.request_run(engine, "sleepy", "staging", status=m.QUEUED)
     pool = CommandPool(engine, "dagster-run-x", heartbeat_seconds=0.1)
-    handle = pool.ensure(run_id)
-    deadline = time.monotonic() + 5
-    while handle.running is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    first = store.get_run(engine, run_id)
-    time.sleep(0.5)
-    later = store.get_run(engine, run_id)
-    pool.shutdown(cancel=False)
+    try:
+        handle = pool.ensure(run_id)
+        first = wait_until(
+            lambda: (row := store.get_run(engine, run_id))["pgid"] is not None and row,
+            what="the command's process group recorded",
+        )
+        wait_until(
+            lambda: store.get_run(engine, run_id)["heartbeat_at"] > first["heartbeat_at"],
+            what="a heartbeat after the one recorded with the process group",
+        )
+    finally:
+        gate.touch()
+        pool.shutdown(cancel=False)
     assert first["pgid"] == handle.running.pgid and first["worker_host"] == socket.gethostname()
-    assert later["heartbeat_at"] > first["heartbeat_at"]
+    assert handle.future.result().result.status == m.SUCCEEDED
     assert store.get_run(engine, run_id)["status"] == m.SUCCEEDED
 
 
@@ -142,22 +148,18 @@ def test_kill_orphans_never_touches_a_group_of_another_program():
         other.wait()
 
 
-def _wait_running(engine, n: int, timeout: float = 60) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with engine.connect() as conn:
-            rows = [
-                dict(r)
-                for r in conn.execute(
-                    sa.select(m.command_runs).where(
-                        m.command_runs.c.status == m.RUNNING, m.command_runs.c.pgid.is_not(None)
-                    )
-                ).mappings()
-            ]
-        if len(rows) == n:
-            return rows
-        time.sleep(0.1)
-    raise AssertionError(f"{n} running command runs never showed up")
+def _running(engine, n: int) -> list[dict] | None:
+    """The ``n`` command runs running with their process group recorded, once there are ``n``."""
+    with engine.connect() as conn:
+        rows = [
+            dict(r)
+            for r in conn.execute(
+                sa.select(m.command_runs).where(
+                    m.command_runs.c.status == m.RUNNING, m.command_runs.c.pgid.is_not(None)
+                )
+            ).mappings()
+        ]
+    return rows if len(rows) == n else None
 
 
 @pytest.mark.slow
@@ -169,7 +171,7 @@ def test_sigkilled_dagster_runs_are_reaped_and_their_commands_killed(
     One sensor tick on the same instance reaps both, kills the orphaned `sleep`s, and a retry of
     each is a new command run."""
     url = sqlite_store_url
-    engine = engine_for(url)
+    engine = make_engine(url)
     seed(engine, _catalog())
     home = dagster_home(tmp_path)
     config = tmp_path / "run.yaml"
@@ -185,7 +187,10 @@ def test_sigkilled_dagster_runs_are_reaped_and_their_commands_killed(
         for _ in range(2)
     ]
     try:
-        rows = _wait_running(engine, 2)
+        rows = wait_until(
+            lambda: _running(engine, 2), timeout=120, what="2 command runs running with a pgid",
+            alive=lambda: all(p.poll() is None for p in procs),
+        )  # fmt: skip
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGKILL)

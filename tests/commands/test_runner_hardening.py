@@ -25,9 +25,10 @@ from orchestration.commands.masking import MASK, MIN_ANYWHERE, MaskedLines, Stre
 from orchestration.commands.pool import CommandPool
 from orchestration.commands.resources import CommandRunnerResource
 from orchestration.commands.timeutil import utcnow
-from resources.record_store import RecordStoreResource
-from tests.commands.helpers import engine_for, seed
+from resources.record_store import RecordStoreResource, make_engine
+from tests.commands.helpers import seed
 from tests.job_cli import REPO, dagster_home, job_env, job_execute_cmd
+from tests.support.wait import wait_until
 
 # Secret characters: ASCII letters/digits plus 2-, 3- and 4-byte UTF-8 characters, none of which
 # occur in the filler (spaces, dots, newlines), so any survivor is the secret's own.
@@ -180,11 +181,12 @@ def test_printf_output_straddling_reads_is_masked_in_tails_and_streamed_lines(re
                 assert joined == " " * offset + MASK + rest, (stream, secret, offset)
 
 
-def test_the_store_the_run_log_and_the_metadata_never_hold_part_of_a_secret(store_url, instance):
+def test_the_store_the_run_log_and_the_metadata_never_hold_part_of_a_secret(
+    store_url, engine, instance
+):
     """A real Dagster run (run_command_now) whose command prints a secret across the 64 KiB read
     boundary: stdout_tail in command_run_events, every event-log entry (the streamed run-log lines,
     the step's output metadata) are checked for any 4-character piece of it."""
-    engine = engine_for(store_url)
     # 19 characters, as in the issue; no 4-character piece of it can occur by chance in the
     # event log (not hex, not words: "sk-live-9f8e…" matched "e-9f" in a run id's uuid).
     secret = "sq-zqxw-QwZrTyUxPmK"
@@ -217,8 +219,7 @@ def test_the_store_the_run_log_and_the_metadata_never_hold_part_of_a_secret(stor
     assert not _leaks(secret, logged)
 
 
-def test_the_pool_masks_across_reads_into_the_real_store(store_url):
-    engine = engine_for(store_url)
+def test_the_pool_masks_across_reads_into_the_real_store(engine):
     secret = _secret(33, shift=5)  # non-ASCII, 2-4 bytes per character
     seed(engine, {
         "environments": [{"name": "staging",
@@ -265,22 +266,21 @@ def _carrying(token: str) -> list[int]:
     return found
 
 
-def _gone_soon(pids: list[int], token: str | None = None, within: float = 3.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not any(_alive(p) for p in pids) and not (token and _carrying(token)):
-            return True
-        time.sleep(0.05)
-    return False
+def _wait_gone(pids: list[int], token: str | None = None, what: str = "processes") -> None:
+    """Wait (generously) until none of ``pids`` is alive and no process carries ``token``."""
+    wait_until(
+        lambda: not any(_alive(p) for p in pids) and not (token and _carrying(token)),
+        what=f"{what} to end",
+    )
 
 
-def _read_pids(files: list[Path], within: float = 10.0) -> list[int]:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if all(f.exists() and f.read_text().strip() for f in files):
-            return [int(f.read_text()) for f in files]
-        time.sleep(0.05)
-    raise AssertionError(f"the escaped processes never wrote {files}")
+def _read_pids(files: list[Path]) -> list[int]:
+    """The pids the escaped processes wrote, once every file holds one."""
+    wait_until(
+        lambda: all(f.exists() and f.read_text().strip() for f in files),
+        what=f"the escaped processes to write {files}",
+    )
+    return [int(f.read_text()) for f in files]
 
 
 def _kill(pids: list[int], token: str | None = None) -> None:
@@ -315,8 +315,8 @@ def test_processes_that_left_the_group_end_with_the_run(tmp_path, then, status):
         result = runner.run(spec, grace_seconds=0.3)
         pids = _read_pids(pidfiles)
         assert result.status == status
-        assert _gone_soon(pids), f"escaped processes survived: {pids}"
-        assert _gone_soon([], spec.run_token), "a process carrying the run's token survived"
+        _wait_gone(pids, what=f"the escaped processes {pids}")
+        _wait_gone([], spec.run_token, what="every process carrying the run's token")
         assert time.monotonic() - started < 10  # bounded: no 5 s reader joins on a held pipe
     finally:
         _kill(pids, getattr(spec, "run_token", None))
@@ -331,8 +331,8 @@ def test_cancel_ends_processes_that_left_the_group(tmp_path):
         pids = _read_pids(pidfiles)
         running.cancel()
         assert running.wait().status == m.CANCELLED
-        assert _gone_soon(pids), f"escaped processes survived: {pids}"
-        assert _gone_soon([], spec.run_token), "a process carrying the run's token survived"
+        _wait_gone(pids, what=f"the escaped processes {pids}")
+        _wait_gone([], spec.run_token, what="every process carrying the run's token")
     finally:
         _kill(pids, getattr(spec, "run_token", None))
 
@@ -359,19 +359,15 @@ def test_only_the_exact_token_is_ended():
             p.wait()
 
 
-def _wait_running(engine, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with engine.connect() as conn:
-            row = conn.execute(
-                sa.select(m.command_runs).where(
-                    m.command_runs.c.status == m.RUNNING, m.command_runs.c.pgid.is_not(None)
-                )
-            ).mappings().first()  # fmt: skip
-        if row is not None:
-            return dict(row)
-        time.sleep(0.1)
-    raise AssertionError("the command never showed up running")
+def _running_row(engine) -> dict | None:
+    """The command run running with its process group recorded, if there is one yet."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(m.command_runs).where(
+                m.command_runs.c.status == m.RUNNING, m.command_runs.c.pgid.is_not(None)
+            )
+        ).mappings().first()  # fmt: skip
+    return dict(row) if row is not None else None
 
 
 @pytest.mark.slow
@@ -381,7 +377,7 @@ def test_the_reaper_ends_processes_that_left_the_group_of_a_sigkilled_worker(
     """A real `dagster job execute` worker runs a command that escapes its group twice; the worker
     is SIGKILLed, run monitoring's verdict is recorded, one sensor-tick reap ends all of it."""
     url = sqlite_store_url
-    engine = engine_for(url)
+    engine = make_engine(url)
     command, pidfiles = _escaping(tmp_path, "sleep 300")
     seed(
         engine,
@@ -406,7 +402,10 @@ def test_the_reaper_ends_processes_that_left_the_group_of_a_sigkilled_worker(
     token = ""
     try:
         try:
-            row = _wait_running(engine)
+            row = wait_until(
+                lambda: _running_row(engine), timeout=120, what="the command running with a pgid",
+                alive=lambda: worker.poll() is None,
+            )  # fmt: skip
             pids = _read_pids(pidfiles)
         finally:
             worker.send_signal(signal.SIGKILL)
@@ -419,7 +418,7 @@ def test_the_reaper_ends_processes_that_left_the_group_of_a_sigkilled_worker(
                 conn.execute(m.command_runs.update().where(m.command_runs.c.id == row["id"])
                              .values(heartbeat_at=stale))  # fmt: skip
             (reaped,) = reaper.reap(instance, engine, utcnow(), kill_grace_seconds=1.0)
-        assert _gone_soon(pids), f"escaped processes survived the reaper: {pids}"
+        _wait_gone(pids, what=f"the escaped processes {pids} (after the reaper)")
         token = runner.run_token(row["dagster_run_id"], row["id"])
         assert reaped.command_run_id == row["id"] and reaped.status == m.LOST
         assert f"orphaned process group {row['pgid']} terminated" in reaped.orphans
@@ -571,10 +570,9 @@ def _control_command() -> str:
     return _printf_bytes(data) + "; " + _printf_bytes(data) + " >&2; echo done"
 
 
-def test_control_bytes_in_output_end_the_run_succeeded_with_readable_tails(store_url):
+def test_control_bytes_in_output_end_the_run_succeeded_with_readable_tails(engine):
     """The probe's ``printf 'found: a\\0b\\n'`` generalised, through the pool into the real store
     (PostgreSQL refused NUL: the run stayed ``running``)."""
-    engine = engine_for(store_url)
     seed(engine, {"environments": [{"name": "staging"}],
                   "commands": [{"name": "bin", "command": _control_command()}]})  # fmt: skip
     run_id = actions.request_run(engine, "bin", "staging", status=m.QUEUED)
@@ -593,8 +591,9 @@ def test_control_bytes_in_output_end_the_run_succeeded_with_readable_tails(store
     assert final["stdout_tail"].endswith("done\n")
 
 
-def test_a_dagster_run_with_nul_output_succeeds_and_logs_readable_lines(store_url, instance):
-    engine = engine_for(store_url)
+def test_a_dagster_run_with_nul_output_succeeds_and_logs_readable_lines(
+    store_url, engine, instance
+):
     command = "printf 'found: a\\0b\\n'; echo done"
     seed(engine, {"environments": [{"name": "staging"}],
                   "commands": [{"name": "nul", "command": command}]})  # fmt: skip
@@ -617,11 +616,10 @@ def test_a_dagster_run_with_nul_output_succeeds_and_logs_readable_lines(store_ur
 
 @pytest.mark.parametrize("exit_code", [2**64, -(2**63) - 1])  # past INTEGER on both backends
 def test_a_result_the_store_refuses_is_recorded_minimal_never_left_running(
-    store_url, exit_code, caplog
+    engine, exit_code, caplog
 ):
     """A real value the store refuses (an exit code INTEGER cannot hold; PostgreSQL: "integer out
     of range", SQLite: too large): the run still ends with its status, one warning line."""
-    engine = engine_for(store_url)
     seed(engine, {"environments": [{"name": "staging"}],
                   "commands": [{"name": "c", "command": "true"}]})  # fmt: skip
     run_id = actions.request_run(engine, "c", "staging", status=m.QUEUED)
@@ -642,8 +640,7 @@ def test_a_result_the_store_refuses_is_recorded_minimal_never_left_running(
     assert not store.finish(engine, run_id, result)  # finished: a second result changes nothing
 
 
-def test_finish_escapes_a_result_built_outside_the_runner(store_url):
-    engine = engine_for(store_url)
+def test_finish_escapes_a_result_built_outside_the_runner(engine):
     seed(engine, {"environments": [{"name": "staging"}],
                   "commands": [{"name": "c", "command": "true"}]})  # fmt: skip
     run_id = actions.request_run(engine, "c", "staging", status=m.QUEUED)

@@ -134,6 +134,12 @@ def test_1201_due_commands_are_claimed_in_batches_of_500_and_each_runs_once(
         ).scalar_one()
     assert by_run == {(m.SUCCEEDED, f"dagster-{key}") for key in batches}
     assert started == 1201
+    # a batch launched again (a re-executed Dagster run) runs none of its commands a second time
+    key, ids = min(batches.items(), key=lambda kv: len(kv[1]))
+    again = CommandPool(engine, "dagster-relaunched")
+    outcomes = [again.ensure(run_id).future.result() for run_id in ids]
+    again.shutdown(cancel=False)
+    assert not any(o.started_here for o in outcomes)
     expected = sorted(run_token(f"dagster-{key}", i) for key, ids in batches.items() for i in ids)
     assert sorted(ran.read_text().split()) == expected  # each command ran once, in its batch
     # the next tick has nothing left to claim or launch
