@@ -121,8 +121,9 @@ def _fail_over(conn: sa.Connection, router: Router, now: float, report: TickRepo
         router.release(r.gateway_id)
         new = router.pick(r.partition, r.domain)
         moves[new].append(r.id)
-        if new is None:
-            report.no_gateway[(r.partition, r.domain)] += 1
+        # A task left without a gateway is counted in report.no_gateway by _assign_waiting, the
+        # next pass of this tick (it sees the task as no_gateway): counting it here as well made
+        # a failed-over task wait "twice" in the run's metadata and no-gateway warnings.
         report.reassigned.append(
             {"task": r.id, "from": r.gateway_id, "to": new, "was": r.state, "overran": overran}
         )

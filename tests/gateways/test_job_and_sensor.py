@@ -16,6 +16,19 @@ from resources.record_store import RecordStoreResource
 from tests.gateways.devices import AgentProcess, DeviceServer
 from tests.job_cli import dagster_home, job_execute, runs_of
 from tests.support.results import step_metadata
+from tests.support.wait import wait_until
+
+BOUND = 120.0  # waits end on their event; the bound only catches a hang
+
+
+def live_ids(engine: sa.Engine) -> set[str]:
+    with engine.connect() as conn:
+        return {g.id for g in registry.live_gateways(conn, time.time())}
+
+
+def task_states(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(poll_tasks.c.state)).scalars())
 
 
 def evaluate(instance, store_url):
@@ -76,22 +89,24 @@ def test_dagster_job_execute_poll_devices_end_to_end(tmp_path, sqlite_store_url)
     with DeviceServer() as device:
         tid = registry.upsert_target(engine, "P1", device.url("/health"), "http", None, 3600)
         agent = AgentProcess("edge-1", "P1", sqlite_store_url, tmp_path, lease=5, heartbeat=0.5)
+
+        def agent_alive() -> bool:
+            return agent.proc.poll() is None
+
         try:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                with engine.connect() as conn:
-                    if registry.live_gateways(conn, time.time()):
-                        break
-                time.sleep(0.1)
-            for _ in range(2):
-                job_execute(home, "poll_devices", env=env, timeout=120)
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline and "/health" not in device.hits:
-                    time.sleep(0.05)
-                time.sleep(0.5)
+            wait_until(lambda: live_ids(engine), BOUND, "a live agent", alive=agent_alive)
+            job_execute(home, "poll_devices", env=env, timeout=120)  # creates + assigns the task
+            wait_until(
+                lambda: task_states(engine) == ["done"],
+                BOUND,
+                "the agent's result for the task the first run assigned",
+                alive=agent_alive,
+            )
+            job_execute(home, "poll_devices", env=env, timeout=120)  # records it; nothing new
+            assert task_states(engine) == ["done"]  # the target is not due again
         finally:
             assert agent.stop() == 0
-    assert device.hits.count("/health") == 1  # two runs, one poll: the target is not due again
+    assert device.hits.count("/health") == 1  # two runs, one poll
     with engine.connect() as conn:
         row = conn.execute(sa.select(targets).where(targets.c.id == tid)).one()
     assert (row.status, row.last_gateway_id) == ("up", "edge-1")
