@@ -370,6 +370,7 @@ class SandboxServer:
             authorized,
             headers.get("traceparent"),
             _sql_of(path, raw),
+            replayed=reply.headers.get("Idempotent-Replayed") == "true",
         )
         return reply
 
@@ -393,6 +394,8 @@ class SandboxServer:
         authorized: bool,
         traceparent: str | None = None,
         sql: str | None = None,
+        *,
+        replayed: bool = False,
     ) -> None:
         entry = {
             # The SQL text of a Management API query (None elsewhere): tests check that a
@@ -405,6 +408,8 @@ class SandboxServer:
             "idempotency_key": idempotency_key,
             "authorized": authorized,
             "traceparent": traceparent,  # W3C trace context, when the client sends one
+            # Answered from the idempotency store (a key seen before): nothing was applied.
+            "replayed": replayed,
             "time": time.time(),
         }
         with self._requests_lock:

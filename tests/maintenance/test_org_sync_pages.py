@@ -128,6 +128,11 @@ def test_every_org_is_synced_exactly_once_within_the_concurrency_bound(runs: Run
         (f"/admin/orgs/{s}/sync", f"org-sync:{runs.first.run_id}:{s}") for s in SLUGS
     ]
     assert {r["status"] for r in posts} == {200}
+    # The first POST of each key applied (a lost answer's retry, if any, was replayed).
+    first_of_key: dict[str, dict] = {}
+    for r in posts:
+        first_of_key.setdefault(r["idempotency_key"], r)
+    assert {r["replayed"] for r in first_of_key.values()} == {False}
     orgs = runs.sandbox.state()["orgs"]
     assert sorted(orgs) == SLUGS
     assert Counter(o["syncs"] for o in orgs.values()) == {1: ORGS}
@@ -180,6 +185,7 @@ def test_re_executing_the_whole_run_replays_every_key_and_applies_nothing_twice(
     # The re-execution sends every org again with the root run's key, not its own run id ...
     assert sorted({r["idempotency_key"] for r in second_posts}) == keys
     assert {r["status"] for r in second_posts} == {200}
+    assert {r["replayed"] for r in second_posts} == {True}
     # ... and the sandbox replays them: still one apply per org, one stored key per org.
     state = runs.sandbox.state()
     assert sum(o["syncs"] for o in state["orgs"].values()) == ORGS
