@@ -21,7 +21,6 @@ import datetime as dt
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 from orchestration.maintenance.partitions import SLOT_TAG
 from resources.db import make_engine
@@ -38,7 +37,7 @@ TIMEOUT = 240
 
 def _finished(instance: dg.DagsterInstance, job: str) -> list[dg.DagsterRun]:
     runs = instance.get_runs(dg.RunsFilter(job_name=job))
-    return [r for r in runs if r.status not in NOT_FINISHED_STATUSES]
+    return [r for r in runs if r.is_finished]
 
 
 def _tables(url: str) -> set[str]:
