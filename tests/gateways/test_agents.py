@@ -26,6 +26,7 @@ TICK = 0.2
 BOUND = 120.0  # every wait ends on its event; the bound only catches a hang
 HELD_TIMEOUT = 300.0  # a /held check's own timeout: longer than any wait for the gate
 HOUR = 3600.0  # the agent's longest allowed poll interval
+STALE_LEASE = 4.0
 pytestmark = pytest.mark.slow
 
 
@@ -201,9 +202,11 @@ def test_stale_gateway_result_is_rejected(sqlite_store_url, tmp_path):
             engine, "P1", device.url("/held"), "http", None, 3600, HELD_TIMEOUT
         )
         try:
+            # A 4 s lease: the frozen holder's lapses, a busy machine's stalls do not (one
+            # takeover exactly, token 2).
             agents += [
-                AgentProcess("a", "P1", sqlite_store_url, tmp_path),
-                AgentProcess("b", "P1", sqlite_store_url, tmp_path),
+                AgentProcess("a", "P1", sqlite_store_url, tmp_path, lease=STALE_LEASE),
+                AgentProcess("b", "P1", sqlite_store_url, tmp_path, lease=STALE_LEASE),
             ]
             wait_until(lambda: live_ids(engine) == {"a", "b"}, BOUND, "two live agents")
             with Coordinator(engine):
