@@ -95,7 +95,11 @@ def test_a_chunk_chosen_as_deadlock_victim_is_retried_whole_and_ends_right(pg_st
     (resolved by the other transaction) is skipped, alert 1 keeps the other's title."""
     app = f"h3-deadlock-{uuid.uuid4().hex[:8]}"
     key = random.randrange(1, 2**31)
-    worker_engine = make_engine(f"{pg_store_url}&application_name={app}")
+    # A lock wait far longer than deadlock_timeout (1 s): the deadlock check, not the lock
+    # timeout, is what ends the chunk's wait, however loaded the machine.
+    worker_engine = make_engine(
+        f"{pg_store_url}&application_name={app}", {"RECORD_STORE_LOCK_TIMEOUT_MS": "60000"}
+    )
     admin = make_engine(pg_store_url)
     seed_alerts(worker_engine, due=3)
     with admin.begin() as conn:

@@ -141,7 +141,10 @@ def test_a_row_another_transaction_holds_is_waited_for_then_re_checked(pg_store_
     on the row as the holder left it (PostgreSQL's read-committed re-check): committed as moved,
     the record is skipped (no double move); rolled back, it is still due and moves."""
     app = f"h3-sql-action-{uuid.uuid4().hex[:8]}"
-    worker_engine = make_engine(f"{pg_store_url}&application_name={app}")
+    # The worker waits as long as the test may take to end the holder (no lock timeout retry).
+    worker_engine = make_engine(
+        f"{pg_store_url}&application_name={app}", {"RECORD_STORE_LOCK_TIMEOUT_MS": "60000"}
+    )
     seed_alerts(worker_engine, due=3)
     holder = make_engine(pg_store_url).connect()
     tx = holder.begin()
