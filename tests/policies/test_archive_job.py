@@ -46,8 +46,10 @@ def assert_monotonic_to_total(points: list[tuple[int, int]]) -> None:
 
 
 def test_job_archives_runs_and_old_records_with_monotonic_progress(
-    instance, platform_env, sqlite_store_url, tmp_path
+    dagster_storage, platform_env, sqlite_store_url, tmp_path
 ):
+    """On both Dagster storages: the progress lines are read back from the run's event log."""
+    instance = dagster_storage.instance
     engine = make_engine(sqlite_store_url)
     history = seed_history(engine, old=5, new=2)
     runs = seed_command_runs(engine)
