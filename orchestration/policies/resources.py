@@ -7,6 +7,7 @@ from pydantic import Field
 
 UI_URL_ENV = "DAGSTER_UI_URL"
 WEBHOOK_ENV = "PLATFORM_OPS_FAILURE_WEBHOOK_URL"
+DEFAULT_UI_URL = "http://127.0.0.1:3000"  # also when the variable is set but empty (compose)
 
 
 class FailureNotifierConfig(dg.ConfigurableResource):
@@ -17,6 +18,6 @@ class FailureNotifierConfig(dg.ConfigurableResource):
         description=f"Slack-compatible incoming webhook; defaults to ${WEBHOOK_ENV}.",
     )
     ui_url: str = Field(
-        default_factory=lambda: os.environ.get(UI_URL_ENV, "http://127.0.0.1:3000"),
+        default_factory=lambda: os.environ.get(UI_URL_ENV) or DEFAULT_UI_URL,
         description=f"Base URL of the Dagster UI for run links (${UI_URL_ENV}).",
     )
