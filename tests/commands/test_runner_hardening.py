@@ -283,6 +283,13 @@ def _read_pids(files: list[Path]) -> list[int]:
     return [int(f.read_text()) for f in files]
 
 
+def _environ(pid: int) -> bytes:
+    try:
+        return (Path("/proc") / str(pid) / "environ").read_bytes()
+    except OSError:
+        return b""
+
+
 def _kill(pids: list[int], token: str | None = None) -> None:
     """Test clean-up: whatever survived (a failing run must not leave 300 s sleeps behind)."""
     for pid in pids + (_carrying(token) if token else []):
@@ -349,6 +356,12 @@ def test_only_the_exact_token_is_ended():
     mine = subprocess.Popen(["sleep", "30"], env={**base, "COMMAND_RUN_TOKEN": token},
                             start_new_session=True)  # fmt: skip
     try:
+        # Popen returns once exec has begun, before the kernel has set up the new environment
+        # (an empty /proc/<pid>/environ for a moment): wait until every one shows its own
+        wait_until(
+            lambda: all(_environ(p.pid) for p in others) and _carrying(token) == [mine.pid],
+            what="the sleeps to show their environments",
+        )
         ended = runner.end_processes(None, token, 0.5)
         assert ended.escaped == 1 and not ended.killed
         assert mine.wait(timeout=5) == -signal.SIGTERM
