@@ -11,12 +11,12 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from dev.sandbox.server import SandboxServer
 from orchestration.definitions import defs
 from orchestration.release import migrations as migrations_lib
 from orchestration.release import sql_scan
 from orchestration.release.sql_scan import SqlScanError, refused_statements, split_statements
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN, run_config
+from tests.support.sandbox import running_sandbox
 
 # (SQL text, [(line, first words) of every statement refused]).
 REFUSED = [
@@ -207,17 +207,11 @@ def test_check_atomic_lists_every_offending_file_and_line():
     assert "\n" not in message  # one line
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def sql_sandbox(request, tmp_path, monkeypatch):
     """The platform sandbox whose Management API runs SQL on SQLite, or on PostgreSQL."""
     db_url = request.getfixturevalue("pg_schema_url") if request.param == "postgres" else None
-    server = SandboxServer(
-        api_key=TEST_API_KEY,
-        supabase_token=TEST_SUPABASE_TOKEN,
-        supabase_db_url=db_url,
-        state_path=str(tmp_path / "state.sqlite"),
-    )
-    with server:
+    with running_sandbox(tmp_path, orgs=0, supabase_db_url=db_url) as server:
         monkeypatch.setenv("CA_API_URL", server.base_url)
         monkeypatch.setenv("CA_ROOT_API_KEY", TEST_API_KEY)
         monkeypatch.setenv("SUPABASE_ACCESS_TOKEN", TEST_SUPABASE_TOKEN)

@@ -15,23 +15,22 @@ import pytest
 from dev.sandbox.server import SandboxServer
 from orchestration.definitions import defs
 from resources.environments import ENDPOINT_OVERRIDES, ENVIRONMENTS, Environment
-from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN, run_config
+from tests.conftest import run_config
 from tests.run_text import run_text
+from tests.support.sandbox import running_sandbox
 
 PROD_CONFIRMED = {"env_extra": {"confirm_prod": True}}
-
-
-def _sandbox(path) -> SandboxServer:
-    return SandboxServer(
-        api_key=TEST_API_KEY, supabase_token=TEST_SUPABASE_TOKEN, state_path=str(path)
-    )
 
 
 @pytest.fixture
 def prod_standins(tmp_path, monkeypatch, platform_env) -> Iterator[tuple[SandboxServer, ...]]:
     """Two loopback sandboxes as prod's fixed platform and Supabase endpoints."""
-    with _sandbox(tmp_path / "prod-api.sqlite") as api, _sandbox(tmp_path / "prod-db.sqlite") as db:
-        api.seed_orgs(3)
+    (tmp_path / "prod-api").mkdir()
+    (tmp_path / "prod-db").mkdir()
+    with (
+        running_sandbox(tmp_path / "prod-api", orgs=3) as api,
+        running_sandbox(tmp_path / "prod-db", orgs=0) as db,
+    ):
         monkeypatch.setitem(
             ENVIRONMENTS,
             "prod",

@@ -26,6 +26,7 @@ from resources.db import make_engine
 from resources.record_store import ensure_upgraded
 from tests.conftest import run_config
 from tests.job_cli import REPO, dagster_home, instance_at, job_env, job_execute_cmd
+from tests.support.wait import wait_until
 
 ENV = "test"
 
@@ -69,16 +70,24 @@ def test_acquire_is_atomic_across_threads(store_url):
         assert guard.read_holder(engine, ENV).run_id == won[0]
 
 
+# Each process signals it is ready (imported, connected) and starts its acquire when the test
+# creates the go file: all contend at once however long start-up takes on a loaded machine.
 ACQUIRE_SCRIPT = """
 import sys, time
+from pathlib import Path
 from orchestration.release import guard
 from resources.db import make_engine
 from resources.record_store import ensure_upgraded
 from tests.job_cli import instance_at
-home, url, run_id, at = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+home, url, run_id, gate = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
 engine = make_engine(url)
-with instance_at(home) as instance:
-    time.sleep(max(0.0, at - time.time()))
+with instance_at(home) as instance, engine.connect():
+    (gate / f"ready-{run_id}").touch()
+    deadline = time.monotonic() + 300
+    while not (gate / "go").exists():
+        if time.monotonic() > deadline:
+            sys.exit("no go file")
+        time.sleep(0.002)
     try:
         guard.acquire_release_lock(engine, instance, "test", run_id, "release")
         print("WON", run_id)
@@ -91,10 +100,11 @@ def test_acquire_is_atomic_across_processes(store_url, tmp_path):
     home = dagster_home(tmp_path)
     with instance_at(home) as instance:
         runs = [_started_run(instance) for _ in range(6)]
-    at = time.time() + 4  # every process imported and connected before this instant
+    gate = tmp_path / "gate"
+    gate.mkdir()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", ACQUIRE_SCRIPT, str(home), store_url, run_id, str(at)],
+            [sys.executable, "-c", ACQUIRE_SCRIPT, str(home), store_url, run_id, str(gate)],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -102,6 +112,13 @@ def test_acquire_is_atomic_across_processes(store_url, tmp_path):
         )
         for run_id in runs
     ]
+    wait_until(
+        lambda: all((gate / f"ready-{run_id}").exists() for run_id in runs),
+        timeout=180,
+        what="every contender ready",
+        alive=lambda: all(p.poll() is None for p in procs),
+    )
+    (gate / "go").touch()
     outputs = [p.communicate(timeout=120) for p in procs]
     lines = [out.strip().splitlines()[-1] if out.strip() else err[-500:] for out, err in outputs]
     winners = [line.split()[1] for line in lines if line.startswith("WON")]
@@ -208,16 +225,6 @@ def _start_release(home, config):
     )
 
 
-def _wait_for(predicate, timeout=90.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _runs(home):
     with instance_at(home) as instance:
         return instance.get_runs(dg.RunsFilter(job_name="release"))
@@ -245,20 +252,25 @@ def test_two_concurrent_releases_exactly_one_proceeds(platform_env, store_url, t
     engine = make_engine(store_url)
     platform_env.set_latency(250)  # B's release takes several seconds
     first = _start_release(home, config)
-    a_run = _wait_for(
+    a_run = wait_until(
         lambda: next((r for r in _runs(home) if r.status == dg.DagsterRunStatus.STARTED), None),
+        timeout=90,
         what="A's run to start",
+        interval=0.02,  # stop A early in its start-up, ideally before its guard
+        alive=lambda: first.poll() is None,
     )
     os.kill(first.pid, signal.SIGSTOP)
     try:
         second = _start_release(home, config)
         # Resume A once B holds the environment (or B has already ended).
-        _wait_for(
+        wait_until(
             lambda: (
                 second.poll() is not None
                 or ((h := guard.read_holder(engine, ENV)) is not None and h.run_id != a_run.run_id)
             ),
+            timeout=90,
             what="B to take the environment",
+            interval=0.02,
         )
     finally:
         os.kill(first.pid, signal.SIGCONT)
@@ -287,7 +299,12 @@ def test_a_killed_release_does_not_block_the_next(platform_env, store_url, tmp_p
     engine = make_engine(store_url)
     platform_env.set_latency(300)
     first = _start_release(home, config)
-    holder = _wait_for(lambda: guard.read_holder(engine, ENV), what="the first release's lock")
+    holder = wait_until(
+        lambda: guard.read_holder(engine, ENV),
+        timeout=90,
+        what="the first release's lock",
+        alive=lambda: first.poll() is None,
+    )
     assert holder.holder_process and holder.holder_process.split(":")[2] == str(first.pid)
     os.kill(first.pid, signal.SIGKILL)
     first.communicate(timeout=30)
@@ -427,7 +444,12 @@ def test_a_release_unlocked_while_running_stops_before_its_next_step(
     engine = make_engine(store_url)
     platform_env.set_latency(200)
     first = _start_release(home, config)
-    holder = _wait_for(lambda: guard.read_holder(engine, ENV), what="A's lock")
+    holder = wait_until(
+        lambda: guard.read_holder(engine, ENV),
+        timeout=90,
+        what="A's lock",
+        alive=lambda: first.poll() is None,
+    )
     _stop_outside_a_transaction(first, home, engine)
     try:
         with engine.begin() as conn:

@@ -25,6 +25,7 @@ from resources.environments import ENDPOINT_OVERRIDES, ENVIRONMENTS, Environment
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN, run_config
 from tests.run_text import run_text
 from tests.support.results import step_metadata
+from tests.support.sandbox import running_sandbox
 
 ORGS = 7
 
@@ -33,13 +34,7 @@ ORGS = 7
 def server(request, tmp_path, monkeypatch) -> Iterator[SandboxServer]:
     """The sandbox as both APIs of environment ``test``; its SQL on SQLite or PostgreSQL."""
     db_url = request.getfixturevalue("pg_schema_url") if request.param == "postgres" else None
-    with SandboxServer(
-        api_key=TEST_API_KEY,
-        supabase_token=TEST_SUPABASE_TOKEN,
-        supabase_db_url=db_url,
-        state_path=str(tmp_path / "sandbox.sqlite"),
-    ) as srv:
-        srv.seed_orgs(ORGS)
+    with running_sandbox(tmp_path, orgs=ORGS, supabase_db_url=db_url) as srv:
         for override in ENDPOINT_OVERRIDES:
             monkeypatch.delenv(override.variable, raising=False)
         monkeypatch.setenv("CA_API_URL", srv.base_url)

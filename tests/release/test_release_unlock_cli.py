@@ -15,6 +15,7 @@ from orchestration.release import guard
 from resources.db import make_engine
 from resources.record_store import ensure_upgraded
 from tests.job_cli import REPO, dagster_home, instance_at, job_env
+from tests.support.wait import wait_until
 
 CLI = [sys.executable, "-m", "orchestration.cli", "release", "unlock"]
 
@@ -82,7 +83,6 @@ def test_unlock_refuses_a_release_running_on_this_machine(platform_env, store_ur
         _config_file,
         _start_release,
         _stop_outside_a_transaction,
-        _wait_for,
     )
 
     home = dagster_home(tmp_path)
@@ -90,7 +90,12 @@ def test_unlock_refuses_a_release_running_on_this_machine(platform_env, store_ur
     platform_env.set_latency(300)
     release = _start_release(home, _config_file(tmp_path, store_url))
     try:
-        holder = _wait_for(lambda: guard.read_holder(engine, "test"), what="the release's lock")
+        holder = wait_until(
+            lambda: guard.read_holder(engine, "test"),
+            timeout=90,
+            what="the release's lock",
+            alive=lambda: release.poll() is None,
+        )
         # Stopped (SIGSTOP) it is still alive, and stays mid-run however slow the unlocks are.
         _stop_outside_a_transaction(release, home, engine)
         for extra in ((), ("--force",)):
