@@ -230,7 +230,7 @@ def test_a_terminated_dagster_run_cancels_its_commands_through_the_resource_tear
     assert after["status"] == m.CANCELLED, _tail(log)
     assert after["dagster_run_id"] == row["dagster_run_id"]
     assert [e["kind"] for e in store.events_for(engine, row["id"])] == ["started", m.CANCELLED]
-    assert group_members(row["pgid"]) == []
+    wait_until(lambda: group_members(row["pgid"]) == [], what="the command's group to be gone")
     with instance_at(home) as instance:
         assert instance.get_run_by_id(row["dagster_run_id"]).status == dg.DagsterRunStatus.CANCELED
 
