@@ -412,7 +412,7 @@ def _stop_outside_a_transaction(proc: subprocess.Popen, home, engine) -> None:
     instance's): stopped inside a write, it would block the unlock's writes for good."""
     import sqlite3
 
-    for _ in range(500):
+    def stopped_outside() -> bool:
         os.kill(proc.pid, signal.SIGSTOP)
         files = [*home.rglob("*.db")]
         if engine.dialect.name == "sqlite":
@@ -425,11 +425,19 @@ def _stop_outside_a_transaction(proc: subprocess.Popen, home, engine) -> None:
                     probe.execute("ROLLBACK")
                 finally:
                     probe.close()
-            return
         except sqlite3.OperationalError:
             os.kill(proc.pid, signal.SIGCONT)
-            time.sleep(0.005)
-    raise AssertionError("the release never left its SQLite transactions")
+            return False
+        return True
+
+    # Bounded by time, not by a number of tries (a loaded machine makes each try slower).
+    wait_until(
+        stopped_outside,
+        timeout=120,
+        what="the release stopped outside its SQLite transactions",
+        interval=0.005,
+        alive=lambda: proc.poll() is None,
+    )
 
 
 def test_a_release_unlocked_while_running_stops_before_its_next_step(
