@@ -17,6 +17,7 @@ from orchestration.definitions import defs
 from resources.environments import ENDPOINT_OVERRIDES, ENVIRONMENTS, Environment
 from tests.conftest import run_config
 from tests.run_text import run_text
+from tests.support.results import step_metadata
 from tests.support.sandbox import running_sandbox
 
 PROD_CONFIRMED = {"env_extra": {"confirm_prod": True}}
@@ -49,12 +50,7 @@ def _with_reviewed_plan(instance) -> dict:
         instance=instance, run_config=run_config("prod", **PROD_CONFIRMED), raise_on_error=False
     )
     assert planned.success, run_text(planned)
-    (output,) = [
-        e
-        for e in planned.all_events
-        if e.event_type_value == "STEP_OUTPUT" and e.step_key == "plan_release"
-    ]
-    plan_id = output.event_specific_data.metadata["plan_id"].value
+    plan_id = step_metadata(planned, "plan_release")["plan_id"]
     return run_config(
         "prod", **PROD_CONFIRMED, ops={"release_preflight": {"config": {"plan_id": plan_id}}}
     )
@@ -107,12 +103,7 @@ def test_preflight_reports_the_urls_the_clients_call(instance, platform_env, pro
         instance=instance, run_config=_with_reviewed_plan(instance), raise_on_error=False
     )
     assert result.success, run_text(result)
-    (output,) = [
-        e
-        for e in result.all_events
-        if e.event_type_value == "STEP_OUTPUT" and e.step_key == "release_preflight"
-    ]
-    reported = {k: v.value for k, v in output.event_specific_data.metadata.items()}
+    reported = step_metadata(result, "release_preflight")
     assert reported["environment"] == "prod"
     assert reported["api_url"] == api.base_url
     assert reported["supabase_api_url"] == db.base_url

@@ -9,6 +9,7 @@ from orchestration.triggers.scheduled import SCHEDULED_ACTIONS
 from orchestration.triggers.worker import process_batch
 from resources.notifier import TriggersNotifierResource
 from resources.record_store import RecordStoreResource
+from tests.support.results import step_metadata
 from tests.support.webhook import WebhookReceiver
 from tests.triggers.helpers import outbox
 
@@ -28,8 +29,7 @@ def test_deliver_trigger_notifications_job_sweeps_the_outbox(store_url, engine):
         second = job.execute_in_process(run_config=config, instance=instance, resources=resources)
         keys = hook.key_counts()
     assert first.success and second.success
-    (out,) = [e for e in first.all_events if e.event_type_value == "STEP_OUTPUT"]
-    assert out.event_specific_data.metadata["delivered"].value == 3
+    assert step_metadata(first)["delivered"] == 3
     assert keys == {f"escalate_alerts:{i}": 1 for i in (1, 2, 3)}  # the second run sent nothing
     assert all(r.delivered_at is not None for r in outbox(engine))
 

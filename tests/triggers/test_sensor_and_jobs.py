@@ -27,6 +27,7 @@ from orchestration.triggers.scan import scan
 from orchestration.triggers.sensors import build_sensor
 from orchestration.triggers.spec import TriggerSpec, older_than
 from resources.record_store import RecordStoreResource
+from tests.support.results import step_metadata
 from tests.support.webhook import WebhookReceiver
 from tests.triggers.helpers import alert_states
 
@@ -178,9 +179,8 @@ def test_escalate_job_runs_from_launchpad_config_and_is_idempotent(instance, sto
         ]
         keys = hook.key_counts()
     assert all(r.success for r in runs)
-    out1 = runs[0].events_for_node("escalate_alerts_worker")
-    meta = next(e for e in out1 if e.event_type_value == "STEP_OUTPUT").event_specific_data.metadata
-    assert meta["succeeded"].value == 3 and meta["skipped"].value == 1
+    meta = step_metadata(runs[0], "escalate_alerts_worker")
+    assert meta["succeeded"] == 3 and meta["skipped"] == 1
     assert keys == {f"escalate_alerts:{i}": 1 for i in (1, 2, 3)}  # twice = once
     assert [alert_states(eng)[i] for i in (1, 2, 3, 4)] == ["escalated"] * 3 + ["pending"]
     assert runs[0].dagster_run.tags["platform/trigger-actor"] == "system:alert-escalation"
@@ -274,9 +274,5 @@ def test_worker_reports_monotonic_progress_per_committed_chunk(instance, store_u
     # A line per committed chunk: the Python path (SQLite) commits every 500 records, the
     # one-statement path (PostgreSQL) all 1,200 at once (its chunk is 5,000).
     assert done == ([500, 1000, 1200] if "sqlite" in store_url else [1200]), lines
-    meta = next(
-        e
-        for e in res.events_for_node("escalate_alerts_worker")
-        if e.event_type_value == "STEP_OUTPUT"
-    ).event_specific_data.metadata
-    assert meta["succeeded"].value == 1200 and meta["rate_per_second"].value > 0
+    meta = step_metadata(res, "escalate_alerts_worker")
+    assert meta["succeeded"] == 1200 and meta["rate_per_second"] > 0
