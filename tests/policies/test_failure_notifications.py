@@ -8,6 +8,7 @@ sensor evaluated on a real failed run with the resources those definitions carry
 import json
 
 import dagster as dg
+import pytest
 import sqlalchemy as sa
 
 from dev.sandbox.server import Fault
@@ -85,10 +86,13 @@ def test_one_message_per_failed_run_from_the_env_a_user_sets(
     assert TEST_API_KEY not in sent and hook.url not in sent and "127.0.0.1" not in sent
 
 
+@pytest.mark.parametrize("ui_url", [None, ""], ids=["ui-url-unset", "ui-url-empty"])
 def test_without_a_webhook_the_message_is_logged_and_links_the_default_ui(
-    monkeypatch, instance, platform_env, sqlite_store_url
+    monkeypatch, instance, platform_env, sqlite_store_url, ui_url
 ):
-    env = {WEBHOOK_ENV: None, UI_URL_ENV: None, "RECORD_STORE_URL": sqlite_store_url}
+    """Unset or set but empty (compose passes ``DAGSTER_UI_URL=`` through as ""): the default
+    UI, never a link relative to nothing (``/runs/<id>``)."""
+    env = {WEBHOOK_ENV: None, UI_URL_ENV: ui_url, "RECORD_STORE_URL": sqlite_store_url}
     run_id = _fail_and_notify(monkeypatch, instance, platform_env, env)
     engine = make_engine(sqlite_store_url)
     with engine.connect() as conn:
