@@ -38,3 +38,14 @@ def simple_catalog(cron: str = "34 12 * * *", command: str = "echo hi") -> dict:
             {"name": "s1", "command": "hello", "environments": ["staging"], "cron": cron}
         ],
     }
+
+
+def running_row(engine: sa.Engine) -> dict | None:
+    """The command run that is running with its process group recorded, if there is one yet."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(m.command_runs).where(
+                m.command_runs.c.status == m.RUNNING, m.command_runs.c.pgid.is_not(None)
+            )
+        ).mappings().first()  # fmt: skip
+    return dict(row) if row is not None else None

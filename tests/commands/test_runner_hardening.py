@@ -16,7 +16,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-import sqlalchemy as sa
 
 from orchestration.commands import actions, reaper, runner, store
 from orchestration.commands import models as m
@@ -26,7 +25,7 @@ from orchestration.commands.pool import CommandPool
 from orchestration.commands.resources import CommandRunnerResource
 from orchestration.commands.timeutil import utcnow
 from resources.record_store import RecordStoreResource, make_engine
-from tests.commands.helpers import seed
+from tests.commands.helpers import running_row, seed
 from tests.job_cli import REPO, dagster_home, job_env, job_execute_cmd
 from tests.support.wait import wait_until
 
@@ -377,17 +376,6 @@ def test_only_the_exact_token_is_ended():
             p.wait()
 
 
-def _running_row(engine) -> dict | None:
-    """The command run running with its process group recorded, if there is one yet."""
-    with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(m.command_runs).where(
-                m.command_runs.c.status == m.RUNNING, m.command_runs.c.pgid.is_not(None)
-            )
-        ).mappings().first()  # fmt: skip
-    return dict(row) if row is not None else None
-
-
 @pytest.mark.slow
 def test_the_reaper_ends_processes_that_left_the_group_of_a_sigkilled_worker(
     sqlite_store_url, tmp_path, monkeypatch
@@ -421,7 +409,7 @@ def test_the_reaper_ends_processes_that_left_the_group_of_a_sigkilled_worker(
     try:
         try:
             row = wait_until(
-                lambda: _running_row(engine), timeout=120, what="the command running with a pgid",
+                lambda: running_row(engine), timeout=120, what="the command running with a pgid",
                 alive=lambda: worker.poll() is None,
             )  # fmt: skip
             pids = _read_pids(pidfiles)

@@ -24,7 +24,14 @@ from orchestration.commands.runner import group_members, run_token
 from orchestration.commands.sensors import BATCH_TAG, command_dispatch_sensor, reap_orphans
 from orchestration.commands.timeutil import utcnow
 from resources.record_store import RecordStoreResource, make_engine
-from tests.commands.helpers import T0, backdate_schedules, count_runs, seed, simple_catalog
+from tests.commands.helpers import (
+    T0,
+    backdate_schedules,
+    count_runs,
+    running_row,
+    seed,
+    simple_catalog,
+)
 from tests.job_cli import REPO, dagster_home, instance_at, job_env, job_execute_cmd
 from tests.support.wait import wait_until
 
@@ -173,17 +180,6 @@ def test_orphaned_batch_of_a_finished_run_is_cancelled(sqlite_store_url, instanc
     assert list(batches) == [new_key]
 
 
-def _running_row(engine: sa.Engine) -> dict | None:
-    """The command run that is running with its process group recorded, if there is one yet."""
-    with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(m.command_runs).where(
-                m.command_runs.c.status == m.RUNNING, m.command_runs.c.pgid.is_not(None)
-            )
-        ).mappings().first()  # fmt: skip
-    return dict(row) if row is not None else None
-
-
 @pytest.mark.slow
 def test_a_terminated_dagster_run_cancels_its_commands_through_the_resource_teardown(
     sqlite_store_url, tmp_path
@@ -212,7 +208,7 @@ def test_a_terminated_dagster_run_cancels_its_commands_through_the_resource_tear
         )  # fmt: skip
     try:
         row = wait_until(
-            lambda: _running_row(engine), timeout=120, what="the command running with its pgid",
+            lambda: running_row(engine), timeout=120, what="the command running with its pgid",
             alive=lambda: worker.poll() is None,
         )  # fmt: skip
         assert group_members(row["pgid"])  # the sleep is alive in its own group

@@ -36,7 +36,6 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 import yaml
 
 from dev.local_services import sandbox_env, sandbox_process
@@ -45,6 +44,7 @@ from resources.notifier import WEBHOOK_URL_ENV
 from resources.record_store import make_engine
 from tests.deploy import engine as eng
 from tests.deploy.graphql import FINISHED, IN_PROGRESS, Run, Webserver
+from tests.support.postgres import fresh_database
 from tests.support.wait import wait_until
 from tests.support.webhook import WebhookReceiver
 
@@ -193,24 +193,6 @@ def host_network_compose(compose: list[str], env: dict[str, str], out: Path) -> 
     return out
 
 
-def fresh_database(pg_url: str, stack: ExitStack) -> str:
-    """A new database for Dagster's storage on the local server, dropped when ``stack`` closes."""
-    name = f"dagster_stack_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(
-        pg_url.replace("postgresql://", "postgresql+psycopg2://", 1), isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    stack.callback(drop)
-    return sa.make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-
-
 def container_gone(container_id: str) -> bool:
     return not eng.docker("ps", "-aq", "--no-trunc", "--filter", f"id={container_id}").strip()
 
@@ -301,7 +283,7 @@ def test_stack_runs_every_run_in_its_own_container(pg_url, record_store, tmp_pat
             **os.environ,
             **sandbox_env(sandbox_url),
             "POSTGRES_PASSWORD": "unused-by-the-test",  # the postgres service is not started
-            "TEST_DAGSTER_PG_URL": fresh_database(pg_url, stack),
+            "TEST_DAGSTER_PG_URL": stack.enter_context(fresh_database(pg_url, "dagster_stack")),
             "TEST_RECORD_STORE_URL": record_store,
             WEBHOOK_URL_ENV: receiver.url,
             "WEBSERVER_PORT": str(web_port),

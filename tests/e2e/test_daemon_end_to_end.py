@@ -14,7 +14,6 @@ test's runs) and a private schema for the record store.
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -37,6 +36,7 @@ from resources.notifier import WEBHOOK_URL_ENV
 from resources.record_store import make_engine
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN
 from tests.daemon import Daemon, make_home, write_workspace
+from tests.support.postgres import fresh_database
 from tests.support.webhook import WebhookReceiver
 from tests.triggers.helpers import history
 
@@ -55,16 +55,8 @@ TIMEOUT = 150  # daemon start (~10 s) + the next minute boundary (<= 60 s) + one
 @pytest.fixture
 def dagster_pg_url(pg_url: str) -> Iterator[str]:
     """A fresh database for Dagster's PostgreSQL storage, dropped (connections and all) after."""
-    name = f"dagster_e2e_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(
-        pg_url.replace("postgresql://", "postgresql+psycopg2://", 1), isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield sa.make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_database(pg_url, "dagster_e2e") as url:
+        yield url
 
 
 def _seed(engine: sa.Engine) -> tuple[set[int], set[int]]:
