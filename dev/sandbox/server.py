@@ -199,6 +199,7 @@ class SandboxServer:
         # how a test sees a client's concurrency bound from the server's side.
         self._in_flight: dict[str, int] = {}
         self._max_in_flight: dict[str, int] = {}
+        self._before_answer: Callable[[str, int], None] | None = None
         self._httpd: _HttpServer | None = None
         self._thread: threading.Thread | None = None
         self._ops: dict[str, Callable[[dict[str, str], dict[str, Any], dict[str, str]], Any]] = {
@@ -302,6 +303,13 @@ class SandboxServer:
             raise ValueError("latency must be >= 0")
         self._latency_ms = ms
 
+    def set_before_answer(self, hook: Callable[[str, int], None] | None) -> None:
+        """Call ``hook(operation, in_flight)`` in each platform request's thread while it counts
+        as in flight, before latency and faults (None: no hook). A test holds answers in it
+        (e.g. until N are in flight) so a client's concurrency bound is reached on any machine,
+        and :meth:`max_in_flight` can be asserted exactly instead of within a range."""
+        self._before_answer = hook
+
     @property
     def requests(self) -> list[dict[str, Any]]:
         """Recorded API requests (copies). Credentials are never recorded, only `authorized`."""
@@ -343,6 +351,8 @@ class SandboxServer:
             now = self._in_flight[operation] = self._in_flight.get(operation, 0) + 1
             self._max_in_flight[operation] = max(self._max_in_flight.get(operation, 0), now)
         try:
+            if (hook := self._before_answer) is not None:
+                hook(operation, now)
             return self._answer(method, path, query, headers, raw)
         finally:
             with self._requests_lock:
