@@ -283,3 +283,66 @@ def test_batch_reports_run_level_progress_monotonic_to_total(
     assert _progress(instance, result.run_id) == [(1, 4), (2, 4), (3, 4), (4, 4)]
     statuses = [store.get_run(engine, i)["status"] for i in ids]
     assert statuses == [m.SUCCEEDED, m.FAILED, m.SUCCEEDED, m.SUCCEEDED]
+
+
+class _SteppedClock:
+    """Monotonic seconds, 1 s further at each reading; reading n (n >= 1) then opens gate n.
+
+    Progress reads the clock once when built and once per batch update, and each command's step
+    updates the batch once its own command is done. Command n + 1 waits for gate n, so it can
+    finish only after step n has counted: step n always sees exactly n commands done.
+    """
+
+    def __init__(self, gates: list[Path]) -> None:
+        self.readings = 0
+        self.gates = gates
+
+    def __call__(self) -> float:
+        now = float(self.readings)
+        if 1 <= self.readings <= len(self.gates):
+            self.gates[self.readings - 1].touch()
+        self.readings += 1
+        return now
+
+
+def test_batch_progress_is_throttled_at_the_shipped_interval(
+    sqlite_store_url, instance, monkeypatch, tmp_path
+):
+    """The batch job builds its Progress with the 2 s interval, not a line per command.
+
+    Only the clock is injected (Progress's seam); the interval is the one ops.py ships. Updates
+    at t = 1, 2, 3, 4 s: with 2 s the lines are 1/4, 3/4 and the last; an interval of 1 s or
+    less (e.g. 0) would add 2/4, one of 3 s or more would drop 3/4.
+    """
+    from functools import partial
+
+    from orchestration.commands import ops
+    from orchestration.policies.progress import Progress
+
+    gates = [tmp_path / f"gate{n}" for n in (1, 2, 3)]
+    clock = _SteppedClock(gates)
+    monkeypatch.setattr(ops, "Progress", partial(Progress, clock=clock))
+    engine = make_engine(sqlite_store_url)
+    seed(engine, {
+        "environments": [{"name": "staging"}],
+        "commands": [
+            {"name": "first", "command": "echo first"},
+            *({"name": f"then{n}", "command": _gated(gate, f"echo {n}")}
+              for n, gate in enumerate(gates, 1)),
+        ],
+    })  # fmt: skip
+    ids = [
+        actions.request_run(engine, name, "staging", status=m.QUEUED, batch_key="throttle-test")
+        for name in ("first", "then1", "then2", "then3")
+    ]
+    config = {"ops": {"plan_command_runs": {"config": {"command_run_ids": ids}}}}
+    try:
+        result = run_commands_job.execute_in_process(
+            run_config=config, instance=instance, resources=_resources(sqlite_store_url)
+        )
+    finally:
+        for gate in gates:  # a command never left waiting out its 120 s
+            gate.touch()
+    assert result.success
+    assert clock.readings == 5  # built once, one update per command's step
+    assert _progress(instance, result.run_id) == [(1, 4), (3, 4), (4, 4)]

@@ -1,16 +1,18 @@
 """The progress throttle at its real interval: "at most one line per 2 s, and always the last".
 
-Time is driven through ``Progress``'s clock seam, so the 2 s interval is checked as shipped
-(the commands batch's ``PROGRESS_EVERY_SECONDS``) without sleeping and without racing the
-machine: every line's time is known exactly.
+Time is driven through ``Progress``'s clock seam, so the 2 s interval is checked without sleeping
+and without racing the machine: every line's time is known exactly. That the shipped jobs build
+their ``Progress`` with this interval is checked where the jobs are run
+(tests/commands/test_jobs.py).
 """
 
 from __future__ import annotations
 
 import itertools
 
-from orchestration.commands import ops as commands_ops
 from orchestration.policies.progress import Progress
+
+EVERY = 2.0  # the interval the long steps ship with (the default of Progress)
 
 
 class FakeClock:
@@ -34,7 +36,7 @@ def _throttled(total: int, every: float, clock: FakeClock) -> tuple[Progress, li
 
 def test_lines_at_most_one_per_two_seconds_and_always_the_last():
     clock = FakeClock()
-    every = commands_ops.PROGRESS_EVERY_SECONDS  # what the commands batch ships with
+    every = EVERY
     progress, lines = _throttled(9, every, clock)
     progress.tick()  # t=0: the first line
     clock.advance(1.9)
@@ -60,11 +62,16 @@ def test_lines_at_most_one_per_two_seconds_and_always_the_last():
     }
 
 
+def test_the_default_interval_is_the_shipped_one():
+    """The archive and child-run steps build their Progress with the default interval."""
+    assert Progress(1, print, "x").every == EVERY
+
+
 def test_many_fast_ticks_never_log_two_lines_within_the_interval():
     """10,000 items finishing at uneven times over ~40 s: each line at least 2 s after the one
     before (the last excepted), and the step still shows movement (a line per interval)."""
     clock = FakeClock()
-    every = commands_ops.PROGRESS_EVERY_SECONDS
+    every = EVERY
     progress, lines = _throttled(10_000, every, clock)
     steps = itertools.cycle([0.0, 0.001, 0.0, 0.013, 0.0071])  # ~4.3 ms per item on average
     for _ in range(10_000):
@@ -80,7 +87,7 @@ def test_many_fast_ticks_never_log_two_lines_within_the_interval():
 
 def test_update_counts_from_outside_and_never_goes_back():
     clock = FakeClock()
-    progress, lines = _throttled(5, 2.0, clock)
+    progress, lines = _throttled(5, EVERY, clock)
     progress.update(2)
     clock.advance(2.0)
     progress.update(1)  # an older observation: no step back, still a line on the interval
