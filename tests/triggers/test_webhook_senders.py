@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -132,10 +133,18 @@ def test_all_proxy_is_honoured_too(recorder, no_proxy, monkeypatch):
 
 def test_a_timed_out_post_is_not_sent_again(recorder, no_proxy):
     """A timeout on a kept-alive connection is an answer not yet given, not a stale connection:
-    the row stays pending (one error), it is not POSTed a second time at once."""
-    recorder.delay = lambda n: 1.5 if n == 2 else 0.0
-    sender = make_sender(recorder.url_for(HOOK), 0.5, 1)
-    errors = _post(sender, [("first", {}), ("slow", {}), ("third", {})])
+    the row stays pending (one error), it is not POSTed a second time at once.
+
+    The answer to "slow" is held until the sender has returned, so it times out whatever the
+    machine's load; the other two have the whole 5 s timeout to be answered.
+    """
+    release = threading.Event()
+    recorder.before_answer = lambda key: release.wait(120) if key == "slow" else None
+    sender = make_sender(recorder.url_for(HOOK), 5.0, 1)
+    try:
+        errors = _post(sender, [("first", {}), ("slow", {}), ("third", {})])
+    finally:
+        release.set()
     assert errors[0] is None and errors[2] is None
     assert errors[1] is not None and "timed out" in errors[1]
     keys = [h["Idempotency-Key"] for _, h, _ in recorder.requests]
