@@ -42,11 +42,14 @@ def _retry_lines(lines: list[str]) -> list[str]:
     return [ln for ln in lines if " retried after: " in ln]
 
 
-def test_a_chunk_that_finds_sqlite_busy_is_retried_until_the_writer_is_gone(sqlite_store_url):
+def test_a_chunk_that_finds_sqlite_busy_is_retried_until_the_writer_is_gone(
+    sqlite_store_url, request
+):
     """After chunk 1..2 commits, another connection takes the write lock (``BEGIN IMMEDIATE``)
     and resolves alert 4. Chunk 3..4 finds the database locked (busy timeout 100 ms), twice;
     then the writer commits and the chunk's third attempt moves 3 and skips 4."""
     engine = make_engine(sqlite_store_url, {"RECORD_STORE_BUSY_TIMEOUT_MS": "100"})
+    request.addfinalizer(engine.dispose)  # disposed whatever the assertions say
     seed_alerts(engine, due=6)
     writer = sqlite3.connect(sqlite_store_url.removeprefix("sqlite:///"), isolation_level=None)
     lines: list[str] = []
@@ -83,10 +86,9 @@ def test_a_chunk_that_finds_sqlite_busy_is_retried_until_the_writer_is_gone(sqli
     assert _moved_per_record(engine) == Counter([1, 2, 3, 5, 6])  # each once
     keys = sorted(r.dedupe_key for r in outbox(engine))
     assert keys == [f"escalate_alerts:{i}" for i in (1, 2, 3, 5, 6)]
-    engine.dispose()
 
 
-def test_a_chunk_chosen_as_deadlock_victim_is_retried_whole_and_ends_right(pg_store_url):
+def test_a_chunk_chosen_as_deadlock_victim_is_retried_whole_and_ends_right(pg_store_url, request):
     """The chunk's statement locks alert 1, then waits at alert 2 on a gate (a trigger taking an
     advisory lock the test holds). Another transaction holds alert 3 and asks for alert 1: it
     waits for the chunk. The gate opens; the chunk asks for alert 3 and closes the cycle, so its
@@ -100,7 +102,9 @@ def test_a_chunk_chosen_as_deadlock_victim_is_retried_whole_and_ends_right(pg_st
     worker_engine = make_engine(
         f"{pg_store_url}&application_name={app}", {"RECORD_STORE_LOCK_TIMEOUT_MS": "60000"}
     )
+    request.addfinalizer(worker_engine.dispose)  # disposed whatever the assertions say
     admin = make_engine(pg_store_url)
+    request.addfinalizer(admin.dispose)
     seed_alerts(worker_engine, due=3)
     with admin.begin() as conn:
         conn.exec_driver_sql(
@@ -190,5 +194,3 @@ def test_a_chunk_chosen_as_deadlock_victim_is_retried_whole_and_ends_right(pg_st
         "escalate_alerts:1",
         "escalate_alerts:2",
     ]
-    worker_engine.dispose()
-    admin.dispose()

@@ -135,7 +135,9 @@ def test_failing_statement_is_redone_by_the_python_action(pg):
 
 
 @pytest.mark.parametrize("holder_ends", ["commit", "rollback"])
-def test_a_row_another_transaction_holds_is_waited_for_then_re_checked(pg_store_url, holder_ends):
+def test_a_row_another_transaction_holds_is_waited_for_then_re_checked(
+    pg_store_url, holder_ends, request
+):
     """The statement's ``UPDATE`` waits for a row another transaction holds (it is seen blocked
     by that very session in ``pg_blocking_pids``, not skipping the row), then re-checks ``where``
     on the row as the holder left it (PostgreSQL's read-committed re-check): committed as moved,
@@ -145,8 +147,11 @@ def test_a_row_another_transaction_holds_is_waited_for_then_re_checked(pg_store_
     worker_engine = make_engine(
         f"{pg_store_url}&application_name={app}", {"RECORD_STORE_LOCK_TIMEOUT_MS": "60000"}
     )
+    request.addfinalizer(worker_engine.dispose)  # disposed whatever the assertions say
+    others = make_engine(pg_store_url)  # the holder's and the probe's connections
+    request.addfinalizer(others.dispose)
     seed_alerts(worker_engine, due=3)
-    holder = make_engine(pg_store_url).connect()
+    holder = others.connect()
     tx = holder.begin()
     holder_pid = holder.exec_driver_sql("SELECT pg_backend_pid()").scalar()
     holder.execute(alerts.update().where(alerts.c.id == 2).values(state="escalated"))
@@ -161,7 +166,7 @@ def test_a_row_another_transaction_holds_is_waited_for_then_re_checked(pg_store_
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
     try:
-        with make_engine(pg_store_url).connect() as probe:
+        with others.connect() as probe:
             wait_until(
                 lambda: probe.execute(
                     sa.text(
@@ -191,7 +196,6 @@ def test_a_row_another_transaction_holds_is_waited_for_then_re_checked(pg_store_
             sa.select(alerts.c.id).where(alerts.c.escalated_at.is_not(None)).order_by(alerts.c.id)
         ).scalars()
         assert list(stamped) == moved  # the holder's commit set no escalated_at: not moved here
-    worker_engine.dispose()
 
 
 def test_sql_action_on_an_unknown_column_fails_at_declaration():
