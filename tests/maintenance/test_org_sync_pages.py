@@ -3,13 +3,15 @@
 One real run of the shipped job (``execute_job`` on a persistent instance) against the sandbox,
 then a re-execution of the whole run, both against the same 2,500 orgs (module-scoped: the
 listing, the fan-out and the replay are views of the same two runs). In the first run the sandbox
-answers every call after a few milliseconds, so the sync calls of a batch overlap and the
-``concurrency`` bound is observable from the server's side (``max_in_flight``).
+holds its first sync answers until ``CONCURRENCY`` calls are in flight at once, so the bound is
+reached however fast or slow the machine, and observed exactly from the server's side
+(``max_in_flight``): reached, never passed.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +30,6 @@ ORGS = 2500
 PAGE = 1000  # what the client asks per page (PlanOrgSyncConfig.page_size's default)
 BATCH = 250  # orgs per mapped step (PlanOrgSyncConfig.batch_size's default)
 CONCURRENCY = 8
-LATENCY_MS = 5  # each call is answered this late: the calls of a batch overlap
 SLUGS = [f"org-{i:04d}" for i in range(1, ORGS + 1)]
 TABLE_ROW = re.compile(r"^\| (?P<org>[^ |]+) \| (?P<result>[^|]+) \|$")
 
@@ -47,8 +48,30 @@ class Runs:
     first_metadata: dict[str, dict]  # step key -> its output metadata
     first_requests: list[dict]
     first_max_in_flight: int
+    first_gate: HoldUntilInFlight
     second: dg.DagsterRun
     second_requests: list[dict]
+
+
+class HoldUntilInFlight:
+    """The sandbox's ``before_answer`` hook: every ``sync_org`` answer waits until ``bound`` are
+    in flight at once, then all go through. Should the client never get there (a bound below
+    ``bound``, a smaller connection pool), the held calls are released after 60 s and
+    ``timed_out`` says so: the test fails in a minute rather than one per org."""
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self.full = threading.Event()
+        self.timed_out = False
+
+    def __call__(self, operation: str, in_flight: int) -> None:
+        if operation != "sync_org":
+            return
+        if in_flight >= self.bound:
+            self.full.set()
+        if not self.full.wait(60):
+            self.timed_out = True
+            self.full.set()
 
 
 def _config() -> dict:
@@ -60,7 +83,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     """The first run over 2,500 orgs, then a re-execution of the whole run (parent: the first)."""
     directory = tmp_path_factory.mktemp("org_sync_pages")
     with (
-        running_sandbox(directory, orgs=ORGS, latency_ms=LATENCY_MS) as sandbox,
+        running_sandbox(directory, orgs=ORGS) as sandbox,
         dg.instance_for_test() as instance,
         pytest.MonkeyPatch.context() as mp,
     ):
@@ -70,6 +93,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         mp.delenv("SUPABASE_API_URL", raising=False)
         mp.delenv("SUPABASE_PROJECT_REF", raising=False)
         job = dg.reconstructable(org_sync_all)
+        gate = HoldUntilInFlight(CONCURRENCY)
+        sandbox.set_before_answer(gate)
         with dg.execute_job(job, instance=instance, run_config=_config()) as first:
             assert first.success
             first_id = first.run_id
@@ -77,7 +102,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
             first_metadata = {step: step_metadata(first, step) for step in steps}
         first_requests, first_max = sandbox.requests, sandbox.max_in_flight("sync_org")
         sandbox.clear_requests()
-        sandbox.set_latency(0)  # the replay is about keys, not overlap: no need to wait
+        sandbox.set_before_answer(None)  # the replay is about keys, not overlap
         with dg.execute_job(
             job,
             instance=instance,
@@ -96,6 +121,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
             first_metadata=first_metadata,
             first_requests=first_requests,
             first_max_in_flight=first_max,
+            first_gate=gate,
             second=instance.get_run_by_id(second_id),
             second_requests=sandbox.requests,
         )
@@ -136,9 +162,12 @@ def test_every_org_is_synced_exactly_once_within_the_concurrency_bound(runs: Run
     orgs = runs.sandbox.state()["orgs"]
     assert sorted(orgs) == SLUGS
     assert Counter(o["syncs"] for o in orgs.values()) == {1: ORGS}
-    # Never more sync calls at the sandbox than the bound; and more than one (the calls of a
-    # batch really overlap: each waits LATENCY_MS with up to CONCURRENCY threads calling).
-    assert 2 <= runs.first_max_in_flight <= CONCURRENCY
+    # The first answers were held until CONCURRENCY calls were in flight: the bound is reached
+    # (not merely approached) and never passed, on any machine.
+    assert runs.first_gate.full.is_set() and not runs.first_gate.timed_out, (
+        f"{CONCURRENCY} sync calls were never in flight at once"
+    )
+    assert runs.first_max_in_flight == CONCURRENCY
 
 
 def test_each_batch_reports_its_org_table_and_progress(runs: Runs) -> None:
