@@ -21,13 +21,39 @@ import pytest
 
 from dev.sandbox import Fault, SandboxServer
 from dev.sandbox.sql_runner import split_sqlite_statements
-from dev.sandbox.state import BASE_SCHEMA
 from tests.support.sandbox import TEST_API_KEY, TEST_SUPABASE_TOKEN, running_sandbox
 from tests.support.wait import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 API_KEY = TEST_API_KEY
 SUPABASE_TOKEN = TEST_SUPABASE_TOKEN
+# The platform's base schema, written out by hand (not read from the sandbox): a fresh bootstrap
+# must create exactly these tables, in this order, each with these columns in this order. A
+# sandbox that drops, renames or reorders one fails here instead of agreeing with itself.
+PLATFORM_TABLES: dict[str, list[str]] = {
+    "org_profiles": ["org_slug", "name", "status", "created_at", "updated_at"],
+    "org_api_keys": ["id", "org_slug", "key_hash", "scopes", "created_at", "revoked_at"],
+    "org_subscriptions": ["id", "org_slug", "plan", "status", "started_at", "ends_at"],
+    "org_quotas": ["org_slug", "daily_limit", "monthly_limit", "daily_used", "monthly_used"],
+    "org_usage_daily": ["org_slug", "usage_date", "requests", "pipelines_run"],
+    "org_usage_monthly": ["org_slug", "usage_month", "requests", "pipelines_run"],
+    "org_alerts": ["id", "org_slug", "rule_id", "severity", "state", "created_at"],
+    "org_alert_rules": ["id", "org_slug", "metric", "threshold", "enabled"],
+    "org_integrations": ["id", "org_slug", "provider", "status", "config", "updated_at"],
+    "org_datasets": ["id", "org_slug", "dataset_id", "location", "synced_at"],
+    "org_members": ["id", "org_slug", "user_id", "role", "joined_at"],
+    "org_invitations": ["id", "org_slug", "email", "role", "expires_at"],
+    "org_audit_logs": ["id", "org_slug", "actor", "action", "details", "created_at"],
+    "org_cost_daily": ["org_slug", "cost_date", "provider", "amount", "currency"],
+    "org_cost_monthly": ["org_slug", "cost_month", "provider", "amount", "currency"],
+    "org_budgets": ["id", "org_slug", "period", "amount", "currency"],
+    "org_notifications": ["id", "org_slug", "channel", "payload", "sent_at"],
+    "org_webhooks": ["id", "org_slug", "url", "events", "secret_hash", "enabled"],
+    "org_pipelines": ["id", "org_slug", "name", "schedule", "enabled"],
+    "org_pipeline_runs": ["id", "pipeline_id", "org_slug", "status", "started_at", "ended_at"],
+    "org_settings": ["org_slug", "key", "value", "updated_at"],
+    "org_exports": ["id", "org_slug", "kind", "status", "location", "created_at"],
+}
 BOUND = 60.0  # a wait for a process to come up or exit; ends on the event
 
 
@@ -105,8 +131,10 @@ def test_bootstrap_fresh_then_sync(srv: SandboxServer, api: httpx.Client) -> Non
     assert first["status"] == "ok"
     assert first["mode"] == "fresh"
     # every table of the platform's base schema, in its order, each with its columns in order
-    assert first["tables_created"] == list(BASE_SCHEMA)
-    assert srv.state()["bootstrap"]["tables"] == {t: list(c) for t, c in BASE_SCHEMA.items()}
+    assert first["tables_created"] == list(PLATFORM_TABLES)
+    tables = srv.state()["bootstrap"]["tables"]
+    assert tables == PLATFORM_TABLES
+    assert list(tables) == list(PLATFORM_TABLES)  # the order too (dict equality ignores it)
     assert first["columns_added"] == {}
     assert first["tables_existing"] == 0
 
