@@ -1,7 +1,8 @@
 """The gateways tick's documented guarantees that need a second actor or a chosen moment.
 
-- ``poll_devices_sensor`` skips while a ``poll_devices`` run is in progress (a run created on the
-  instance, not started yet; a real run blocked on the tick lock), and requests again after it.
+- ``poll_devices_sensor`` skips while a ``poll_devices`` run is in progress (queued by the shipped
+  queued coordinator, created but not started yet, or a real run blocked on the tick lock), and
+  requests again after it; a run being canceled does not hold it back.
 - Finished tasks are purged once older than ``keep_done_seconds``, not before; open tasks never.
   Time is passed to ``run_tick`` explicitly (``now``), so the boundary is exact, not slept for.
 - Two overlapping ticks on one store serialise on the tick lock (PostgreSQL: an advisory lock;
@@ -27,11 +28,12 @@ from orchestration.gateways.assignment import TICK_LOCK_KEY, TickReport, run_tic
 from orchestration.gateways.db import is_postgres, make_engine
 from orchestration.gateways.jobs import POLL_JOB, poll_devices_job
 from orchestration.gateways.models import poll_tasks
-from orchestration.gateways.sensors import poll_devices_sensor
+from orchestration.gateways.sensors import ACTIVE, poll_devices_sensor
 from orchestration.gateways.worker import claim_tasks, report_result
 from resources.db import SQLITE_WRITER
 from resources.record_store import RecordStoreResource
 from tests.support.results import step_metadata
+from tests.support.runs import queued_instance, queued_run
 from tests.support.wait import wait_until
 
 T0 = 1_000_000.0  # a moment of our choosing: every tick below is told its `now`
@@ -65,23 +67,73 @@ def _tick_lock_held(engine: sa.Engine) -> Iterator[None]:
 # -- 1. the sensor skips while a poll_devices run is in progress ----------------------------------
 
 
-# QUEUED itself needs a RemoteJobOrigin (a code-location origin) that only Dagster's private API
-# builds; NOT_STARTED and STARTING are the other states a run has before it runs.
+FINISHED = {
+    dg.DagsterRunStatus.SUCCESS,
+    dg.DagsterRunStatus.FAILURE,
+    dg.DagsterRunStatus.CANCELED,
+}
+# Unfinished statuses the sensor does not wait for, each with the reason. Overlap is safe in
+# any case: a second tick serialises on the tick lock (section 3).
+NOT_WAITED_FOR = {
+    # Being stopped, takes no new work; one stuck here (its worker gone) must not stop polling
+    # until run monitoring clears it.
+    dg.DagsterRunStatus.CANCELING: "being canceled",
+    # Holds no worker and runs no tick (poll_devices never suspends; nothing in Dagster writes
+    # this status yet); waiting for it would stall polling for as long as it stays suspended.
+    dg.DagsterRunStatus.SUSPENDED: "suspended",
+    # Managed outside Dagster's control plane: never a run this sensor requested (Dagster's own
+    # not-finished list leaves it out too).
+    dg.DagsterRunStatus.MANAGED: "managed elsewhere",
+}
+
+
+def test_active_is_every_unfinished_status_but_the_justified_exclusions():
+    """The sensor's ACTIVE list is Dagster's unfinished statuses minus NOT_WAITED_FOR. A Dagster
+    upgrade that adds a status fails here, so someone decides where it belongs."""
+    assert len(ACTIVE) == len(set(ACTIVE))
+    assert set(ACTIVE).isdisjoint(NOT_WAITED_FOR)
+    assert set(ACTIVE) | set(NOT_WAITED_FOR) == set(dg.DagsterRunStatus) - FINISHED
+
+
+def _pending_run(instance: dg.DagsterInstance, status: dg.DagsterRunStatus) -> dg.DagsterRun:
+    """A poll_devices run in ``status``: QUEUED as the queued coordinator makes it (a sensor's
+    run waiting for the daemon to dequeue it), the others created in that state."""
+    if status == dg.DagsterRunStatus.QUEUED:
+        return queued_run(instance, poll_devices_job)
+    return instance.create_run_for_job(poll_devices_job, status=status)
+
+
 @pytest.mark.parametrize(
-    "status", [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING], ids=str
+    "status",
+    [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING],
+    ids=str,
 )
-def test_sensor_skips_while_a_poll_devices_run_waits_to_start(instance, sqlite_store_url, status):
+def test_sensor_skips_while_a_poll_devices_run_waits_to_start(sqlite_store_url, status):
     engine = make_engine(sqlite_store_url)
     registry.register(engine, "g1", "P1", lease_seconds=3600)
     registry.upsert_target(engine, "P1", "127.0.0.1:9", "tcp", None, 3600)
-    assert _evaluate(instance, sqlite_store_url).run_requests  # work waits: a run is wanted
+    with queued_instance() as instance:  # the shipped, queued run coordinator
+        assert _evaluate(instance, sqlite_store_url).run_requests  # work waits: a run is wanted
 
-    pending = instance.create_run_for_job(poll_devices_job, status=status)
-    data = _evaluate(instance, sqlite_store_url)
-    assert data.run_requests == []
-    assert data.skip_message == f"poll_devices run {pending.run_id[:8]} is still in progress"
+        pending = _pending_run(instance, status)
+        assert instance.get_run_by_id(pending.run_id).status == status
+        data = _evaluate(instance, sqlite_store_url)
+        assert data.run_requests == []
+        assert data.skip_message == f"poll_devices run {pending.run_id[:8]} is still in progress"
 
-    instance.report_run_canceled(pending)  # over: the waiting work gets its run again
+        instance.report_run_canceled(pending)  # over: the waiting work gets its run again
+        (request,) = _evaluate(instance, sqlite_store_url).run_requests
+    assert request.tags["platform/gateways-work"].startswith("due=1")
+    engine.dispose()
+
+
+@pytest.mark.parametrize("status", list(NOT_WAITED_FOR), ids=str)
+def test_sensor_does_not_wait_for_a_run_it_need_not(instance, sqlite_store_url, status):
+    """The exclusions above, observed: such a run does not hold the next one back."""
+    engine = make_engine(sqlite_store_url)
+    registry.register(engine, "g1", "P1", lease_seconds=3600)
+    registry.upsert_target(engine, "P1", "127.0.0.1:9", "tcp", None, 3600)
+    instance.create_run_for_job(poll_devices_job, status=status)
     (request,) = _evaluate(instance, sqlite_store_url).run_requests
     assert request.tags["platform/gateways-work"].startswith("due=1")
     engine.dispose()

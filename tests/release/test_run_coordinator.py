@@ -18,12 +18,6 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 import yaml
-from dagster._core.remote_origin import (
-    InProcessCodeLocationOrigin,
-    RemoteJobOrigin,
-    RemoteRepositoryOrigin,
-)
-from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from orchestration.definitions import defs
 from orchestration.tags import ENVIRONMENT_TAG, RELEASE_ENVIRONMENT_TAG
@@ -33,6 +27,7 @@ from orchestration.triggers.runs import run_tags as trigger_run_tags
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN, run_config
 from tests.daemon import REPO, Daemon, make_home, write_workspace
 from tests.release import queue_location
+from tests.support.runs import SHIPPED_COORDINATOR, job_origin, queued_run
 
 INSTANCE_FILES = ("dagster.yaml", "dagster.postgres.yaml", "deploy/dagster.yaml")
 LOCATION = "queue_test"
@@ -55,27 +50,12 @@ def _tag_limit(key: str) -> int:
     return int(limit)
 
 
-def _origin(job_name: str, location: str = LOCATION, module: str = MODULE) -> RemoteJobOrigin:
-    """Where the webserver would say the job lives (the daemon finds the location by name)."""
-    code_location = InProcessCodeLocationOrigin(
-        LoadableTargetOrigin(module_name=module, attribute="defs", working_directory=str(REPO)),
-        location_name=location,
-    )
-    return RemoteJobOrigin(RemoteRepositoryOrigin(code_location, "__repository__"), job_name)
-
-
 def _submit(instance, job_name, environment=None):
     job = defs.get_job_def(job_name)
     config = (
         {"resources": {"environment": {"config": {"name": environment}}}} if environment else {}
     )
-    run = instance.create_run_for_job(
-        job_def=job,
-        run_config=config,
-        tags=dict(job.tags),
-        remote_job_origin=_origin(job_name, "platform_ops", "orchestration.definitions"),
-    )
-    return instance.run_coordinator.submit_run(dg.SubmitRunContext(run, workspace=None))
+    return queued_run(instance, job, config)
 
 
 def test_the_instance_files_queue_alike() -> None:
@@ -83,6 +63,8 @@ def test_the_instance_files_queue_alike() -> None:
     first, *others = (_coordinator(path) for path in INSTANCE_FILES)
     assert first["class"] == "EnvironmentTaggingRunCoordinator"
     assert first["module"] == "orchestration.run_coordinator"
+    # The suite's queued test instances (tests.support.runs) use this coordinator too.
+    assert {"module": first["module"], "class": first["class"]} == SHIPPED_COORDINATOR
     for path, other in zip(INSTANCE_FILES[1:], others, strict=True):
         assert other == first, path
     assert _tag_limit(RELEASE_ENVIRONMENT_TAG) == 1
@@ -130,17 +112,9 @@ class Queue:
 
     def submit(self, job_name: str, config: dict, tags: dict[str, str]) -> str:
         job = queue_location.defs.get_job_def(job_name)
-        run = self.instance.create_run_for_job(
-            job_def=job,
-            run_config=config,
-            tags={**job.tags, **tags},
-            remote_job_origin=_origin(job_name),
-        )
-        submitted = self.instance.run_coordinator.submit_run(
-            dg.SubmitRunContext(run, workspace=None)
-        )
-        assert submitted.status == Status.QUEUED
-        return run.run_id
+        return queued_run(
+            self.instance, job, config, tags, origin=job_origin(job_name, LOCATION, MODULE)
+        ).run_id
 
     def gate(self, name: str, tags: dict[str, str], environment: str = "test") -> str:
         config = {

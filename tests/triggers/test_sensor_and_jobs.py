@@ -5,12 +5,6 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
-from dagster._core.remote_origin import (
-    InProcessCodeLocationOrigin,
-    RemoteJobOrigin,
-    RemoteRepositoryOrigin,
-)
-from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from dev.seed import seed_alerts, seed_traces
 from orchestration.definitions import defs
@@ -28,6 +22,7 @@ from orchestration.triggers.sensors import build_sensor
 from orchestration.triggers.spec import TriggerSpec, older_than
 from resources.record_store import RecordStoreResource
 from tests.support.results import step_metadata
+from tests.support.runs import queued_instance, queued_run
 from tests.support.webhook import WebhookReceiver
 from tests.triggers.helpers import alert_states
 
@@ -127,15 +122,11 @@ def test_in_flight_ids_are_the_ids_of_unfinished_runs_only(status):
     spec = _small_spec(trigger_once=True)
     job = build_worker_job(spec)
     config = {"ops": {"escalate_alerts_worker": {"config": {"record_ids": [7, 8]}}}}
-    # A queued run needs the origin the webserver would give it (the rest ignore it).
-    location = InProcessCodeLocationOrigin(
-        LoadableTargetOrigin(module_name="orchestration.definitions")
-    )
-    origin = RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), job.name)
-    with dg.instance_for_test() as instance:
-        instance.create_run_for_job(
-            job, run_config=config, tags=run_tags(spec), status=status, remote_job_origin=origin
-        )
+    with queued_instance() as instance:
+        if status == dg.DagsterRunStatus.QUEUED:  # as the coordinator queues a sensor's run
+            queued_run(instance, job, config, run_tags(spec))
+        else:
+            instance.create_run_for_job(job, run_config=config, tags=run_tags(spec), status=status)
         got = in_flight_ids(instance, spec, "escalate_alerts_worker")
     assert got == ({7, 8} if status in UNFINISHED_RUN_STATUSES else set())
 
