@@ -38,6 +38,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 HOLD_LIMIT_S = 300.0  # a held check is released by the test; this only ends a forgotten one
+# An agent's lease: short enough that a killed or frozen agent's work fails over within seconds,
+# long enough that a loaded machine's stalls (> 1 s happen) do not lapse a live agent's lease.
+LEASE_S = 4.0
+HEARTBEAT_S = 0.3
 
 
 class DeviceServer:
@@ -76,8 +80,8 @@ class AgentProcess:
         store_url: str,
         logdir: Path,
         domains: tuple[str, ...] = (),
-        heartbeat: float = 0.3,
-        lease: float = 1.5,
+        heartbeat: float = HEARTBEAT_S,
+        lease: float = LEASE_S,
         poll: float = 0.1,
         concurrency: int = 8,
     ) -> None:

@@ -1,6 +1,7 @@
 """Real gateway agents (subprocesses) polling real devices on 127.0.0.1, coordinated by the tick.
 
-Leases are short (heartbeat 0.3 s, lease 1.5 s) so failover happens in seconds; the coordinator
+Leases are short (``tests.gateways.devices``: heartbeat 0.3 s, lease 4 s) so failover happens in
+seconds, yet a loaded machine's stall does not lapse a live agent's lease; the coordinator
 is ``run_tick`` in a loop every TICK seconds (the Dagster wiring is tested apart). These tests
 prove that failover, routing and fencing happen and who ends up with which task; how fast is
 measured by ``bench/gateways_failover.py`` and ``bench/gateway_backlog.py``, not asserted here.
@@ -26,7 +27,6 @@ TICK = 0.2
 BOUND = 120.0  # every wait ends on its event; the bound only catches a hang
 HELD_TIMEOUT = 300.0  # a /held check's own timeout: longer than any wait for the gate
 HOUR = 3600.0  # the agent's longest allowed poll interval
-STALE_LEASE = 4.0
 pytestmark = pytest.mark.slow
 
 
@@ -54,7 +54,8 @@ class Coordinator:
 
     def __exit__(self, *exc):
         self.stop.set()
-        self.thread.join(5)
+        self.thread.join(BOUND)  # a tick in progress finishes first; the bound only catches a hang
+        assert not self.thread.is_alive(), "the coordinator thread did not stop"
         assert not self.errors, self.errors
 
 
@@ -202,11 +203,11 @@ def test_stale_gateway_result_is_rejected(sqlite_store_url, tmp_path):
             engine, "P1", device.url("/held"), "http", None, 3600, HELD_TIMEOUT
         )
         try:
-            # A 4 s lease: the frozen holder's lapses, a busy machine's stalls do not (one
-            # takeover exactly, token 2).
+            # The 4 s default lease: the frozen holder's lapses, a busy machine's stalls do not
+            # (one takeover exactly, token 2).
             agents += [
-                AgentProcess("a", "P1", sqlite_store_url, tmp_path, lease=STALE_LEASE),
-                AgentProcess("b", "P1", sqlite_store_url, tmp_path, lease=STALE_LEASE),
+                AgentProcess("a", "P1", sqlite_store_url, tmp_path),
+                AgentProcess("b", "P1", sqlite_store_url, tmp_path),
             ]
             wait_until(lambda: live_ids(engine) == {"a", "b"}, BOUND, "two live agents")
             with Coordinator(engine):
