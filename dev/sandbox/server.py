@@ -322,14 +322,9 @@ class SandboxServer:
 
     def max_in_flight(self, operation: str) -> int:
         """The most ``operation`` requests (a platform route's name: ``sync_org``,
-        ``list_orgs``…) the sandbox was answering at once, latency included, since the start or
-        :meth:`reset_max_in_flight`."""
+        ``list_orgs``…) the sandbox was answering at once, latency included, since it started."""
         with self._requests_lock:
             return self._max_in_flight.get(operation, 0)
-
-    def reset_max_in_flight(self) -> None:
-        with self._requests_lock:
-            self._max_in_flight = dict(self._in_flight)
 
     def state(self) -> dict[str, Any]:
         """Snapshot of bootstrap, orgs, quota, alerts and effects for assertions."""
