@@ -2,24 +2,26 @@
 
 The first tests install an in-memory exporter (exact span contents); the last two switch tracing
 on as a deployment does, ``PLATFORM_OPS_TRACING=console`` / ``otlp`` (+ ``OTEL_EXPORTER_OTLP_*``)
-in the environment of a real ``dagster job execute`` run and of the root-span sensor.
+in the environment of a real ``dagster job execute`` run (one subprocess each) and of the
+root-span sensor (evaluated in this process, on that run's instance).
 """
 
+import io
 import json
 import subprocess
-import sys
 import time
 
 import dagster as dg
 import pytest
 import yaml
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from dev.sandbox.server import Fault
 from orchestration.definitions import defs
 from resources import tracing
 from tests.conftest import TEST_API_KEY, run_config
-from tests.job_cli import REPO, dagster_home, instance_at, job_env, job_execute_cmd, runs_of
+from tests.job_cli import REPO, dagster_home, instance_at, job_env, job_execute_cmd
 from tests.policies.otlp_collector import OtlpCollector
 
 
@@ -141,13 +143,17 @@ def _execute(home, config, env) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def _root_spans_tick(monkeypatch, home, env, since: float) -> dg.DagsterRun:
-    """One tick of the real ``trace_finished_runs`` sensor, its tracing configured by ``env``."""
+def _root_spans_tick(monkeypatch, home, env, since: float, exporter=None) -> dg.DagsterRun:
+    """One tick of the real ``trace_finished_runs`` sensor, tracing switched on by ``env``; the
+    exporter is the one ``env`` chooses, or ``exporter`` (a console exporter printing to a
+    stream the test reads: the process's stdout is pytest's)."""
     from orchestration.policies.sensors import trace_finished_runs
 
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     tracing.reset()  # the exporter is chosen from the env on first use, as in a fresh process
+    if exporter is not None:
+        tracing.configure(exporter)
     with instance_at(home) as instance:
         (run,) = instance.get_runs()
         context = dg.build_sensor_context(
@@ -158,7 +164,9 @@ def _root_spans_tick(monkeypatch, home, env, since: float) -> dg.DagsterRun:
     return run
 
 
-def test_console_tracing_prints_the_runs_spans_and_its_root_span(deployment, platform_env):
+def test_console_tracing_prints_the_runs_spans_and_its_root_span(
+    deployment, platform_env, monkeypatch
+):
     home, config = deployment
     env = {tracing.TRACING_ENV: "console"}
     since = time.time() - 1
@@ -166,14 +174,9 @@ def test_console_tracing_prints_the_runs_spans_and_its_root_span(deployment, pla
     assert proc.returncode == 0, proc.stderr[-3000:]
     (call,) = [s for s in _console_spans(proc.stdout) if s["name"] == "POST /admin/bootstrap"]
 
-    preview = subprocess.run(
-        [sys.executable, "-m", "dagster", "sensor", "preview", "trace_finished_runs",
-         "-m", "orchestration.definitions", "--cursor", json.dumps({"after": since, "ids": []})],
-        cwd=REPO, env=job_env(home, env), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert preview.returncode == 0, preview.stderr[-3000:]
-    (root,) = _console_spans(preview.stdout)
-    (run,) = runs_of(home, "bootstrap")
+    printed = io.StringIO()
+    run = _root_spans_tick(monkeypatch, home, env, since, ConsoleSpanExporter(out=printed))
+    (root,) = _console_spans(printed.getvalue())
 
     assert run.status == dg.DagsterRunStatus.SUCCESS
     assert root["name"] == "bootstrap" and root["parent_id"] is None
@@ -190,6 +193,8 @@ def test_console_tracing_prints_the_runs_spans_and_its_root_span(deployment, pla
     assert request["traceparent"] == (
         f"00-{call['context']['trace_id'][2:]}-{call['context']['span_id'][2:]}-01"
     )
+    # What the console path printed, the run's spans and the root span, holds no credential.
+    assert TEST_API_KEY not in proc.stdout and TEST_API_KEY not in printed.getvalue()
 
 
 def test_otlp_tracing_exports_a_failed_runs_spans_with_error_status(
