@@ -30,6 +30,10 @@ ORGS = 2500
 PAGE = 1000  # what the client asks per page (PlanOrgSyncConfig.page_size's default)
 BATCH = 250  # orgs per mapped step (PlanOrgSyncConfig.batch_size's default)
 CONCURRENCY = 8
+# The client's per-request timeout in these runs: well past the gate's 60 s hold, so no held call
+# times out and is retried meanwhile (a retry is one more call in flight: it would fill the gate
+# for a client whose bound is one short, and the run would pass).
+CLIENT_TIMEOUT_S = 300.0
 SLUGS = [f"org-{i:04d}" for i in range(1, ORGS + 1)]
 TABLE_ROW = re.compile(r"^\| (?P<org>[^ |]+) \| (?P<result>[^|]+) \|$")
 
@@ -75,7 +79,10 @@ class HoldUntilInFlight:
 
 
 def _config() -> dict:
-    return run_config(ops={"sync_org_batch": {"config": {"concurrency": CONCURRENCY}}})
+    config = run_config(ops={"sync_org_batch": {"config": {"concurrency": CONCURRENCY}}})
+    api = config["resources"]["platform_api"]["config"]
+    config["resources"]["platform_api"] = {"config": {**api, "timeout_seconds": CLIENT_TIMEOUT_S}}
+    return config
 
 
 @pytest.fixture(scope="module")
