@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,30 +12,14 @@ import sqlalchemy as sa
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 
 from tests.maintenance.conftest import bq_client, bq_emulator, bq_env  # noqa: F401
-
-
-def _admin_engine(url: str) -> sa.Engine:
-    return sa.create_engine(
-        url.replace("postgresql://", "postgresql+psycopg2://", 1), isolation_level="AUTOCOMMIT"
-    )
+from tests.support.postgres import admin_engine, fresh_database
 
 
 @pytest.fixture(scope="module")
 def dagster_pg_url(pg_url: str) -> Iterator[str]:
-    """A fresh DATABASE on the test server for this module's Dagster instances, dropped after.
-
-    A database, not a schema: dagster-postgres has no schema setting and creates its tables (and
-    checks its Alembic revision) in the connection's default schema, so a schema-scoped
-    ``search_path`` in the URL is the one place it could go wrong; a database of its own cannot.
-    """
-    name = f"dagster_{uuid.uuid4().hex[:12]}"
-    admin = _admin_engine(pg_url)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield sa.make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    """A fresh database for this module's Dagster instances (wiped per test), dropped after."""
+    with fresh_database(pg_url, "dagster_policies") as url:
+        yield url
 
 
 @dataclass
@@ -59,7 +42,7 @@ class DagsterStorage:
         if self.pg_url is None:
             shard = Path(self.instance.event_log_storage.path_for_shard(run_id))
             return {"shard_file": int(shard.exists())}
-        engine = _admin_engine(self.pg_url)
+        engine = admin_engine(self.pg_url)
         try:
             with engine.connect() as conn:
                 return {

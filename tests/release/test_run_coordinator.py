@@ -10,13 +10,11 @@ stays in progress until the test opens its gate). Every wait is for an event.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
-import sqlalchemy as sa
 import yaml
 
 from orchestration.definitions import defs
@@ -27,6 +25,7 @@ from orchestration.triggers.runs import run_tags as trigger_run_tags
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN, run_config
 from tests.daemon import REPO, Daemon, make_home, write_workspace
 from tests.release import queue_location
+from tests.support.postgres import fresh_database
 from tests.support.runs import SHIPPED_COORDINATOR, job_origin, queued_run
 
 INSTANCE_FILES = ("dagster.yaml", "dagster.postgres.yaml", "deploy/dagster.yaml")
@@ -90,16 +89,8 @@ def test_release_runs_get_environment_tags_and_queue(tmp_path, monkeypatch):
 @pytest.fixture
 def dagster_pg_url(pg_url: str) -> Iterator[str]:
     """A fresh database for Dagster's PostgreSQL storage, dropped (connections and all) after."""
-    name = f"dagster_queue_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(
-        pg_url.replace("postgresql://", "postgresql+psycopg2://", 1), isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield sa.make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_database(pg_url, "dagster_queue") as url:
+        yield url
 
 
 class Queue:
