@@ -56,6 +56,10 @@ STACK_LABEL = "platform-ops.e2e"
 RELEASE_CONFIG = yaml.safe_load((REPO / "config" / "release-test.yaml").read_text())
 SENSOR, SCHEDULE = "escalate_alerts_sensor", "deliver_trigger_notifications_schedule"
 RUN_TIMEOUT = 240
+# Bounds for waits on the engine and the stack: generous, since they only matter when something is
+# wrong. On `vfs` a container's removal deletes its whole copy of the 1 GB image: 60 s was seen
+# too short once while two suites loaded the machine.
+ENGINE_TIMEOUT = 300
 
 
 class Phases:
@@ -307,7 +311,7 @@ def test_stack_runs_every_run_in_its_own_container(pg_url, record_store, tmp_pat
             try:
                 wait_until(
                     lambda: not eng.docker("ps", "-aq", "--filter", label).strip(),
-                    60,
+                    ENGINE_TIMEOUT,
                     f"containers labelled {label} gone",
                     interval=1.0,
                 )
@@ -335,11 +339,13 @@ def test_stack_runs_every_run_in_its_own_container(pg_url, record_store, tmp_pat
             state = eng.docker("ps", "-q", "--filter", label, "--filter", "health=healthy")
             return bool(state.strip())
 
-        wait_until(code_healthy, 180, f"code server healthy ({code})", interval=1.0)
+        wait_until(code_healthy, ENGINE_TIMEOUT, f"code server healthy ({code})", interval=1.0)
         # One at a time: the first to open the fresh database creates Dagster's tables.
         up("webserver")
         web = Webserver(web_port)
-        wait_until(web.location_loaded, 180, "webserver serving the code location", interval=1.0)
+        wait_until(
+            web.location_loaded, ENGINE_TIMEOUT, "webserver serving the code location", interval=1.0
+        )
         up("daemon")
         phases.done("stack up (code server healthy, location loaded, daemon started)")
 
@@ -352,7 +358,7 @@ def test_stack_runs_every_run_in_its_own_container(pg_url, record_store, tmp_pat
         assert any(container in m for m in web.messages(release_id)), "no launch event"
         wait_until(
             lambda: container_gone(container),
-            60,
+            ENGINE_TIMEOUT,
             f"container {container[:12]} removed",
             interval=1.0,
         )
@@ -392,7 +398,12 @@ def test_stack_runs_every_run_in_its_own_container(pg_url, record_store, tmp_pat
         def daemon_runs_done() -> bool:
             return all(any(r.status in FINISHED for r in runs) for runs in daemon_runs())
 
-        wait_until(daemon_runs_done, 180, "a sensor run and a schedule run finished", interval=2.0)
+        wait_until(
+            daemon_runs_done,
+            ENGINE_TIMEOUT,
+            "a sensor run and a schedule run finished",
+            interval=2.0,
+        )
         for runs in daemon_runs():
             for run in (r for r in runs if r.status in FINISHED):
                 assert run.status == "SUCCESS", (run, web.messages(run.run_id)[-20:])
