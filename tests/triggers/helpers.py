@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import sqlalchemy as sa
 
 from orchestration.triggers.models import alerts, notification_outbox, trigger_history
@@ -24,3 +26,15 @@ def history(engine: sa.Engine, trigger: str) -> list:
 def outbox(engine: sa.Engine) -> list:
     with engine.connect() as conn:
         return conn.execute(sa.select(notification_outbox).order_by(notification_outbox.c.id)).all()
+
+
+def moved_per_record(engine: sa.Engine) -> Counter:
+    """How many times each record was moved (succeeded history rows): each must be once."""
+    with engine.connect() as conn:
+        return Counter(
+            conn.execute(
+                sa.select(trigger_history.c.record_id).where(
+                    trigger_history.c.status == "succeeded"
+                )
+            ).scalars()
+        )

@@ -20,22 +20,11 @@ import sqlalchemy as sa
 
 from dev.seed import seed_alerts
 from orchestration.triggers.catalog import ESCALATE_ALERTS
-from orchestration.triggers.models import alerts, trigger_history
+from orchestration.triggers.models import alerts
 from orchestration.triggers.worker import process_batch
 from resources.record_store import make_engine
 from tests.support.wait import wait_until
-from tests.triggers.helpers import alert_states, outbox
-
-
-def _moved_per_record(engine: sa.Engine) -> Counter:
-    with engine.connect() as conn:
-        return Counter(
-            conn.execute(
-                sa.select(trigger_history.c.record_id).where(
-                    trigger_history.c.status == "succeeded"
-                )
-            ).scalars()
-        )
+from tests.triggers.helpers import alert_states, moved_per_record, outbox
 
 
 def _retry_lines(lines: list[str]) -> list[str]:
@@ -55,7 +44,7 @@ def test_a_chunk_that_finds_sqlite_busy_is_retried_until_the_writer_is_gone(
     lines: list[str] = []
 
     def after_chunk(_size: int) -> None:  # runs between the worker's chunks
-        if not writer.in_transaction and len(_moved_per_record(engine)) == 2:
+        if not writer.in_transaction and len(moved_per_record(engine)) == 2:
             writer.execute("BEGIN IMMEDIATE")
             writer.execute("UPDATE alerts SET state = 'resolved' WHERE id = 4")
 
@@ -83,7 +72,7 @@ def test_a_chunk_that_finds_sqlite_busy_is_retried_until_the_writer_is_gone(
         1: "escalated", 2: "escalated", 3: "escalated", 4: "resolved", 5: "escalated",
         6: "escalated",
     }  # fmt: skip
-    assert _moved_per_record(engine) == Counter([1, 2, 3, 5, 6])  # each once
+    assert moved_per_record(engine) == Counter([1, 2, 3, 5, 6])  # each once
     keys = sorted(r.dedupe_key for r in outbox(engine))
     assert keys == [f"escalate_alerts:{i}" for i in (1, 2, 3, 5, 6)]
 
@@ -189,7 +178,7 @@ def test_a_chunk_chosen_as_deadlock_victim_is_retried_whole_and_ends_right(pg_st
     with worker_engine.connect() as conn:
         title = conn.execute(sa.select(alerts.c.title).where(alerts.c.id == 1)).scalar()
     assert title == "by the other"  # the redo re-read the row the other transaction changed
-    assert _moved_per_record(worker_engine) == Counter([1, 2])
+    assert moved_per_record(worker_engine) == Counter([1, 2])
     assert sorted(r.dedupe_key for r in outbox(worker_engine)) == [
         "escalate_alerts:1",
         "escalate_alerts:2",

@@ -32,28 +32,16 @@ import sqlalchemy as sa
 
 from dev.seed import seed_alerts
 from orchestration.triggers.catalog import ESCALATE_ALERTS
-from orchestration.triggers.models import trigger_history
 from orchestration.triggers.worker import process_batch
 from resources.notifier import DEFAULT_TIMEOUT_S
 from resources.record_store import RecordStoreResource, make_engine, upgrade
 from tests.pg_admin import terminate_backends
 from tests.support.wait import wait_until
 from tests.support.webhook import WebhookReceiver
-from tests.triggers.helpers import alert_states, outbox
+from tests.triggers.helpers import alert_states, moved_per_record, outbox
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "pw-Zq81-secret"
-
-
-def _succeeded(engine: sa.Engine) -> Counter:
-    with engine.connect() as conn:
-        return Counter(
-            conn.execute(
-                sa.select(trigger_history.c.record_id).where(
-                    trigger_history.c.status == "succeeded"
-                )
-            ).scalars()
-        )
 
 
 def _free_port() -> int:
@@ -147,7 +135,7 @@ def test_rows_held_by_an_idle_session_bound_the_wait_are_named_and_move_later(
     again = process_batch(ESCALATE_ALERTS, engine, range(1, n + 1), run_id="r2")
     assert again.ids("succeeded") == held
     assert set(alert_states(engine).values()) == {"escalated"}
-    assert _succeeded(engine) == Counter(range(1, n + 1))  # nothing moved twice
+    assert moved_per_record(engine) == Counter(range(1, n + 1))  # nothing moved twice
     assert sorted(r.dedupe_key for r in outbox(engine)) == sorted(
         f"escalate_alerts:{i}" for i in range(1, n + 1)
     )
@@ -159,7 +147,7 @@ def test_rows_held_by_an_idle_session_bound_the_wait_are_named_and_move_later(
 
 def _assert_exactly_once(engine: sa.Engine, hook: WebhookReceiver, n: int, repeats: int) -> None:
     assert set(alert_states(engine).values()) == {"escalated"}
-    assert _succeeded(engine) == Counter(range(1, n + 1))
+    assert moved_per_record(engine) == Counter(range(1, n + 1))
     rows = outbox(engine)
     assert sorted(r.dedupe_key for r in rows) == sorted(
         f"escalate_alerts:{i}" for i in range(1, n + 1)
