@@ -10,20 +10,14 @@ import sqlalchemy as sa
 from resources import record_store
 from resources.record_store import RecordStoreResource, make_engine
 from tests.job_cli import REPO
-
-
-def _heads(url: str) -> set[str]:
-    with make_engine(url).connect() as conn:
-        return set(
-            conn.execute(sa.text("SELECT version_num FROM record_store_alembic_version")).scalars()
-        )
+from tests.support.store import version_rows
 
 
 def _expected_heads(tmp_path) -> set[str]:
     """The version rows of a store upgraded alone."""
     url = f"sqlite:///{tmp_path / 'alone.sqlite'}"
     record_store.upgrade(url)
-    return _heads(url)
+    return version_rows(url)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -52,7 +46,7 @@ def test_resources_set_up_on_eight_threads_upgrade_a_fresh_store_once(
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(set_up, range(16)))
     assert len(calls) == 1  # once per process and URL, not per tick
-    assert _heads(store_url) == _expected_heads(tmp_path)
+    assert version_rows(store_url) == _expected_heads(tmp_path)
 
 
 def test_processes_upgrading_one_fresh_store_at_once_all_succeed(fresh_store_url, tmp_path):
@@ -69,7 +63,7 @@ def test_processes_upgrading_one_fresh_store_at_once_all_succeed(fresh_store_url
     ]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * n, "\n".join(errors)
-    assert _heads(url) == _expected_heads(tmp_path)
+    assert version_rows(url) == _expected_heads(tmp_path)
 
 
 def test_a_current_store_is_opened_without_waiting_on_an_upgrade_lock(pg_schema_url):

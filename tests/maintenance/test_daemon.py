@@ -30,6 +30,7 @@ from resources.record_store import VERSION_TABLE, alembic_config
 from tests.conftest import TEST_API_KEY
 from tests.daemon import Daemon, make_home, start_schedule_since, write_workspace
 from tests.maintenance.daemon_location import SWEEP_JOB
+from tests.support.store import version_rows
 
 LOCATION = "maintenance_daemon_test"
 MODULE = "tests.maintenance.daemon_location"
@@ -40,16 +41,6 @@ TIMEOUT = 240
 def _finished(instance: dg.DagsterInstance, job: str) -> list[dg.DagsterRun]:
     runs = instance.get_runs(dg.RunsFilter(job_name=job))
     return [r for r in runs if r.is_finished]
-
-
-def _version_rows(url: str) -> set[str]:
-    """What the store's Alembic version table holds (one row per applied branch head)."""
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            return set(conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars())
-    finally:
-        engine.dispose()
 
 
 def _rows_at_every_head(url: str) -> set[str]:
@@ -137,4 +128,4 @@ def test_daemon_launches_the_latest_missed_ticks_and_a_run_upgrades_an_empty_sto
     assert {VERSION_TABLE, "notification_outbox", "alerts"} <= _tables(store_url)
     expected = _rows_at_every_head(store_url)
     assert {"commands_0002", "release_0001"} <= expected  # not a degenerate expectation
-    assert _version_rows(store_url) == expected
+    assert version_rows(store_url) == expected

@@ -34,3 +34,25 @@ def fresh_database(pg_url: str, prefix: str = "dagster") -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def blocked_by(
+    conn: sa.Connection,
+    blocker: int,
+    application_name: str | None = None,
+    waiter: int | None = None,
+) -> int | None:
+    """The pid of a session waiting on a lock ``blocker`` holds (``pg_blocking_pids``), if any.
+
+    ``application_name`` narrows it to the code under test (its engine sets the name in its URL),
+    ``waiter`` to one known session. A test waits on this (``wait_until``) to know a session is
+    really blocked before it lets the holder go, instead of sleeping and hoping.
+    """
+    return conn.execute(
+        sa.text(
+            "SELECT pid FROM pg_stat_activity WHERE :blocker = ANY(pg_blocking_pids(pid)) "
+            "AND (CAST(:app AS text) IS NULL OR application_name = :app) "
+            "AND (CAST(:waiter AS int) IS NULL OR pid = :waiter)"
+        ),
+        {"blocker": blocker, "app": application_name, "waiter": waiter},
+    ).scalar()

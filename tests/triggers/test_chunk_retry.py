@@ -23,6 +23,7 @@ from orchestration.triggers.catalog import ESCALATE_ALERTS
 from orchestration.triggers.models import alerts
 from orchestration.triggers.worker import process_batch
 from resources.record_store import make_engine
+from tests.support.postgres import blocked_by
 from tests.support.wait import wait_until
 from tests.triggers.helpers import alert_states, moved_per_record, outbox
 
@@ -113,16 +114,6 @@ def test_a_chunk_chosen_as_deadlock_victim_is_retried_whole_and_ends_right(pg_st
     other_pid = other.exec_driver_sql("SELECT pg_backend_pid()").scalar()
     other.execute(alerts.update().where(alerts.c.id == 3).values(state="resolved"))
 
-    def blocked_by(pid: int, app_name: str | None = None, waiter: int | None = None):
-        return probe.execute(
-            sa.text(
-                "SELECT pid FROM pg_stat_activity WHERE :blocker = ANY(pg_blocking_pids(pid)) "
-                "AND (CAST(:app AS text) IS NULL OR application_name = :app) "
-                "AND (CAST(:waiter AS int) IS NULL OR pid = :waiter)"
-            ),
-            {"blocker": pid, "app": app_name, "waiter": waiter},
-        ).scalar()
-
     lines: list[str] = []
     done: dict = {}
     worker = threading.Thread(
@@ -145,14 +136,14 @@ def test_a_chunk_chosen_as_deadlock_victim_is_retried_whole_and_ends_right(pg_st
     try:
         worker.start()
         worker_pid = wait_until(
-            lambda: blocked_by(gate_pid, app_name=app),
+            lambda: blocked_by(probe, gate_pid, application_name=app),
             what="the chunk waiting at the gate, alert 1 locked",
             interval=0.02,
             alive=worker.is_alive,
         )
         asker.start()
         wait_until(
-            lambda: blocked_by(worker_pid, waiter=other_pid),
+            lambda: blocked_by(probe, worker_pid, waiter=other_pid),
             what="the other transaction waiting for the chunk's lock on alert 1",
             interval=0.02,
             alive=asker.is_alive,

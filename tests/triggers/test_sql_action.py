@@ -13,6 +13,7 @@ from orchestration.triggers.models import alerts, edge_packages, trigger_attempt
 from orchestration.triggers.spec import SqlAction, TriggerDeclarationError, TriggerSpec, utcnow
 from orchestration.triggers.worker import process_batch
 from resources.record_store import make_engine
+from tests.support.postgres import blocked_by
 from tests.support.wait import wait_until
 from tests.triggers.helpers import history, outbox
 
@@ -168,13 +169,7 @@ def test_a_row_another_transaction_holds_is_waited_for_then_re_checked(
     try:
         with others.connect() as probe:
             wait_until(
-                lambda: probe.execute(
-                    sa.text(
-                        "SELECT 1 FROM pg_stat_activity WHERE application_name = :app "
-                        "AND :holder = ANY(pg_blocking_pids(pid))"
-                    ),
-                    {"app": app, "holder": holder_pid},
-                ).first(),
+                lambda: blocked_by(probe, holder_pid, application_name=app),
                 what="the worker's UPDATE blocked by the holder's row lock",
                 interval=0.02,
                 alive=worker.is_alive,
