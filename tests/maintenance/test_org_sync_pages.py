@@ -11,7 +11,6 @@ reached however fast or slow the machine, and observed exactly from the server's
 from __future__ import annotations
 
 import re
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from orchestration.definitions import defs
 from tests.conftest import TEST_API_KEY, TEST_SUPABASE_TOKEN, run_config
 from tests.support.results import step_metadata
 from tests.support.sandbox import running_sandbox
+from tests.support.wait import InFlightGate
 
 ORGS = 2500
 PAGE = 1000  # what the client asks per page (PlanOrgSyncConfig.page_size's default)
@@ -52,30 +52,9 @@ class Runs:
     first_metadata: dict[str, dict]  # step key -> its output metadata
     first_requests: list[dict]
     first_max_in_flight: int
-    first_gate: HoldUntilInFlight
+    first_gate: InFlightGate
     second: dg.DagsterRun
     second_requests: list[dict]
-
-
-class HoldUntilInFlight:
-    """The sandbox's ``before_answer`` hook: every ``sync_org`` answer waits until ``bound`` are
-    in flight at once, then all go through. Should the client never get there (a bound below
-    ``bound``, a smaller connection pool), the held calls are released after 60 s and
-    ``timed_out`` says so: the test fails in a minute rather than one per org."""
-
-    def __init__(self, bound: int) -> None:
-        self.bound = bound
-        self.full = threading.Event()
-        self.timed_out = False
-
-    def __call__(self, operation: str, in_flight: int) -> None:
-        if operation != "sync_org":
-            return
-        if in_flight >= self.bound:
-            self.full.set()
-        if not self.full.wait(60):
-            self.timed_out = True
-            self.full.set()
 
 
 def _config() -> dict:
@@ -100,8 +79,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         mp.delenv("SUPABASE_API_URL", raising=False)
         mp.delenv("SUPABASE_PROJECT_REF", raising=False)
         job = dg.reconstructable(org_sync_all)
-        gate = HoldUntilInFlight(CONCURRENCY)
-        sandbox.set_before_answer(gate)
+        # Every sync_org answer waits until CONCURRENCY are in flight (60 s at most), then all go.
+        gate = InFlightGate(CONCURRENCY)
+        sandbox.set_before_answer(lambda op, in_flight: op == "sync_org" and gate.arrive(in_flight))
         with dg.execute_job(job, instance=instance, run_config=_config()) as first:
             assert first.success
             first_id = first.run_id

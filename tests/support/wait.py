@@ -6,6 +6,7 @@ waiting for, so a slow machine only makes a test slower, never wrong.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -40,3 +41,25 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
+
+
+class InFlightGate:
+    """Holds a server's answers until ``bound`` requests are in flight at once, then lets all go.
+
+    A server's before-answer hook calls :meth:`arrive` with its current in-flight count. The test
+    then knows its client's concurrency bound was reached however slow the machine (``full``), and
+    a client that never gets there fails in ``timeout`` seconds (``timed_out``), not one per call.
+    """
+
+    def __init__(self, bound: int, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.bound = bound
+        self.timeout = timeout
+        self.full = threading.Event()
+        self.timed_out = False
+
+    def arrive(self, in_flight: int) -> None:
+        if in_flight >= self.bound:
+            self.full.set()
+        if not self.full.wait(self.timeout):
+            self.timed_out = True
+            self.full.set()

@@ -31,7 +31,7 @@ from resources.notifier import (
     OutboxDelivery,
     TriggersNotifierResource,
 )
-from tests.support.wait import wait_until
+from tests.support.wait import InFlightGate, wait_until
 from tests.support.webhook import WebhookReceiver
 from tests.triggers.helpers import outbox
 
@@ -62,17 +62,14 @@ def test_posts_are_concurrent_bounded_and_reuse_their_connections(engine):
     (exactly 6, never 7, however fast or slow the machine) and the 6 connections it took carry
     all 120 POSTs (kept alive)."""
     keys = _fill_outbox(engine, 120)
-    full = threading.Event()
+    gate = InFlightGate(6)
 
-    def hold_until_six_in_flight(_key) -> None:
-        if hook.in_flight >= 6:
-            full.set()
-        full.wait(60)
-
-    with WebhookReceiver(delay=0.002, before_answer=hold_until_six_in_flight) as hook:
+    with WebhookReceiver(
+        delay=0.002, before_answer=lambda _key: gate.arrive(hook.in_flight)
+    ) as hook:
         report = OutboxDelivery(webhook_url=hook.url, concurrency=6).deliver_pending(engine)
         counts, peak, connections = hook.key_counts(), hook.max_in_flight, len(hook.connections)
-    assert full.is_set(), "6 POSTs were never in flight at once"
+    assert gate.full.is_set() and not gate.timed_out, "6 POSTs were never in flight at once"
     assert counts == Counter({k: 1 for k in keys})
     assert sorted(report.delivered) == sorted(keys) and not report.failed
     assert peak == 6  # the bound reached, never passed
