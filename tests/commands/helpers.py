@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -49,3 +50,9 @@ def running_row(engine: sa.Engine) -> dict | None:
             )
         ).mappings().first()  # fmt: skip
     return dict(row) if row is not None else None
+
+
+def gated_command(gate: Path, then: str = ":") -> str:
+    """A shell command that waits (at most 120 s) for ``gate`` to exist, then runs ``then``: the
+    test decides when a command may finish, instead of a sleep guessing how long it takes."""
+    return f"i=0; while [ ! -e {gate} ] && [ $i -lt 2400 ]; do sleep 0.05; i=$((i+1)); done; {then}"

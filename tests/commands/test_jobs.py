@@ -15,7 +15,7 @@ from orchestration.commands.resources import CommandRunnerResource
 from orchestration.commands.sensors import command_dispatch_sensor
 from orchestration.policies.recipes import RECIPE_TAG
 from resources.record_store import RecordStoreResource, make_engine
-from tests.commands.helpers import count_runs, seed
+from tests.commands.helpers import count_runs, gated_command, seed
 from tests.support.wait import wait_until
 
 
@@ -218,11 +218,6 @@ def _progress(instance: dg.DagsterInstance, run_id: str) -> list[tuple[int, int]
     ]
 
 
-def _gated(gate: Path, then: str) -> str:
-    """A command that waits (at most 120 s) for ``gate`` to exist, then runs ``then``."""
-    return f"i=0; while [ ! -e {gate} ] && [ $i -lt 2400 ]; do sleep 0.05; i=$((i+1)); done; {then}"
-
-
 def test_batch_reports_run_level_progress_monotonic_to_total(
     sqlite_store_url, instance, monkeypatch, tmp_path
 ):
@@ -241,9 +236,9 @@ def test_batch_reports_run_level_progress_monotonic_to_total(
         "environments": [{"name": "staging"}],
         "commands": [
             {"name": "fast", "command": "echo fast"},
-            {"name": "fails", "command": _gated(gates[0], "exit 3")},
-            {"name": "mid", "command": _gated(gates[1], "echo mid")},
-            {"name": "slow", "command": _gated(gates[2], "echo slow")},
+            {"name": "fails", "command": gated_command(gates[0], "exit 3")},
+            {"name": "mid", "command": gated_command(gates[1], "echo mid")},
+            {"name": "slow", "command": gated_command(gates[2], "echo slow")},
         ],
     })  # fmt: skip
     # steps run in this order; every command starts at once on the pool
@@ -327,7 +322,7 @@ def test_batch_progress_is_throttled_at_the_shipped_interval(
         "environments": [{"name": "staging"}],
         "commands": [
             {"name": "first", "command": "echo first"},
-            *({"name": f"then{n}", "command": _gated(gate, f"echo {n}")}
+            *({"name": f"then{n}", "command": gated_command(gate, f"echo {n}")}
               for n, gate in enumerate(gates, 1)),
         ],
     })  # fmt: skip

@@ -18,7 +18,7 @@ from orchestration.commands.runner import CommandResult
 from orchestration.commands.sensors import command_dispatch_sensor
 from orchestration.commands.timeutil import utcnow
 from resources.record_store import RecordStoreResource, make_engine
-from tests.commands.helpers import seed
+from tests.commands.helpers import gated_command, seed
 from tests.job_cli import REPO, dagster_home, job_env, job_execute_cmd
 from tests.support.wait import wait_until
 
@@ -115,7 +115,7 @@ def test_pool_heartbeats_and_records_the_process_group(sqlite_store_url, tmp_pat
     slow machine makes the test slower, never a finished command with no beat to compare."""
     engine = make_engine(sqlite_store_url)
     gate = tmp_path / "gate"
-    seed(engine, _catalog(command=f"while [ ! -e {gate} ]; do sleep 0.05; done"))
+    seed(engine, _catalog(command=gated_command(gate)))
     run_id = actions.request_run(engine, "sleepy", "staging", status=m.QUEUED)
     pool = CommandPool(engine, "dagster-run-x", heartbeat_seconds=0.1)
     try:
