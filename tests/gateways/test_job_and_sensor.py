@@ -10,10 +10,10 @@ from orchestration.gateways import registry
 from orchestration.gateways.db import make_engine
 from orchestration.gateways.jobs import poll_devices_job
 from orchestration.gateways.models import poll_tasks, targets
-from orchestration.gateways.sensors import poll_devices_sensor
 from orchestration.gateways.worker import claim_tasks, report_result
 from resources.record_store import RecordStoreResource
 from tests.gateways.devices import AgentProcess, DeviceServer
+from tests.gateways.helpers import evaluate_sensor
 from tests.job_cli import dagster_home, job_execute, runs_of
 from tests.support.results import step_metadata
 from tests.support.wait import wait_until
@@ -31,22 +31,15 @@ def task_states(engine: sa.Engine) -> list[str]:
         return list(conn.execute(sa.select(poll_tasks.c.state)).scalars())
 
 
-def evaluate(instance, store_url):
-    ctx = dg.build_sensor_context(
-        instance=instance, resources={"record_store": RecordStoreResource(url=store_url)}
-    )
-    return poll_devices_sensor.evaluate_tick(ctx)
-
-
 def test_sensor_requests_a_run_only_when_there_is_work_and_job_is_idempotent(instance, store_url):
     engine = make_engine(store_url)
     resources = {"record_store": RecordStoreResource(url=store_url)}
-    assert evaluate(instance, store_url).run_requests == []  # idle fleet: no run
+    assert evaluate_sensor(instance, store_url).run_requests == []  # idle fleet: no run
 
     registry.register(engine, "g1", "P1", ["site-a"], lease_seconds=60)
     registry.upsert_target(engine, "P1", "127.0.0.1:9", "tcp", "site-a", 3600)
     registry.upsert_target(engine, "P9", "127.0.0.1:9", "tcp", None, 3600)
-    (request,) = evaluate(instance, store_url).run_requests
+    (request,) = evaluate_sensor(instance, store_url).run_requests
     assert request.tags["platform/gateways-work"].startswith("due=2")
 
     first = poll_devices_job.execute_in_process(instance=instance, resources=resources)
@@ -68,11 +61,11 @@ def test_sensor_requests_a_run_only_when_there_is_work_and_job_is_idempotent(ins
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(poll_tasks)).scalar() == 2
     # Only the unroutable task is left: no candidate, so the sensor does not spin up runs.
-    assert evaluate(instance, store_url).run_requests == []
+    assert evaluate_sensor(instance, store_url).run_requests == []
 
     (task,) = claim_tasks(engine, "g1", 5, 60)
     assert report_result(engine, "g1", task.id, task.token, "down", {"error": "refused"})
-    assert evaluate(instance, store_url).run_requests  # a result waits to be recorded
+    assert evaluate_sensor(instance, store_url).run_requests  # a result waits to be recorded
     third = poll_devices_job.execute_in_process(instance=instance, resources=resources)
     assert step_metadata(third)["recorded"] == 1
     with engine.connect() as conn:

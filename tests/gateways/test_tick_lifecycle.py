@@ -28,10 +28,11 @@ from orchestration.gateways.assignment import TICK_LOCK_KEY, TickReport, run_tic
 from orchestration.gateways.db import is_postgres, make_engine
 from orchestration.gateways.jobs import POLL_JOB, poll_devices_job
 from orchestration.gateways.models import poll_tasks
-from orchestration.gateways.sensors import ACTIVE, poll_devices_sensor
+from orchestration.gateways.sensors import ACTIVE
 from orchestration.gateways.worker import claim_tasks, report_result
 from resources.db import SQLITE_WRITER
 from resources.record_store import RecordStoreResource
+from tests.gateways.helpers import evaluate_sensor
 from tests.support.results import step_metadata
 from tests.support.runs import queued_instance, queued_run
 from tests.support.wait import wait_until
@@ -41,13 +42,6 @@ BOUND = 120.0  # generous: every wait below ends on an event
 # Lock waits in these tests end when the holder lets go; a loaded machine must not turn them
 # into lock / busy timeouts.
 SLOW_MACHINE = {"RECORD_STORE_LOCK_TIMEOUT_MS": "120000", "RECORD_STORE_BUSY_TIMEOUT_MS": "120000"}
-
-
-def _evaluate(instance: dg.DagsterInstance, store_url: str) -> dg.SensorExecutionData:
-    context = dg.build_sensor_context(
-        instance=instance, resources={"record_store": RecordStoreResource(url=store_url)}
-    )
-    return poll_devices_sensor.evaluate_tick(context)
 
 
 def _tasks(engine: sa.Engine) -> dict[int, sa.Row]:
@@ -113,16 +107,18 @@ def test_sensor_skips_while_a_poll_devices_run_waits_to_start(sqlite_store_url, 
     registry.register(engine, "g1", "P1", lease_seconds=3600)
     registry.upsert_target(engine, "P1", "127.0.0.1:9", "tcp", None, 3600)
     with queued_instance() as instance:  # the shipped, queued run coordinator
-        assert _evaluate(instance, sqlite_store_url).run_requests  # work waits: a run is wanted
+        assert evaluate_sensor(
+            instance, sqlite_store_url
+        ).run_requests  # work waits: a run is wanted
 
         pending = _pending_run(instance, status)
         assert instance.get_run_by_id(pending.run_id).status == status
-        data = _evaluate(instance, sqlite_store_url)
+        data = evaluate_sensor(instance, sqlite_store_url)
         assert data.run_requests == []
         assert data.skip_message == f"poll_devices run {pending.run_id[:8]} is still in progress"
 
         instance.report_run_canceled(pending)  # over: the waiting work gets its run again
-        (request,) = _evaluate(instance, sqlite_store_url).run_requests
+        (request,) = evaluate_sensor(instance, sqlite_store_url).run_requests
     assert request.tags["platform/gateways-work"].startswith("due=1")
     engine.dispose()
 
@@ -134,7 +130,7 @@ def test_sensor_does_not_wait_for_a_run_it_need_not(instance, sqlite_store_url, 
     registry.register(engine, "g1", "P1", lease_seconds=3600)
     registry.upsert_target(engine, "P1", "127.0.0.1:9", "tcp", None, 3600)
     instance.create_run_for_job(poll_devices_job, status=status)
-    (request,) = _evaluate(instance, sqlite_store_url).run_requests
+    (request,) = evaluate_sensor(instance, sqlite_store_url).run_requests
     assert request.tags["platform/gateways-work"].startswith("due=1")
     engine.dispose()
 
@@ -168,7 +164,7 @@ def test_sensor_skips_while_a_poll_devices_run_is_running(instance, store_url, m
             "the poll_devices run to start (and block on the tick lock)",
             alive=runner.is_alive,
         )
-        data = _evaluate(instance, store_url)
+        data = evaluate_sensor(instance, store_url)
         assert data.run_requests == []
         assert data.skip_message == f"poll_devices run {started.run_id[:8]} is still in progress"
     runner.join(BOUND)
@@ -178,9 +174,9 @@ def test_sensor_skips_while_a_poll_devices_run_is_running(instance, store_url, m
     assert result.success and step_metadata(result)["created"] == 1
 
     # Over, and nothing left to do: the sensor's own "nothing due" skip, not "in progress".
-    assert _evaluate(instance, store_url).skip_message.startswith("nothing due")
+    assert evaluate_sensor(instance, store_url).skip_message.startswith("nothing due")
     registry.upsert_target(engine, "P1", "127.0.0.1:10", "tcp", None, 3600)
-    (request,) = _evaluate(instance, store_url).run_requests
+    (request,) = evaluate_sensor(instance, store_url).run_requests
     assert request.tags["platform/gateways-work"].startswith("due=1")
     engine.dispose()
 
